@@ -1,0 +1,44 @@
+"""What every command-line entry point shares: one logger, one-line user errors, exit codes.
+
+A user mistake (bad path, bad flag value, wrong file schema) raises `UserError`; `run_cli` turns it
+into `error: <message>` on stderr and exit status 2, never a traceback. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+EXIT_USER_ERROR = 2
+LOG_LEVEL_ENV = "STOCKPREDICT_LOG_LEVEL"
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, reported as one line without a traceback."""
+
+
+def get_logger(name: str = "stockpredict") -> logging.Logger:
+    """The package logger; its level comes from $STOCKPREDICT_LOG_LEVEL (default INFO)."""
+    logger = logging.getLogger(name)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+        logger.propagate = False
+    return logger
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run `main(argv)`, mapping UserError and Ctrl-C to a one-line message and a non-zero status."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,86 @@
+"""Talk to Slurm through its command-line clients: submit a script, read a job's state, wait.
+
+Used by submission, the demo and the tests. Works without accounting (no `sacct`): a finished job's
+state is read with `scontrol show job` while slurmctld still remembers it (MinJobAge).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .cli import UserError
+
+SUBMITTED_RE = re.compile(r"^Submitted batch job (\d+)", re.MULTILINE)
+FINAL_STATES = {
+    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
+    "BOOT_FAIL", "DEADLINE",
+}
+
+
+def require_sbatch() -> str:
+    """Path of `sbatch`, or a UserError saying how to get a cluster."""
+    path = shutil.which("sbatch")
+    if path is None:
+        raise UserError(
+            "sbatch is not on PATH: start the local test cluster with `make cluster-up`, "
+            "load your site's Slurm module, or render without submitting with DRY_RUN=1"
+        )
+    return path
+
+
+def sbatch(script: Path | str, args: Iterable[str] = (), env: Mapping[str, str] | None = None,
+           cwd: Path | str | None = None) -> str:
+    """Submit `script` with sbatch and return the job id (a string, as Slurm prints it)."""
+    cmd = [require_sbatch(), *args, str(script)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
+    if proc.returncode != 0:
+        detail = " ".join((proc.stderr or proc.stdout).split()) or f"exit status {proc.returncode}"
+        raise UserError(f"sbatch failed: {detail}")
+    match = SUBMITTED_RE.search(proc.stdout)
+    if match is None:
+        raise UserError(f"sbatch printed no job id: {proc.stdout.strip()!r}")
+    return match.group(1)
+
+
+def job_info(job_id: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`scontrol show job -o` as a dict (JobState, ExitCode, NodeList, ...); {} if Slurm forgot it."""
+    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {}
+    info: dict[str, str] = {}
+    # Fields are space-separated Key=Value; values of a few keys (Command, WorkDir) may hold spaces,
+    # so split on " Key=" boundaries.
+    for match in re.finditer(r"(?:^|\s)([A-Za-z:/]+)=(.*?)(?=\s[A-Za-z:/]+=|$)", proc.stdout.strip()):
+        info.setdefault(match.group(1), match.group(2))
+    return info
+
+
+def job_state(job_id: str, env: Mapping[str, str] | None = None) -> str:
+    """The job's state (PENDING, RUNNING, COMPLETED, FAILED, ...) or "UNKNOWN"."""
+    return job_info(job_id, env).get("JobState", "UNKNOWN")
+
+
+def wait_for_jobs(job_ids: Iterable[str], timeout_s: float, env: Mapping[str, str] | None = None,
+                  poll_s: float = 2.0) -> dict[str, str]:
+    """Wait until every job reaches a final state; return {job_id: state}. Raises TimeoutError."""
+    pending = {str(j) for j in job_ids}
+    states: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while pending:
+        for job_id in sorted(pending):
+            state = job_state(job_id, env)
+            if state in FINAL_STATES:
+                states[job_id] = state
+                pending.discard(job_id)
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"jobs {sorted(pending)} not finished after {timeout_s:.0f} s")
+        time.sleep(poll_s)
+    return states

@@ -1,0 +1,89 @@
+"""Shared fixtures. The `slurm_cluster` fixture starts the real local Slurm cluster (slurm/local-cluster.sh)
+once per session and stops it afterwards if it started it. Under CI=true a cluster that cannot start is
+a failure, never a silent skip."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_SCRIPT = REPO / "slurm" / "local-cluster.sh"
+CLUSTER_DIR = Path(os.environ.get("CLUSTER_DIR", REPO / ".cluster"))
+CLUSTER_NODES = 4
+VENV_BIN = Path(sys.executable).parent
+
+sys.path.insert(0, str(REPO))
+from stockpredict import slurmjobs  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Handle on the running local cluster: its environment and helpers to submit and wait."""
+
+    conf: Path
+    env: dict
+
+    def sbatch(self, script: Path, *args: str, cwd: Path | None = None) -> str:
+        return slurmjobs.sbatch(script, args, env=self.env, cwd=cwd)
+
+    def wait(self, job_id: str, timeout_s: float = 300) -> str:
+        return slurmjobs.wait_for_jobs([job_id], timeout_s, env=self.env, poll_s=1.0)[job_id]
+
+    def info(self, job_id: str) -> dict:
+        return slurmjobs.job_info(job_id, env=self.env)
+
+
+def _running() -> bool:
+    pid_file = CLUSTER_DIR / "run" / "slurmctld.pid"
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    was_running = _running()
+    proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", str(CLUSTER_NODES)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        message = f"local Slurm cluster did not start: {(proc.stderr or proc.stdout).strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    conf = CLUSTER_DIR / "etc" / "slurm.conf"
+    # Jobs inherit this environment (sbatch --export=ALL): the venv's python and horovodrun come first.
+    env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{VENV_BIN}:{os.environ['PATH']}",
+               PYTHONPATH=str(REPO))
+    yield Cluster(conf=conf, env=env)
+    if not was_running:
+        subprocess.run(["bash", str(CLUSTER_SCRIPT), "down"], capture_output=True, text=True)
+
+
+@pytest.fixture
+def job_dir(tmp_path_factory):
+    """A fresh directory for one job's script and output, visible to every virtual node."""
+    return tmp_path_factory.mktemp("job")
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def wait_until(predicate, timeout_s: float, poll_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return False

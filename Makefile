@@ -65,7 +65,7 @@ $(SETUP_DONE): pyproject.toml constraints.txt
 		env $(HOROVOD_BUILD_ENV) $(PY) -m pip install -q --no-build-isolation --no-cache-dir \
 			-c constraints.txt horovod==0.28.1; \
 	fi
-	@$(VENV)/bin/horovodrun --check-build | tee $(VENV)/horovod-check-build.txt
+	@TF_CPP_MIN_LOG_LEVEL=2 $(VENV)/bin/horovodrun --check-build | tee $(VENV)/horovod-check-build.txt
 	@for want in TensorFlow MPI Gloo; do \
 		grep -qE "\[X\] $$want" $(VENV)/horovod-check-build.txt \
 			|| { echo "setup: horovod was built without $$want (see above)" >&2; exit 1; }; done

@@ -1,0 +1,495 @@
+"""Submit training jobs to Slurm: one run (`train`), a scaling grid (`sweep`), the queue (`status`), logs.
+
+    python -m stockpredict.submit train --nodes 4 --gpus-per-node 1 --data data/processed/sequences.h5
+    python -m stockpredict.submit train --nodes 2 --dry-run ...        # render and print, do not submit
+    python -m stockpredict.submit sweep --nodes-list "1 2 4" --batch-list "32 64 128 256" --mode strong ...
+    python -m stockpredict.submit preprocess --raw data/raw --out data/processed/sequences.h5
+    python -m stockpredict.submit status
+    python -m stockpredict.submit logs <run-id>
+
+Every training run gets its own directory `results/runs/<run-id>/`, created atomically (os.mkdir), with
+the rendered `job.sbatch`, `submit.json` (the resolved job parameters and the job id), the Slurm output
+`slurm-<jobid>.out` and everything the trainer writes there (`--run-dir`): timing.jsonl, checkpoints, model.
+The run id reads `<YYYYmmdd-HHMMSS-mmm>-n<nodes>-g<gpus per node>-b<batch per rank>`.
+
+From Python, `submit_training(...)` runs the same trainer through submitit (Slurm when sbatch is on PATH,
+submitit's local executor otherwise) and writes the same kind of run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time as time_module
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import slurmjobs
+from .cli import UserError, get_logger, run_cli
+from .render import JobSpec, load_profile, make_spec, render_job, validate
+
+log = get_logger("stockpredict.submit")
+
+RUNS_SUBDIR = "runs"   # results/runs/<run-id>/: one training run each (what `make report` reads)
+JOBS_SUBDIR = "jobs"   # results/jobs/<id>/: preprocess and report jobs
+SCRIPT_NAME = "job.sbatch"
+RECORD_NAME = "submit.json"
+OUTPUT_PATTERN = "slurm-%j.out"
+DEFAULT_BATCH = 32     # per rank; the seed's baseline
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """What the trainer is asked to do (`python -m stockpredict.train`); None = the trainer's default."""
+
+    data: str                        # HDF5 file from preprocessing (made absolute before submission)
+    batch_size: int = DEFAULT_BATCH  # per rank; global batch = batch_size x ranks
+    epochs: int | None = None
+    lr: float | None = None          # base learning rate, scaled by the trainer with the rank count
+    warmup_epochs: int | None = None
+    seed: int | None = None
+    mode: str | None = None          # "strong" or "weak" when part of a sweep; recorded in timing.jsonl
+
+
+def trainer_argv(args: TrainArgs, run_dir: Path, threads: int) -> list[str]:
+    """The trainer's command line. --resume always: a requeued job continues from its checkpoint."""
+    argv = ["--data", args.data, "--run-dir", str(run_dir), "--resume",
+            "--batch-size", str(args.batch_size), "--threads", str(threads)]
+    for flag, value in (("--epochs", args.epochs), ("--lr", args.lr),
+                        ("--warmup-epochs", args.warmup_epochs), ("--seed", args.seed), ("--mode", args.mode)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _check_train_args(args: TrainArgs) -> None:
+    if isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1:
+        raise UserError(f"batch size must be an integer >= 1, got {args.batch_size!r}")
+    if args.epochs is not None and (not isinstance(args.epochs, int) or args.epochs < 1):
+        raise UserError(f"epochs must be an integer >= 1, got {args.epochs!r}")
+    if args.mode not in (None, "strong", "weak"):
+        raise UserError(f"mode must be strong or weak, got {args.mode!r}")
+    if not Path(args.data).is_file():
+        raise UserError(f"data file {args.data} not found; build it with `make preprocess` (or pass DATA=)")
+
+
+# --- run directories ------------------------------------------------------------------------------
+
+def run_id_for(nodes: int, gpus_per_node: int, batch_size: int, now: datetime | None = None) -> str:
+    """`20261126-143012-417-n4-g1-b32`: local time to the millisecond, nodes, GPUs per node, batch/rank."""
+    now = now or datetime.now()
+    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-n{nodes}-g{gpus_per_node}-b{batch_size}"
+
+
+def new_run_dir(parent: Path, suffix: str) -> Path:
+    """Create `parent/<timestamp>-<suffix>` atomically; a name taken by a concurrent submitter is retried."""
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        now = datetime.now()
+        path = parent / f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{suffix}"
+        try:
+            os.mkdir(path)  # fails if it exists: two submitters can never share a directory
+            return path
+        except FileExistsError:
+            time_module.sleep(0.001)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file in the same directory and os.replace: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- building and submitting jobs -------------------------------------------------------------------
+
+def train_spec(profile: str, run_dir: Path, args: TrainArgs, **overrides: Any) -> JobSpec:
+    """The JobSpec of one training run: profile defaults, then `overrides` (None values are ignored)."""
+    values: dict[str, Any] = dict(load_profile(profile))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(kind="train", requeue=True, run_dir=str(run_dir), output=str(run_dir / OUTPUT_PATTERN),
+                  job_name=values.get("job_name") or "stockpredict-train")
+    cpus = values.get("cpus_per_task", JobSpec.cpus_per_task)
+    values["command"] = ["python", "-m", "stockpredict.train", *trainer_argv(args, run_dir, cpus)]
+    return validate(make_spec(values))
+
+
+@dataclass(frozen=True)
+class Submission:
+    run_id: str
+    run_dir: Path
+    job_id: str | None   # None on a dry run
+    script: str
+
+
+def submit_train(args: TrainArgs, profile: str = "local", results: str | Path = "results",
+                 dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
+    """Render one training job into a fresh run directory and sbatch it (unless `dry_run`)."""
+    args = dataclasses.replace(args, data=str(Path(args.data).resolve()))
+    _check_train_args(args)
+    if not dry_run:
+        slurmjobs.require_sbatch()
+    sbatch_args = _dependency_args(after)
+    nodes = overrides.get("nodes") or load_profile(profile).get("nodes", JobSpec.nodes)
+    gpus = overrides.get("gpus_per_node")
+    if gpus is None:
+        gpus = load_profile(profile).get("gpus_per_node", JobSpec.gpus_per_node)
+    # Validate before creating anything, so bad input leaves no empty run directory behind.
+    train_spec(profile, Path("/nonexistent/run"), args, **overrides)
+    run_dir = new_run_dir(Path(results).resolve() / RUNS_SUBDIR, f"n{nodes}-g{gpus}-b{args.batch_size}")
+    spec = train_spec(profile, run_dir, args, **overrides)
+    return _render_and_submit(spec, run_dir, {"train": dataclasses.asdict(args)}, sbatch_args, dry_run)
+
+
+def submit_aux(kind: str, command: list[str], profile: str = "local", results: str | Path = "results",
+               dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
+    """Render and submit a one-process preprocess or report job into results/jobs/<id>/."""
+    if not dry_run:
+        slurmjobs.require_sbatch()
+    sbatch_args = _dependency_args(after)
+    values: dict[str, Any] = dict(load_profile(profile))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(kind=kind, nodes=1, tasks_per_node=1, gpus_per_node=0, launcher="none",
+                  job_name=f"stockpredict-{kind}", command=["python", "-m", *command])
+    validate(make_spec(dict(values, output="/nonexistent/x")))
+    job_dir = new_run_dir(Path(results).resolve() / JOBS_SUBDIR, kind)
+    spec = validate(make_spec(dict(values, output=str(job_dir / OUTPUT_PATTERN))))
+    return _render_and_submit(spec, job_dir, {}, sbatch_args, dry_run)
+
+
+def _dependency_args(after: str | None) -> list[str]:
+    if after is None:
+        return []
+    if not re.fullmatch(r"\d+", str(after)):
+        raise UserError(f"--after wants a numeric Slurm job id, got {after!r}")
+    return [f"--dependency=afterok:{after}"]
+
+
+def _render_and_submit(spec: JobSpec, run_dir: Path, extra: dict, sbatch_args: list[str],
+                       dry_run: bool) -> Submission:
+    try:
+        script = render_job(spec)
+        script_path = run_dir / SCRIPT_NAME
+        write_atomic(script_path, script)
+        record = {"run_id": run_dir.name, "job": dataclasses.asdict(spec), **extra,
+                  "sbatch_args": sbatch_args, "job_id": None, "dry_run": dry_run}
+        job_id = None
+        if not dry_run:
+            # Submitted from the run directory: that is the job's working directory.
+            job_id = slurmjobs.sbatch(script_path, sbatch_args, cwd=run_dir)
+            record["job_id"] = job_id
+        write_atomic(run_dir / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        # Nothing was queued: leave no directory that looks like a run.
+        if not (run_dir / RECORD_NAME).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return Submission(run_id=run_dir.name, run_dir=run_dir, job_id=job_id, script=script)
+
+
+def _announce(sub: Submission) -> None:
+    if sub.job_id is None:
+        print(sub.script, end="")
+        print(f"dry run: wrote {sub.run_dir / SCRIPT_NAME}; submit it with: sbatch {sub.run_dir / SCRIPT_NAME}")
+        return
+    # This first line is a contract: it is exactly what sbatch prints, so scripts can parse the job id.
+    print(f"Submitted batch job {sub.job_id}")
+    print(f"run {sub.run_id}: Slurm log {sub.run_dir / f'slurm-{sub.job_id}.out'}, "
+          f"timing {sub.run_dir / 'timing.jsonl'}")
+
+
+# --- sweeps -----------------------------------------------------------------------------------------
+
+def sweep_grid(nodes_list: Sequence[int], batch_list: Sequence[int], mode: str, ranks_per_node: int,
+               repeats: int = 1) -> list[dict[str, int | str]]:
+    """The runs of a scaling sweep, each {nodes, ranks, batch_per_rank, global_batch, repeat, mode}.
+
+    strong: the BATCH_LIST value is the global batch, split evenly over the ranks (must divide);
+    weak: the BATCH_LIST value is the per-rank batch, so the global batch grows with the ranks.
+    """
+    if mode not in ("strong", "weak"):
+        raise UserError(f"mode must be strong or weak, got {mode!r}")
+    if repeats < 1:
+        raise UserError(f"repeats must be >= 1, got {repeats}")
+    grid = []
+    for nodes in nodes_list:
+        ranks = nodes * ranks_per_node
+        for batch in batch_list:
+            if nodes < 1 or batch < 1:
+                raise UserError(f"nodes and batch sizes must be >= 1, got nodes={nodes} batch={batch}")
+            if mode == "strong" and batch % ranks:
+                raise UserError(f"strong scaling keeps the global batch {batch} fixed, but it does not "
+                                f"divide evenly over {ranks} ranks ({nodes} nodes); pick batch sizes "
+                                f"divisible by every rank count")
+            per_rank = batch // ranks if mode == "strong" else batch
+            for repeat in range(1, repeats + 1):
+                grid.append({"nodes": nodes, "ranks": ranks, "batch_per_rank": per_rank,
+                             "global_batch": per_rank * ranks, "repeat": repeat, "mode": mode})
+    return grid
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"{what} must be integers separated by spaces, got {text!r}") from None
+    if not values:
+        raise UserError(f"{what} is empty")
+    return values
+
+
+# --- status and logs --------------------------------------------------------------------------------
+
+def _runs_by_job(results: Path) -> dict[str, str]:
+    found = {}
+    for sub in (RUNS_SUBDIR, JOBS_SUBDIR):
+        for record in (results / sub).glob(f"*/{RECORD_NAME}"):
+            try:
+                job_id = json.loads(record.read_text()).get("job_id")
+            except (OSError, json.JSONDecodeError):
+                continue
+            if job_id:
+                found[str(job_id)] = record.parent.name
+    return found
+
+
+def show_status(results: Path) -> int:
+    if shutil.which("squeue") is None:
+        raise UserError("squeue is not on PATH: start the local cluster with `make cluster-up` or load Slurm")
+    proc = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%M|%D|%R"], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"squeue failed: {' '.join(proc.stderr.split())}")
+    runs = _runs_by_job(results)
+    rows = [line.split("|") for line in proc.stdout.splitlines() if "|stockpredict" in line]
+    print(f"{'JOBID':>8}  {'STATE':<10} {'TIME':>10} {'NODES':>5}  {'NAME':<22} {'RUN':<34} REASON/NODES")
+    for job_id, name, state, elapsed, nodes, reason in rows:
+        print(f"{job_id:>8}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {runs.get(job_id, '-'):<34} {reason}")
+    if not rows:
+        print("(no stockpredict jobs in the queue)")
+    return 0
+
+
+def show_logs(results: Path, run_id: str | None, tail_lines: int = 40) -> int:
+    candidates = [results / RUNS_SUBDIR / run_id, results / JOBS_SUBDIR / run_id] if run_id else []
+    run_dir = next((p for p in candidates if p.is_dir() and "/" not in run_id), None)
+    if run_dir is None:
+        recent = sorted((p.name for p in (results / RUNS_SUBDIR).glob("*") if p.is_dir()), reverse=True)[:5]
+        hint = f"; recent runs: {', '.join(recent)}" if recent else ""
+        raise UserError(f"no run {run_id!r} under {results / RUNS_SUBDIR} (use make logs RUN=<run-id>){hint}")
+    for path in sorted(run_dir.glob("slurm-*.out")) + [run_dir / "train.log"]:
+        if path.is_file():
+            lines = path.read_text(errors="replace").splitlines()
+            print(f"==> {path} (last {min(tail_lines, len(lines))} of {len(lines)} lines) <==")
+            print("\n".join(lines[-tail_lines:]))
+    return 0
+
+
+# --- Python API on submitit -------------------------------------------------------------------------
+
+def _minutes(slurm_time: str) -> int:
+    """Slurm time string -> whole minutes (rounded up), for submitit's timeout_min."""
+    days, _, rest = slurm_time.rpartition("-") if "-" in slurm_time else ("0", "", slurm_time)
+    parts = [int(p) for p in rest.split(":")]
+    if "-" in slurm_time:  # D-H, D-H:M, D-H:M:S
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, s = parts
+    else:                  # M or M:S
+        h, m, s = 0, parts[0], (parts + [0])[1]
+    return int(days) * 1440 + h * 60 + m + (1 if s else 0)
+
+
+def _import_submitit():
+    import submitit
+
+    class TrainerCall(submitit.helpers.Checkpointable):
+        """Runs the trainer in each task. On submitit's preemption signal, the default checkpoint()
+        resubmits the same call; its argv has --resume, so the trainer continues from its last checkpoint."""
+
+        def __call__(self, argv: list[str]) -> int:
+            from stockpredict import train
+
+            status = int(train.main(argv) or 0)
+            if status != 0:
+                raise RuntimeError(f"trainer exited with status {status}")
+            return status
+
+    return submitit, TrainerCall
+
+
+def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs: int | None = None,
+                    batch_size: int = DEFAULT_BATCH, profile: str = "local", results: str | Path = "results",
+                    time: str | None = None, mode: str | None = None, lr: float | None = None,
+                    seed: int | None = None, cluster: str | None = None, **overrides: Any):
+    """Submit one training run with submitit and return its `submitit.Job` (one result per rank).
+
+    Slurm when sbatch is on PATH (srun --mpi=pmix, the profile's partition and setup lines), submitit's
+    local executor otherwise (one task; nodes must then be 1). `cluster` forces "slurm", "local" or
+    "debug". The run directory `results/runs/<run-id>/` gets the trainer's outputs, `submit.json`, and
+    submitit's own logs in `submitit/`. `time` is a Slurm time limit (minutes are rounded up).
+    """
+    submitit, TrainerCall = _import_submitit()
+    args = TrainArgs(data=str(Path(data).resolve()), batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
+                     mode=mode)
+    _check_train_args(args)
+    spec = train_spec(profile, Path("/nonexistent/run"), args, nodes=nodes, gpus_per_node=gpus_per_node,
+                      time=time, **overrides)
+    executor = submitit.AutoExecutor(folder="/nonexistent", cluster=cluster)
+    if executor.cluster != "slurm" and spec.ranks != 1:
+        raise UserError(f"submitit's {executor.cluster} executor runs one task; asked for {spec.ranks} ranks "
+                        f"(start the cluster with `make cluster-up` for multi-rank runs)")
+    run_dir = new_run_dir(Path(results).resolve() / RUNS_SUBDIR, f"n{nodes}-g{gpus_per_node}-b{batch_size}")
+    spec = train_spec(profile, run_dir, args, nodes=nodes, gpus_per_node=gpus_per_node, time=time, **overrides)
+    executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=cluster)
+    launcher = {"srun-pmix": ["--mpi=pmix"], "srun-pmi2": ["--mpi=pmi2"]}.get(spec.launcher)
+    if launcher is None:
+        raise UserError(f"submitit starts ranks with srun; launcher {spec.launcher!r} is not supported here")
+    params: dict[str, Any] = dict(name=spec.job_name, nodes=spec.nodes, tasks_per_node=spec.ranks_per_node,
+                                  cpus_per_task=spec.cpus_per_task, timeout_min=_minutes(spec.time),
+                                  slurm_srun_args=[*launcher, "--kill-on-bad-exit=1"],
+                                  slurm_setup=list(spec.setup))
+    if spec.gpus_per_node:
+        params["gpus_per_node"] = spec.gpus_per_node
+    for key in ("partition", "account", "qos", "constraint", "mem"):
+        if getattr(spec, key) is not None:
+            params[f"slurm_{key}"] = getattr(spec, key)
+    executor.update_parameters(**params)
+    argv = trainer_argv(args, run_dir, spec.cpus_per_task)
+    job = executor.submit(TrainerCall(), argv)
+    record = {"run_id": run_dir.name, "job": dataclasses.asdict(spec), "train": dataclasses.asdict(args),
+              "job_id": str(job.job_id), "submitit": {"cluster": executor.cluster, "parameters": params}}
+    write_atomic(run_dir / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    log.info("submitted run %s as job %s (%s)", run_dir.name, job.job_id, executor.cluster)
+    return job
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
+    parser.add_argument("--profile", default="local", help="slurm/profiles/<name>.toml, or a path (default: local)")
+    parser.add_argument("--time", help="time limit, e.g. 00:30:00 (default: the profile's)")
+    parser.add_argument("--partition")
+    parser.add_argument("--account")
+    parser.add_argument("--qos")
+    parser.add_argument("--constraint")
+    parser.add_argument("--mem", help="memory per node, e.g. 32G")
+    parser.add_argument("--cpus-per-task", type=int)
+    parser.add_argument("--extra-directive", action="append", dest="extra_directives",
+                        help="extra #SBATCH option, e.g. --extra-directive=--exclusive (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="render and print the script, do not submit")
+    parser.add_argument("--results", default="results", help="results root (runs go in RESULTS/runs/)")
+    parser.add_argument("--after", help="start only after this job id completed successfully (afterok)")
+    if train:
+        parser.add_argument("--nodes", type=int)
+        parser.add_argument("--gpus-per-node", type=int, help="0 = CPU only")
+        parser.add_argument("--tasks-per-node", type=int, help="default: one per GPU, or 1 on CPU")
+        parser.add_argument("--launcher", help="srun-pmix (default), srun-pmi2, mpirun, horovodrun-gloo")
+        parser.add_argument("--signal-seconds", type=int, help="SIGUSR1 this long before the time limit")
+        parser.add_argument("--job-name")
+        parser.add_argument("--data", required=True, help="HDF5 sequences file from preprocessing")
+        parser.add_argument("--epochs", type=int)
+        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="per rank (default 32)")
+        parser.add_argument("--lr", type=float, help="base learning rate (scaled by the rank count)")
+        parser.add_argument("--warmup-epochs", type=int)
+        parser.add_argument("--seed", type=int)
+
+
+_SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
+               "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name", "extra_directives")
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(ns, k) for k in _SPEC_FLAGS if getattr(ns, k, None) is not None}
+
+
+def _train_args(ns: argparse.Namespace, batch_size: int | None = None, mode: str | None = None) -> TrainArgs:
+    return TrainArgs(data=ns.data, batch_size=batch_size or ns.batch_size, epochs=ns.epochs, lr=ns.lr,
+                     warmup_epochs=ns.warmup_epochs, seed=ns.seed, mode=mode)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m stockpredict.submit` and `stockpredict-submit`."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="stockpredict-submit", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_job_flags(commands.add_parser("train", help="render and submit one training run"), train=True)
+    sweep = commands.add_parser("sweep", help="submit a scaling grid of training runs")
+    _add_job_flags(sweep, train=True)
+    sweep.add_argument("--nodes-list", default="1 2 4")
+    sweep.add_argument("--batch-list", default="32 64 128 256")
+    sweep.add_argument("--mode", default="strong", choices=("strong", "weak"))
+    sweep.add_argument("--repeats", type=int, default=1)
+    prep = commands.add_parser("preprocess", help="submit preprocessing as a one-process job")
+    _add_job_flags(prep, train=False)
+    prep.add_argument("--raw", required=True)
+    prep.add_argument("--out", required=True)
+    report = commands.add_parser("report", help="submit the report as a one-process job")
+    _add_job_flags(report, train=False)
+    report.add_argument("--runs", required=True)
+    report.add_argument("--out", required=True)
+    commands.add_parser("status", help="this toolkit's jobs in the queue").add_argument("--results", default="results")
+    logs = commands.add_parser("logs", help="a run's Slurm output and training log")
+    logs.add_argument("run_id", nargs="?")
+    logs.add_argument("--results", default="results")
+    ns = parser.parse_args(argv)
+
+    if ns.command == "status":
+        return show_status(Path(ns.results))
+    if ns.command == "logs":
+        return show_logs(Path(ns.results), ns.run_id)
+    common = dict(profile=ns.profile, results=ns.results, dry_run=ns.dry_run, after=ns.after)
+    if ns.command == "train":
+        _announce(submit_train(_train_args(ns), **common, **_overrides(ns)))
+    elif ns.command == "sweep":
+        _run_sweep(ns, common)
+    else:
+        paths = [str(Path(p).resolve()) for p in ((ns.raw, ns.out) if ns.command == "preprocess" else (ns.runs, ns.out))]
+        command = (["preprocess", "--raw", paths[0], "--out", paths[1]] if ns.command == "preprocess"
+                   else ["stockpredict.report", "--runs", paths[0], "--out", paths[1]])
+        _announce(submit_aux(ns.command, command, **common, **_overrides(ns)))
+    return 0
+
+
+def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
+    overrides = _overrides(ns)
+    profile = load_profile(ns.profile)
+    gpus = overrides.get("gpus_per_node", profile.get("gpus_per_node", JobSpec.gpus_per_node))
+    tasks = overrides.get("tasks_per_node", profile.get("tasks_per_node"))
+    ranks_per_node = JobSpec(gpus_per_node=gpus, tasks_per_node=tasks).ranks_per_node
+    grid = sweep_grid(_int_list(ns.nodes_list, "NODES_LIST"), _int_list(ns.batch_list, "BATCH_LIST"),
+                      ns.mode, ranks_per_node, ns.repeats)
+    # Check every run of the grid before submitting the first, so a bad value never leaves half a sweep.
+    for run in grid:
+        args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
+        _check_train_args(dataclasses.replace(args, data=str(Path(args.data).resolve())))
+        train_spec(ns.profile, Path("/nonexistent/run"), args, **dict(overrides, nodes=run["nodes"]))
+    header = f"{'job_id':>8}  {'run_id':<36} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} {'global':>7} {'repeat':>6}  mode"
+    print(header)
+    for run in grid:
+        args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
+        sub = submit_train(args, **common, **dict(overrides, nodes=run["nodes"]))
+        print(f"{sub.job_id or 'dry-run':>8}  {sub.run_id:<36} {run['nodes']:>5} {run['ranks']:>5} "
+              f"{run['batch_per_rank']:>10} {run['global_batch']:>7} {run['repeat']:>6}  {run['mode']}",
+              flush=True)
+    print(f"{len(grid)} runs under {Path(ns.results).resolve() / RUNS_SUBDIR}; follow them with `make status`")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""`make report` on hand-made timing logs with known answers (schema 1, as the trainer writes them).
+
+Every expected number below is worked out by hand from the epoch times the test writes; the report
+must reproduce it from the files alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stockpredict import report
+from stockpredict.cli import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TRAIN_WINDOWS = 4096
+
+
+# --- writing logs the way the trainer does -------------------------------------------------------
+
+def run_start(ranks=1, nodes=1, gpus_per_node=1, batch=32, mode="strong", global_batch=None,
+              resumed_from_epoch=None, attempt=0, hosts=None, epochs=4, time="2026-11-26T10:00:00+00:00",
+              **extra):
+    event = {
+        "schema": 1, "event": "run_start", "time": time, "job_id": "100", "ranks": ranks, "nodes": nodes,
+        "gpus_per_node": gpus_per_node, "hosts": hosts or [f"node{i + 1}" for i in range(nodes)],
+        "batch_size_per_rank": batch, "global_batch_size": global_batch or batch * ranks,
+        "learning_rate": 1e-4 * ranks, "epochs": epochs, "mode": mode, "dataset": "data/seq.h5",
+        "windows": {"train": TRAIN_WINDOWS, "val": 512, "test": 512},
+        "versions": {"python": "3.11.2", "tensorflow": "2.15.1", "horovod": "0.28.1", "mpi": "Open MPI 4.1.4"},
+        "config": {"lstm_units": 50}, "resumed_from_epoch": resumed_from_epoch, "attempt": attempt,
+    }
+    event.update(extra)
+    return event
+
+
+def epoch(n, seconds, global_batch=32, resumed=False):
+    steps = TRAIN_WINDOWS // global_batch
+    samples = steps * global_batch
+    return {"schema": 1, "event": "epoch", "epoch": n, "train_seconds": seconds, "val_seconds": 0.5,
+            "steps": steps, "samples": samples, "samples_per_second": samples / seconds,
+            "train_loss": 0.01, "val_loss": 0.02, "resumed": resumed}
+
+
+def run_end(status="completed", mse=1e-4):
+    test = None if status != "completed" else {
+        "mse": mse, "rmse_price": 0.5, "mae_price": 0.4, "persistence_mse": 2e-4,
+        "persistence_rmse_price": 0.7, "skill": 1 - mse / 2e-4, "direction_accuracy": 0.55}
+    return {"schema": 1, "event": "run_end", "status": status, "total_seconds": 60.0, "test": test}
+
+
+def simple_run(ranks, seconds, *, nodes=None, batch=32, mode="strong", global_batch=None, mse=1e-4,
+               warmup_seconds=99.0):
+    """run_start, a slow warm-up epoch, one epoch per entry of `seconds`, run_end completed."""
+    global_batch = global_batch or batch * ranks
+    events = [run_start(ranks=ranks, nodes=nodes or ranks, batch=batch, mode=mode, global_batch=global_batch,
+                        epochs=len(seconds) + 1),
+              epoch(1, warmup_seconds, global_batch)]
+    events += [epoch(i + 2, s, global_batch) for i, s in enumerate(seconds)]
+    return events + [run_end(mse=mse)]
+
+
+def write_log(runs_dir: Path, run_id: str, events, tail: str = "") -> Path:
+    path = runs_dir / run_id / "timing.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(e) + "\n" for e in events) + tail)
+    return path
+
+
+def parse(events, tail: str = ""):
+    return report.parse_timing_log("".join(json.dumps(e) + "\n" for e in events) + tail, run_id="r")
+
+
+def build(runs_dir: Path, **config) -> report.Report:
+    cfg = report.ReportConfig(runs_dir=runs_dir, out_dir=runs_dir.parent, **config)
+    return report.build_report(report.load_runs(runs_dir), cfg)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- formulas --------------------------------------------------------------------------------------
+
+def test_karp_flatt_and_efficiency_formulas():
+    # S = 3 on p = 4: e = (1/3 - 1/4) / (1 - 1/4) = (1/12) / (3/4) = 1/9.
+    assert report.karp_flatt(3.0, 4.0) == pytest.approx(1 / 9)
+    assert report.karp_flatt(2.0, 2.0) == pytest.approx(0.0)      # perfect scaling: no serial part
+    assert report.karp_flatt(1.0, 1.0) is None                      # undefined at the base
+    assert report.parallel_efficiency(3.0, 4.0) == pytest.approx(0.75)
+    assert report.speedup(12.0, 4.0) == pytest.approx(3.0)
+
+
+# --- parsing rules ---------------------------------------------------------------------------------
+
+def test_warmup_first_epoch_excluded_and_median_odd_count():
+    run, notes = parse(simple_run(1, [10.0, 30.0, 11.0]))
+    assert notes == ()
+    timed = run.timed_epochs(warmup_epochs=1)
+    assert [e.epoch for e in timed] == [2, 3, 4]                    # epoch 1 (99 s) is warm-up
+    assert report.run_timing(run, 1).seconds_per_epoch == pytest.approx(11.0)
+    assert report.run_timing(run, 0).seconds_per_epoch == pytest.approx(20.5)  # median of 10, 11, 30, 99
+
+
+def test_median_even_count_is_mean_of_middle_two():
+    run, _ = parse(simple_run(1, [10.0, 14.0, 12.0, 100.0]))
+    assert report.run_timing(run, 1).seconds_per_epoch == pytest.approx(13.0)
+
+
+def test_resumed_run_counts_each_epoch_once_and_excludes_first_epoch_after_restart():
+    events = [
+        run_start(epochs=5), epoch(1, 50.0), epoch(2, 10.0), epoch(3, 11.0),
+        run_end("preempted"),
+        # The requeued attempt redoes epoch 3 (its checkpoint was from epoch 2): the later record wins,
+        # and it is the first epoch after a run_start, so it is warm-up too.
+        run_start(resumed_from_epoch=2, attempt=1, epochs=5), epoch(3, 40.0), epoch(4, 12.0, resumed=True),
+        epoch(5, 13.0),
+        run_end("completed"),
+    ]
+    run, _ = parse(events)
+    assert [e.epoch for e in run.epochs] == [1, 2, 3, 4, 5]
+    assert run.epochs[2].train_seconds == 40.0
+    assert run.attempts == 2
+    assert [e.epoch for e in run.timed_epochs(1)] == [2, 5]
+    assert report.run_timing(run, 1).seconds_per_epoch == pytest.approx(11.5)
+
+
+def test_truncated_last_line_is_dropped_with_a_note():
+    run, notes = parse(simple_run(1, [10.0, 12.0]), tail='{"schema": 1, "event": "ep')
+    assert run.epochs[-1].epoch == 3
+    assert len(notes) == 1 and "last line" in notes[0]
+
+
+@pytest.mark.parametrize("events, tail, reason", [
+    (simple_run(1, [10.0])[:-1], "", "partial"),                                          # no run_end
+    (simple_run(1, [10.0])[:-1] + [run_end("failed")], "", "failed"),
+    (simple_run(1, [10.0])[:-1] + [run_end("preempted")], "", "partial"),
+    ([{**e, "schema": 2} for e in simple_run(1, [10.0])], "", "unknown schema"),
+    ([{k: v for k, v in e.items() if k != "schema"} for e in simple_run(1, [10.0])], "", "unknown schema"),
+    (simple_run(1, [10.0])[:1] + [{**epoch(1, 9.0), "train_seconds": "fast"}] + simple_run(1, [10.0])[2:],
+     "", "corrupt"),
+    (simple_run(1, [10.0])[2:], "", "corrupt"),                                             # no run_start
+    (simple_run(1, [10.0])[:-1], "", "no run_end"),
+    (simple_run(1, [10.0]), "", None),
+])
+def test_unusable_logs_raise_skip_with_reason(events, tail, reason):
+    if reason is None:
+        run, _ = parse(events, tail)
+        assert run.ranks == 1
+    else:
+        with pytest.raises(report.SkipLog, match=reason):
+            parse(events, tail)
+
+
+def test_corrupt_middle_line_skips_the_whole_file():
+    text = "".join(json.dumps(e) + "\n" for e in simple_run(1, [10.0]))
+    lines = text.splitlines(keepends=True)
+    lines[1] = '{"schema": 1, "event": "epo\n'
+    with pytest.raises(report.SkipLog, match="corrupt: line 2"):
+        report.parse_timing_log("".join(lines))
+
+
+def test_load_runs_reports_each_skipped_file_by_name(tmp_path):
+    runs = tmp_path / "runs"
+    write_log(runs, "good", simple_run(1, [10.0]))
+    bad = write_log(runs, "failed", simple_run(1, [10.0])[:-1] + [run_end("failed")])
+    loaded = report.load_runs(runs)
+    assert [r.run_id for r in loaded.runs] == ["good"]
+    assert [(s.path, s.reason.split(":")[0]) for s in loaded.skipped] == [(str(bad), "failed")]
+
+
+# --- tables ----------------------------------------------------------------------------------------
+
+def strong_and_weak_runs(runs: Path) -> None:
+    # Strong scaling at global batch 128: per-rank batch 128/64/32 on 1/2/4 ranks.
+    write_log(runs, "s1a", simple_run(1, [40.0, 42.0, 41.0], batch=128, global_batch=128))
+    write_log(runs, "s1b", simple_run(1, [44.0, 44.0, 44.0], batch=128, global_batch=128))  # repeat
+    write_log(runs, "s2", simple_run(2, [25.0, 26.0, 24.0], batch=64, global_batch=128))
+    write_log(runs, "s4", simple_run(4, [16.0, 15.0, 14.0], batch=32, global_batch=128))
+    # Weak scaling at 32 per rank.
+    write_log(runs, "w1", simple_run(1, [32.0, 32.0], batch=32, mode="weak"))
+    write_log(runs, "w2", simple_run(2, [20.0, 20.0], batch=32, mode="weak"))
+    # An ad-hoc run without a mode, and one whose only epoch is warm-up.
+    write_log(runs, "adhoc", simple_run(1, [8.0, 9.0], batch=256, mode=None, mse=3e-4))
+    write_log(runs, "short", simple_run(1, [], batch=512, mode=None, mse=5e-4))
+
+
+def test_strong_scaling_table_numbers(tmp_path):
+    runs = tmp_path / "runs"
+    strong_and_weak_runs(runs)
+    rows = build(runs).strong
+    assert [(r["ranks"], r["batch_size_per_rank"]) for r in rows] == [(1, 128), (2, 64), (4, 32)]
+    # Runs s1a (median 41 s) and s1b (44 s): the row is the median of the two, 42.5 s.
+    assert rows[0]["seconds_per_epoch"] == pytest.approx(42.5)
+    assert rows[0]["runs"] == 2 and rows[0]["epochs"] == 6
+    assert rows[1]["speedup"] == pytest.approx(42.5 / 25.0)
+    assert rows[2]["speedup"] == pytest.approx(42.5 / 15.0)
+    assert rows[2]["efficiency"] == pytest.approx(42.5 / 15.0 / 4)
+    s = 42.5 / 15.0
+    assert rows[2]["karp_flatt"] == pytest.approx((1 / s - 1 / 4) / (1 - 1 / 4))
+    assert rows[0]["speedup"] == 1.0 and rows[0]["karp_flatt"] is None
+
+
+def test_weak_batch_accuracy_and_untimed_runs(tmp_path):
+    runs = tmp_path / "runs"
+    strong_and_weak_runs(runs)
+    built = build(runs)
+    weak = built.weak
+    x1 = (TRAIN_WINDOWS // 32) * 32 / 32.0
+    x2 = (TRAIN_WINDOWS // 64) * 64 / 20.0
+    assert [r["ranks"] for r in weak] == [1, 2]
+    assert weak[1]["throughput_ratio"] == pytest.approx(x2 / x1)
+    assert weak[1]["efficiency"] == pytest.approx(x2 / (2 * x1))
+    # Null-mode runs: in the batch-size table, not in the scaling tables.
+    batch = {(r["mode"], r["ranks"], r["global_batch_size"]): r for r in built.batch_size}
+    adhoc = batch[("", 1, 256)]
+    assert adhoc["seconds_per_epoch"] == pytest.approx(8.5)
+    assert adhoc["seconds_per_step"] == pytest.approx(8.5 / (TRAIN_WINDOWS // 256))
+    assert all(r["global_batch_size"] != 256 for r in built.strong + built.weak)
+    # The run with only a warm-up epoch has no timing but keeps its accuracy row.
+    assert built.untimed_runs == ("short",)
+    acc = {(r["mode"], r["ranks"], r["global_batch_size"]): r for r in built.accuracy}
+    assert acc[("", 1, 512)]["test_mse"] == pytest.approx(5e-4)
+    assert acc[("", 1, 256)]["skill"] == pytest.approx(1 - 3e-4 / 2e-4)
+    assert acc[("strong", 1, 128)]["runs"] == 2 and acc[("strong", 4, 128)]["runs"] == 1
+    assert built.environment[0]["hosts"] == "node1 node2 node3 node4"
+
+
+def test_no_usable_logs_is_a_user_error(tmp_path):
+    runs = tmp_path / "runs"
+    write_log(runs, "failed", simple_run(1, [10.0])[:-1] + [run_end("failed")])
+    with pytest.raises(UserError, match="no usable timing logs"):
+        build(runs)
+    with pytest.raises(UserError, match="no runs directory"):
+        report.load_runs(tmp_path / "missing")
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(UserError, match="valid: runs_dir, out_dir, warmup_epochs, plots"):
+        report.ReportConfig.from_mapping({"warmup": 2})
+    assert report.ReportConfig.from_mapping({"runs_dir": "x"}).runs_dir == Path("x")
+
+
+# --- the command line --------------------------------------------------------------------------------
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stockpredict.report", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+def test_cli_writes_markdown_csv_and_png(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    strong_and_weak_runs(runs)
+    failed = write_log(runs, "zz-failed", simple_run(2, [10.0])[:-1] + [run_end("failed")])
+    partial = write_log(runs, "zz-partial", simple_run(2, [10.0])[:-1], tail='{"schema": 1, "ev')
+    proc = run_cli("--runs", str(runs), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipping {failed}: failed" in proc.stderr
+    assert f"skipping {partial}: partial" in proc.stderr
+
+    markdown = (out / "scaling.md").read_text()
+    for heading in ("## Strong scaling", "## Weak scaling", "## Batch size", "## Accuracy", "## Environment"):
+        assert heading in markdown
+    assert str(failed) in markdown and "node1, node2, node3, node4" in markdown
+
+    strong = read_csv(out / "strong_scaling.csv")
+    assert [int(r["ranks"]) for r in strong] == [1, 2, 4]
+    assert float(strong[2]["speedup"]) == pytest.approx(42.5 / 15.0)
+    assert strong[0]["karp_flatt"] == ""
+    assert float(strong[1]["karp_flatt"]) == pytest.approx(report.karp_flatt(42.5 / 25.0, 2.0))
+    weak = read_csv(out / "weak_scaling.csv")
+    # Both weak runs train 4096 samples per epoch: X1 = 4096/32 = 128/s, X2 = 4096/20 = 204.8/s,
+    # efficiency = 204.8 / (2 * 128) = 0.8.
+    assert float(weak[1]["efficiency"]) == pytest.approx(0.8)
+    accuracy = read_csv(out / "accuracy.csv")
+    assert {float(r["test_mse"]) for r in accuracy} == {1e-4, 3e-4, 5e-4}
+    batch = read_csv(out / "batch_size.csv")
+    assert len(batch) == 6                                   # 3 strong + 2 weak + 1 ad hoc (short: untimed)
+    env = read_csv(out / "environment.csv")
+    assert env[0]["tensorflow"] == "2.15.1" and int(env[0]["runs"]) == 8
+
+    for name in report.PLOT_NAMES.values():
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+        assert f"]({name})" in markdown
+    assert not list(out.glob(".*.tmp"))                       # atomic writes leave no temporary files
+
+
+def test_cli_without_usable_logs_exits_nonzero_with_one_line(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    write_log(runs, "partial", simple_run(1, [10.0])[:-1])
+    proc = run_cli("--runs", str(runs), "--out", str(out), "--no-plots")
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no usable timing logs" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+    proc = run_cli("--runs", str(tmp_path / "nothing-here"))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no runs directory")
+    assert "Traceback" not in proc.stderr

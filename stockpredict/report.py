@@ -16,8 +16,9 @@ The module is a pure core and a thin shell, like the other stages:
 Rules (docs/report.md explains them):
 - A log is used only if its last event is `run_end` with status "completed". Failed, preempted-and-not-
   resumed and unfinished runs are skipped with a warning naming the file, as are logs with another
-  schema version and logs with an unreadable line anywhere but at the end. An unreadable LAST line is
-  what a writer killed mid-line leaves behind: that line alone is dropped (with a warning).
+  schema version and logs with an unreadable line anywhere but at the end. A writer killed mid-line
+  leaves a torn fragment: as the last line it is dropped; followed on the same line by a whole record
+  (the next append) the fragment is dropped and the record kept. Both with a warning.
 - A resumed run logs some epochs twice; each epoch counts once and the later record wins.
 - Warm-up: the first epoch logged after EVERY `run_start` (graph building happens again after a
   restart) and epochs flagged `resumed` are excluded from timing statistics.
@@ -36,6 +37,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -207,6 +209,26 @@ def _field(event: Mapping[str, Any], name: str, types: tuple, lineno: int) -> An
     return value
 
 
+_RECORD_START = re.compile(r'\{\s*"schema"\s*:')
+
+
+def _json_object(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _record_after_torn_fragment(line: str) -> dict | None:
+    """The whole record that follows a torn fragment on one line, or None."""
+    for match in _RECORD_START.finditer(line, 1):
+        event = _json_object(line[match.start():])
+        if event is not None:
+            return event
+    return None
+
+
 def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, tuple[str, ...]]:
     """Parse one timing.jsonl into a Run, or raise SkipLog saying why it cannot be used.
 
@@ -218,16 +240,18 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
     notes: list[str] = []
     events: list[tuple[int, dict]] = []
     for position, (lineno, line) in enumerate(lines):
-        try:
-            event = json.loads(line)
-            if not isinstance(event, dict):
-                raise ValueError("not a JSON object")
-        except ValueError:
-            if position == len(lines) - 1:
-                # A writer killed mid-line leaves a truncated last line; the lines before it are whole.
+        event = _json_object(line)
+        if event is None:
+            # A writer killed mid-line leaves a fragment without a newline; the next append (a requeued
+            # attempt's run_start, or the batch script's run_end) then lands on the same line.
+            event = _record_after_torn_fragment(line)
+            if event is not None:
+                notes.append(f"line {lineno}: dropped a torn fragment before a whole record")
+            elif position == len(lines) - 1:
                 notes.append(f"dropped unreadable last line {lineno} (truncated write)")
                 break
-            raise SkipLog(f"corrupt: line {lineno} is not a JSON object") from None
+            else:
+                raise SkipLog(f"corrupt: line {lineno} is not a JSON object")
         schema = event.get("schema")
         if schema != SCHEMA_VERSION:
             raise SkipLog(f"unknown schema {schema!r} on line {lineno} (this report reads schema {SCHEMA_VERSION})")
@@ -319,7 +343,11 @@ def load_runs(runs_dir: Path) -> LoadedRuns:
     runs: list[Run] = []
     skipped: list[SkippedLog] = []
     notes: list[str] = []
-    for path in sorted(runs_dir.glob(f"*/{TIMING_LOG_NAME}")):
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        path = run_dir / TIMING_LOG_NAME
+        if not path.exists():
+            skipped.append(SkippedLog(str(path), "missing: the job is pending or failed before training"))
+            continue
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
             run, run_notes = parse_timing_log(text, run_id=path.parent.name, path=str(path))
@@ -740,25 +768,26 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create output directory {out_dir}: {err.strerror or err}") from None
-    written: list[Path] = []
-    for table, columns in (("strong", STRONG_COLUMNS), ("weak", WEAK_COLUMNS), ("batch_size", BATCH_COLUMNS),
-                           ("accuracy", ACCURACY_COLUMNS), ("environment", ENVIRONMENT_COLUMNS)):
-        path = out_dir / CSV_NAMES[table]
-        write_atomic(path, render_csv(getattr(report, table), columns))
-        written.append(path)
+    outputs: list[tuple[Path, bytes | str]] = [
+        (out_dir / CSV_NAMES[table], render_csv(getattr(report, table), columns))
+        for table, columns in (("strong", STRONG_COLUMNS), ("weak", WEAK_COLUMNS),
+                               ("batch_size", BATCH_COLUMNS), ("accuracy", ACCURACY_COLUMNS),
+                               ("environment", ENVIRONMENT_COLUMNS))]
     plot_files: dict[str, str] = {}
     if report.config.plots:
         from . import plots  # matplotlib is imported only when plots are wanted
 
         for name, png in plots.render_all(report).items():
-            path = out_dir / PLOT_NAMES[name]
-            write_atomic(path, png)
-            written.append(path)
+            outputs.append((out_dir / PLOT_NAMES[name], png))
             plot_files[name] = PLOT_NAMES[name]
-    markdown = out_dir / MARKDOWN_NAME
-    write_atomic(markdown, render_markdown(report, plot_files))
-    written.insert(0, markdown)
-    return written
+    # scaling.md last: once it is there, every file it links to is too.
+    outputs.append((out_dir / MARKDOWN_NAME, render_markdown(report, plot_files)))
+    for path, data in outputs:
+        try:
+            write_atomic(path, data)
+        except OSError as err:
+            raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    return [outputs[-1][0]] + [path for path, _ in outputs[:-1]]
 
 
 def make_report(config: ReportConfig) -> tuple[Report, list[Path]]:

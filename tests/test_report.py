@@ -160,6 +160,21 @@ def test_unusable_logs_raise_skip_with_reason(events, tail, reason):
             parse(events, tail)
 
 
+def test_torn_fragment_followed_by_a_requeued_attempt_keeps_the_record():
+    # Attempt 0 was SIGKILLed while writing epoch 3; the requeued attempt's run_start is appended to
+    # the same line (the fragment has no newline). The run_start must survive: it marks epoch 3 of
+    # the new attempt as warm-up.
+    first = [run_start(epochs=4), epoch(1, 50.0), epoch(2, 10.0)]
+    second = [run_start(resumed_from_epoch=2, attempt=1, epochs=4), epoch(3, 45.0), epoch(4, 12.0),
+              run_end()]
+    text = ("".join(json.dumps(e) + "\n" for e in first) + json.dumps(epoch(3, 11.0))[:30]
+            + "".join(json.dumps(e) + "\n" for e in second))
+    run, notes = report.parse_timing_log(text)
+    assert run.attempts == 2
+    assert [e.epoch for e in run.timed_epochs(1)] == [2, 4]
+    assert len(notes) == 1 and "torn fragment" in notes[0]
+
+
 def test_corrupt_middle_line_skips_the_whole_file():
     text = "".join(json.dumps(e) + "\n" for e in simple_run(1, [10.0]))
     lines = text.splitlines(keepends=True)
@@ -172,9 +187,20 @@ def test_load_runs_reports_each_skipped_file_by_name(tmp_path):
     runs = tmp_path / "runs"
     write_log(runs, "good", simple_run(1, [10.0]))
     bad = write_log(runs, "failed", simple_run(1, [10.0])[:-1] + [run_end("failed")])
+    (runs / "pending").mkdir()
     loaded = report.load_runs(runs)
     assert [r.run_id for r in loaded.runs] == ["good"]
-    assert [(s.path, s.reason.split(":")[0]) for s in loaded.skipped] == [(str(bad), "failed")]
+    assert [(s.path, s.reason.split(":")[0]) for s in loaded.skipped] == [
+        (str(bad), "failed"), (str(runs / "pending" / "timing.jsonl"), "missing")]
+
+
+def test_output_path_that_is_a_file_is_a_user_error(tmp_path):
+    runs = tmp_path / "runs"
+    write_log(runs, "good", simple_run(1, [10.0]))
+    blocker = tmp_path / "results"
+    blocker.write_text("not a directory")
+    with pytest.raises(UserError, match="cannot create output directory"):
+        report.write_report(build(runs, plots=False), blocker)
 
 
 # --- tables ----------------------------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""Rendering of sbatch scripts: golden files, validation, hostile values, profiles. No cluster needed."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from stockpredict.cli import UserError
+from stockpredict.render import (JobSpec, PROFILE_KEYS, SPEC_FIELDS, available_profiles, load_profile, make_spec,
+                                 render_job, sbatch_directives)
+
+GOLDEN = REPO / "tests" / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+SETUP = ("source /opt/venvs/stockpredict/bin/activate", "export TF_CPP_MIN_LOG_LEVEL=2")
+TRAIN_CMD = ("python", "-m", "stockpredict.train", "--data", "/data/sequences.h5", "--run-dir",
+             "/results/runs/r1", "--resume", "--batch-size", "32")
+
+# Parameter sets pinned by golden files: the local default, a full site config on mpirun, CPU-only with
+# several ranks per node on horovodrun, and the two one-process job kinds.
+CASES = {
+    "train_local_n2_g1": dict(nodes=2, gpus_per_node=1, partition="debug", requeue=True,
+                              run_dir="/results/runs/r1", output="/results/runs/r1/slurm-%j.out",
+                              setup=SETUP, command=TRAIN_CMD, profile="local"),
+    "train_site_mpirun_n4_g2": dict(nodes=4, gpus_per_node=2, cpus_per_task=8, time="1-12:00:00",
+                                    partition="gpu,gpu-long", account="lab-42", qos="normal",
+                                    constraint="a100|v100", mem="64G", launcher="mpirun", requeue=True,
+                                    signal_seconds=300, extra_directives=("--reservation=course", "--exclusive"),
+                                    run_dir="/scratch/my runs/r2", output="/scratch/my runs/r2/slurm-%j.out",
+                                    error="/scratch/my runs/r2/slurm-%j.err", setup=SETUP,
+                                    command=TRAIN_CMD, job_name="lstm.scaling_n4", profile="site"),
+    "train_cpu_horovodrun_n2_t2": dict(nodes=2, gpus_per_node=0, tasks_per_node=2, launcher="horovodrun-gloo",
+                                       requeue=True, time="90", run_dir="/results/runs/r3",
+                                       output="/results/runs/r3/slurm-%j.out", setup=SETUP, command=TRAIN_CMD),
+    "preprocess": dict(kind="preprocess", job_name="stockpredict-preprocess", launcher="none", time="02:00:00",
+                       output="/results/jobs/p/slurm-%j.out", setup=SETUP,
+                       command=("python", "-m", "preprocess", "--raw", "/data/raw", "--out", "/data/seq.h5")),
+    "report": dict(kind="report", job_name="stockpredict-report", launcher="none", time="10",
+                   output="/results/jobs/q/slurm-%j.out", setup=SETUP,
+                   command=("python", "-m", "stockpredict.report", "--runs", "/results/runs", "--out", "/results")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case):
+    text = render_job(make_spec(CASES[case]))
+    path = GOLDEN / f"{case}.sbatch"
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing {path}; create it with: UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py"
+    assert text == path.read_text(), (
+        f"rendered script differs from {path}. If the change is intended, regenerate the golden files with "
+        f"UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py and review the diff (git diff tests/golden)")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rendered_scripts_are_valid_bash_and_deterministic(case):
+    spec = make_spec(CASES[case])
+    text = render_job(spec)
+    assert text == render_job(spec)
+    proc = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    directives = [line for line in text.splitlines() if line.startswith("#SBATCH ")]
+    assert directives == sorted(directives) and len(directives) == len(sbatch_directives(spec))
+
+
+def test_tasks_default_to_one_per_gpu_or_one_per_node_on_cpu():
+    assert JobSpec(nodes=3, gpus_per_node=4).ranks == 12
+    assert JobSpec(nodes=3, gpus_per_node=0).ranks == 3
+    assert JobSpec(nodes=2, gpus_per_node=0, tasks_per_node=2).ranks_per_node == 2
+    cpu = sbatch_directives(make_spec(dict(CASES["report"], nodes=2)))
+    assert "--ntasks-per-node=1" in cpu and not any(d.startswith("--gpus") for d in cpu)
+
+
+@pytest.mark.parametrize("launcher, expected", [
+    ("srun-pmix", "srun --mpi=pmix --kill-on-bad-exit=1 python"),
+    ("srun-pmi2", "srun --mpi=pmi2 --kill-on-bad-exit=1 python"),
+    ("mpirun", "mpirun -np 4 --map-by ppr:2:node --bind-to none python"),
+    ("horovodrun-gloo", 'horovodrun --gloo -np 4 -H "$HOROVOD_HOSTS" python'),
+])
+def test_launch_modes(launcher, expected):
+    spec = make_spec(dict(CASES["train_local_n2_g1"], gpus_per_node=2, launcher=launcher))
+    launch = [line for line in render_job(spec).splitlines() if line.endswith(" &")]
+    assert len(launch) == 1 and launch[0].startswith(expected)
+
+
+def test_train_jobs_are_requeueable_with_a_warning_signal():
+    text = render_job(make_spec(dict(CASES["train_local_n2_g1"], signal_seconds=45)))
+    for directive in ("#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR1@45"):
+        assert directive in text.splitlines()
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in text and 'exit "$status"' in text
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(UserError) as err:
+        make_spec({"nodes": 2, "gpu_per_node": 1})
+    assert "gpu_per_node" in str(err.value) and all(f in str(err.value) for f in SPEC_FIELDS)
+
+
+@pytest.mark.parametrize("time_limit", ["30", "30:00", "00:30:00", "2-0", "1-12:00", "1-12:00:00"])
+def test_slurm_time_formats_accepted(time_limit):
+    assert f"--time={time_limit}" in render_job(make_spec(dict(CASES["report"], time=time_limit)))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(time="1h"), "time limit"), (dict(time="00:30:00; id"), "time limit"), (dict(time=""), "time limit"),
+    (dict(nodes=0), "nodes"), (dict(nodes=-1), "nodes"), (dict(nodes=True), "nodes"), (dict(nodes="2"), "nodes"),
+    (dict(gpus_per_node=-1), "gpus per node"), (dict(tasks_per_node=0), "tasks per node"),
+    (dict(cpus_per_task=0), "cpus per task"), (dict(signal_seconds=0), "signal seconds"),
+    (dict(mem="lots"), "mem"), (dict(launcher="ssh"), "launcher"), (dict(kind="eval"), "kind"),
+    (dict(extra_directives=("--exclusive; id",)), "extra directive"),
+    (dict(extra_directives=("--nodes=8",)), "conflicts"), (dict(extra_directives=("-N 8",)), "extra directive"),
+    (dict(setup=("echo a\necho b",)), "setup line"), (dict(command=()), "no command"),
+])
+def test_invalid_values_rejected_with_a_clear_message(changes, message):
+    with pytest.raises(UserError, match=message):
+        render_job(make_spec(dict(CASES["train_local_n2_g1"], **changes)))
+
+
+HOSTILE = ["; rm -rf ~", "$(touch CANARY)", "`touch CANARY`", "it's", 'say "hi"', "line1\nline2",
+           "a b", "x && touch CANARY", "$HOME", "\\", "*"]
+
+
+@pytest.mark.parametrize("name", HOSTILE + ["-starts-with-dash", "a/b", "", "x" * 200])
+def test_hostile_job_names_rejected(name):
+    with pytest.raises(UserError, match="job name"):
+        render_job(make_spec(dict(CASES["train_local_n2_g1"], job_name=name)))
+
+
+@pytest.mark.parametrize("key", ["partition", "account", "qos"])
+@pytest.mark.parametrize("value", ["debug gpu", "debug\n#SBATCH --nodes=99", "$(id)", "a;b", "'x'"])
+def test_hostile_site_names_rejected(key, value):
+    with pytest.raises(UserError, match=key):
+        render_job(make_spec(dict(CASES["train_local_n2_g1"], **{key: value})))
+
+
+@pytest.mark.parametrize("path", ['/tmp/a"b', "/tmp/a\nb", "/tmp/a\rb"])
+def test_paths_that_cannot_be_written_in_a_directive_are_rejected(path):
+    with pytest.raises(UserError, match="path|directory"):
+        render_job(make_spec(dict(CASES["train_local_n2_g1"], run_dir=path)))
+
+
+def test_hostile_values_in_paths_and_arguments_are_quoted_never_executed(tmp_path):
+    """Render a train script whose run dir and program arguments are hostile, then run it with bash.
+
+    launcher="none" runs the program directly (no Slurm needed); the program prints the argv it got.
+    Nothing may be executed (no CANARY file) and every argument must arrive byte for byte."""
+    run_dir = tmp_path / "run $(touch CANARY) `touch CANARY`; touch CANARY & it's"
+    run_dir.mkdir()
+    echo_argv = "import json, sys; print(json.dumps(sys.argv[1:]))"
+    spec = make_spec(dict(CASES["train_local_n2_g1"], launcher="none", setup=("cd " + _q(tmp_path),),
+                          run_dir=str(run_dir), output=str(run_dir / "slurm-%j.out"),
+                          command=(sys.executable, "-c", echo_argv, *HOSTILE, str(run_dir))))
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_job(spec))
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env=dict(os.environ, HOME=str(tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    argv = json.loads(proc.stdout.splitlines()[0])
+    assert argv == [*HOSTILE, str(run_dir)]
+    assert f"outputs in {run_dir}" in proc.stdout
+    assert not list(tmp_path.rglob("CANARY"))
+
+
+def test_failing_setup_line_is_named_and_fails_the_job(tmp_path):
+    spec = make_spec(dict(CASES["preprocess"], setup=("true", "module load no-such-module-xyz")))
+    proc = subprocess.run(["bash", "-c", render_job(spec)], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, PATH="/usr/bin:/bin"))
+    assert proc.returncode != 0
+    assert "stockpredict: setup failed" in proc.stderr and "module load no-such-module-xyz" in proc.stderr
+
+
+def test_failing_program_exits_with_its_status_and_says_so(tmp_path):
+    spec = make_spec(dict(CASES["report"], setup=(), command=(sys.executable, "-c", "raise SystemExit(3)")))
+    proc = subprocess.run(["bash", "-c", render_job(spec)], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "report job" in proc.stderr and "FAILED (exit status 3)" in proc.stderr
+
+
+def _q(path):
+    import shlex
+
+    return shlex.quote(str(path))
+
+
+# --- profiles ---------------------------------------------------------------------------------------
+
+def test_shipped_profiles_render():
+    assert {"local", "university-gpu"} <= set(available_profiles())
+    for name in available_profiles():
+        values = load_profile(name)
+        spec = make_spec(dict(values, kind="train", requeue=True, run_dir="/r", output="/r/slurm-%j.out",
+                              command=TRAIN_CMD))
+        text = render_job(spec)
+        assert f"(profile: {name})" in text
+    local = load_profile("local")
+    assert local["partition"] == "debug"
+    assert f"source {REPO}/.venv/bin/activate" in local["setup"]
+
+
+def test_profile_with_unknown_key_lists_valid_keys(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('partition = "gpu"\ngpu = 2\n')
+    with pytest.raises(UserError) as err:
+        load_profile(str(bad))
+    assert "unknown key(s) gpu" in str(err.value) and all(k in str(err.value) for k in PROFILE_KEYS)
+
+
+def test_missing_profile_lists_available():
+    with pytest.raises(UserError, match="available: .*local"):
+        load_profile("nope")

@@ -1,0 +1,209 @@
+"""Sharded streaming of the preprocessing stage's HDF5 sequences file into tf.data.
+
+Every rank reads only its own contiguous shard of `/train` (rank r of R owns rows
+[r*n//R, (r+1)*n//R)), in contiguous blocks: an h5py read of a block of windows costs about as much
+as one per-sample read, so per-sample (fancy-index) reads would starve the model.
+
+Shuffling is two-level and fully determined by (seed, epoch, rank): the shard's blocks are visited in
+a random order, a few blocks at a time are read into a buffer, and the buffer's rows are permuted.
+The whole file is never held in memory; peak memory is about one buffer (BLOCK_WINDOWS *
+BLOCKS_PER_BUFFER windows) plus the prefetched batches.
+
+File layout (schema_version 1, written by `preprocess`): `/{train,val,test}/{x,y,ticker,window_end}`,
+root attrs `features`, `target_feature`, `seq_len`, `normalization`, `norm_min`, `norm_max`, ...
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from .cli import UserError
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+# 2,048 windows of 60 x 2 float32 = 1 MB per read; 16 blocks = a 16 MB shuffle buffer of 32,768
+# windows drawn from 16 random places of the shard.
+BLOCK_WINDOWS = 2048
+BLOCKS_PER_BUFFER = 16
+# Windows per forward pass when scoring val/test (no gradients, so larger is cheaper).
+EVAL_BATCH_WINDOWS = 8192
+
+
+@dataclass(frozen=True)
+class SequencesInfo:
+    """What the trainer needs to know about a sequences file, read from its attributes and shapes."""
+
+    path: str
+    features: tuple[str, ...]
+    target_feature: str
+    close_index: int          # column of the target feature in x; x[:, -1, close_index] = persistence
+    seq_len: int              # minutes per window
+    n_features: int
+    windows: dict             # {"train": n, "val": n, "test": n}
+    normalization: str        # "global" or "per_ticker"
+    norm_min: np.ndarray      # (n_features,) or (n_tickers, n_features), float64
+    norm_max: np.ndarray
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_sequences_info(path: str | Path) -> SequencesInfo:
+    """Open and validate a sequences file; every problem is a one-line UserError.
+
+    Called identically on every rank before any collective, so all ranks fail (or pass) together.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"sequences file not found: {path} (write it with `make preprocess`)")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as err:
+        raise UserError(f"{path} is not a readable HDF5 file ({err})") from None
+    with handle:
+        attrs = handle.attrs
+        version = attrs.get("schema_version")
+        if version is None or int(version) != SCHEMA_VERSION:
+            raise UserError(f"{path}: schema_version is {None if version is None else int(version)}, "
+                            f"this trainer reads schema_version {SCHEMA_VERSION}; re-run preprocessing")
+        missing = [f"/{s}/{d}" for s in SPLITS for d in ("x", "y", "ticker") if f"{s}/{d}" not in handle]
+        missing += [a for a in ("features", "target_feature", "norm_min", "norm_max") if a not in attrs]
+        if missing:
+            raise UserError(f"{path}: missing {', '.join(missing)} (not a sequences file?)")
+        features = tuple(_text(f) for f in attrs["features"])
+        target = _text(attrs["target_feature"])
+        if target not in features:
+            raise UserError(f"{path}: target_feature {target!r} is not among features {list(features)}")
+        x_shape = handle["train/x"].shape
+        if len(x_shape) != 3 or x_shape[2] != len(features):
+            raise UserError(f"{path}: /train/x has shape {x_shape}, expected (n, seq_len, {len(features)})")
+        windows = {}
+        for split in SPLITS:
+            shape, n_y = handle[f"{split}/x"].shape, handle[f"{split}/y"].shape[0]
+            if shape[1:] != x_shape[1:] or n_y != shape[0] or handle[f"{split}/ticker"].shape[0] != n_y:
+                raise UserError(f"{path}: /{split} arrays disagree in shape ({shape}, y {n_y})")
+            windows[split] = int(shape[0])
+        if windows["train"] == 0:
+            raise UserError(f"{path}: the train split is empty (0 windows); check the preprocessing "
+                            f"window counts (attrs 'window_counts')")
+        return SequencesInfo(
+            path=str(path), features=features, target_feature=target,
+            close_index=features.index(target), seq_len=int(x_shape[1]), n_features=int(x_shape[2]),
+            windows=windows, normalization=_text(attrs.get("normalization", "global")),
+            norm_min=np.asarray(attrs["norm_min"], np.float64),
+            norm_max=np.asarray(attrs["norm_max"], np.float64),
+        )
+
+
+def shard_range(n: int, rank: int, size: int) -> tuple[int, int]:
+    """Rows [start, stop) of an n-row split owned by `rank` of `size`; shards differ by at most 1 row."""
+    return rank * n // size, (rank + 1) * n // size
+
+
+def steps_per_epoch(n_train: int, batch_size: int, size: int) -> int:
+    """floor(n_train / global batch): the same on every rank, so no rank waits in an allreduce for
+    another that ran out of data. The smallest shard (n_train // size rows) always has enough."""
+    return n_train // (batch_size * size)
+
+
+def epoch_buffers(start: int, stop: int, seed: int, epoch: int, rank: int,
+                  block: int = BLOCK_WINDOWS, blocks_per_buffer: int = BLOCKS_PER_BUFFER,
+                  ) -> list[tuple[list[tuple[int, int]], np.ndarray]]:
+    """The shuffled read plan of one rank's shard [start, stop) for one epoch (1-based).
+
+    Returns buffers in visiting order; each is (blocks, permutation): the contiguous row ranges to
+    read and concatenate, and the row order to yield them in. Deterministic in (seed, epoch, rank).
+    """
+    rng = np.random.default_rng([seed, epoch, rank])
+    edges = list(range(start, stop, block)) + [stop]
+    blocks = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    order = rng.permutation(len(blocks))
+    plan = []
+    for first in range(0, len(order), blocks_per_buffer):
+        chosen = [blocks[i] for i in order[first:first + blocks_per_buffer]]
+        rows = sum(b - a for a, b in chosen)
+        plan.append((chosen, rng.permutation(rows)))
+    return plan
+
+
+def iter_train_batches(path: str, start: int, stop: int, batch_size: int, steps: int, seed: int,
+                       epoch: int, rank: int, skip_steps: int = 0,
+                       block: int = BLOCK_WINDOWS, blocks_per_buffer: int = BLOCKS_PER_BUFFER,
+                       ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield `steps - skip_steps` shuffled (x, y) batches of this rank's shard for one epoch.
+
+    `skip_steps` resumes an epoch after a mid-epoch checkpoint: the batches already trained are
+    skipped without reading them, and the rest come out exactly as in an uninterrupted epoch.
+    """
+    plan = epoch_buffers(start, stop, seed, epoch, rank, block, blocks_per_buffer)
+    to_skip = skip_steps * batch_size           # rows of the epoch's order already trained
+    to_yield = (steps - skip_steps) * batch_size
+    pending_x, pending_y = [], []
+    pending_rows = 0
+    with h5py.File(path, "r") as handle:
+        x_data, y_data = handle["train/x"], handle["train/y"]
+        for blocks, perm in plan:
+            if to_yield <= 0:
+                break
+            if to_skip >= perm.size:
+                to_skip -= perm.size
+                continue
+            x = np.concatenate([x_data[a:b] for a, b in blocks])[perm]
+            y = np.concatenate([y_data[a:b] for a, b in blocks])[perm]
+            x, y = x[to_skip:], y[to_skip:]
+            to_skip = 0
+            pending_x.append(x)
+            pending_y.append(y)
+            pending_rows += len(y)
+            if pending_rows < batch_size:
+                continue
+            x, y = np.concatenate(pending_x), np.concatenate(pending_y)
+            full = min(len(y) // batch_size * batch_size, to_yield)
+            for i in range(0, full, batch_size):
+                yield x[i:i + batch_size], y[i:i + batch_size]
+            to_yield -= full
+            pending_x, pending_y = [x[full:]], [y[full:]]
+            pending_rows = len(y) - full
+    if to_yield > 0:
+        raise RuntimeError(f"shard [{start}, {stop}) ran out of rows with {to_yield} still to train")
+
+
+def train_dataset(info: SequencesInfo, batch_size: int, steps: int, seed: int, epoch: int,
+                  rank: int, size: int, skip_steps: int = 0):
+    """tf.data pipeline of one epoch of this rank's shard; batches are prefetched in the background."""
+    import tensorflow as tf
+
+    start, stop = shard_range(info.windows["train"], rank, size)
+    signature = (tf.TensorSpec((batch_size, info.seq_len, info.n_features), tf.float32),
+                 tf.TensorSpec((batch_size,), tf.float32))
+    dataset = tf.data.Dataset.from_generator(
+        lambda: iter_train_batches(info.path, start, stop, batch_size, steps, seed, epoch, rank,
+                                   skip_steps),
+        output_signature=signature)
+    # Prefetch keeps HDF5 reads and the shuffle gather off the training step's critical path.
+    return dataset.prefetch(8)
+
+
+def iter_eval_shard(path: str, split: str, rank: int, size: int, close_index: int,
+                    batch: int = EVAL_BATCH_WINDOWS) -> Iterator[tuple[np.ndarray, ...]]:
+    """This rank's contiguous share of a whole split, as (x, y, ticker, last_close) chunks."""
+    with h5py.File(path, "r") as handle:
+        group = handle[split]
+        start, stop = shard_range(group["y"].shape[0], rank, size)
+        for a in range(start, stop, batch):
+            b = min(a + batch, stop)
+            x = group["x"][a:b]
+            yield x, group["y"][a:b], group["ticker"][a:b], x[:, -1, close_index]
+
+
+def describe_windows(info: SequencesInfo) -> str:
+    """One line for logs: window counts and shape."""
+    return (f"{json.dumps(info.windows)} windows of {info.seq_len} min x {info.n_features} features "
+            f"({', '.join(info.features)}; target {info.target_feature}, {info.normalization} min-max)")

@@ -1,0 +1,37 @@
+"""The seed's forecasting model: LSTM(50) -> Dropout(0.3) -> Dense(32, relu) -> Dense(1, relu), MSE loss.
+
+The final ReLU keeps the forecast non-negative: targets are min-max normalised prices in [0, 1] (a
+test-split price below the training minimum can fall slightly below 0; the ReLU then clips it, as in
+the seed).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def build_model(seq_len: int, n_features: int, lstm_units: int = 50, dropout: float = 0.3,
+                dense_units: int = 32) -> tf.keras.Model:
+    """A fresh, built (weights created) model for windows of shape (seq_len minutes, n_features)."""
+    return tf.keras.Sequential([
+        tf.keras.Input(shape=(seq_len, n_features), name="window"),
+        tf.keras.layers.LSTM(lstm_units, name="lstm"),
+        tf.keras.layers.Dropout(dropout, name="dropout"),
+        tf.keras.layers.Dense(dense_units, activation="relu", name="dense"),
+        tf.keras.layers.Dense(1, activation="relu", name="forecast"),
+    ], name="seed_lstm")
+
+
+def dropout_generators(model: tf.keras.Model) -> list[tf.random.Generator]:
+    """The tf.random.Generator behind each Dropout layer (needs enable_tf_random_generator()).
+
+    Keras does not track them in checkpoints; the trainer saves their state itself so a resumed run
+    draws the same dropout masks as an uninterrupted one. Reaches into Keras 2.15 internals
+    (`_random_generator._generator`), which is pinned with TensorFlow 2.15.1.
+    """
+    generators = []
+    for layer in model.layers:
+        rng = getattr(getattr(layer, "_random_generator", None), "_generator", None)
+        if isinstance(layer, tf.keras.layers.Dropout) and rng is not None:
+            generators.append(rng)
+    return generators

@@ -1,0 +1,122 @@
+"""The trainer's timing log, `timing.jsonl`: a versioned JSON-lines contract read by the report stage.
+
+One JSON object per line, each with `"schema": 1` and `"event"` in {run_start, epoch, run_end}; the
+fields of each event are listed below (docs/training.md explains every one). A requeued job appends a
+new `run_start` to the same file, so one file may hold several attempts; every attempt ends with a
+`run_end` (written by the trainer, or by `python -m stockpredict.timing close` when the trainer died).
+
+    python -m stockpredict.timing close RUN_DIR --status failed
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .cli import UserError, run_cli
+
+SCHEMA_VERSION = 1
+TIMING_FILE = "timing.jsonl"
+
+RUN_START_FIELDS = (
+    "time", "job_id", "attempt", "resumed_from_epoch", "ranks", "nodes", "gpus_per_node", "hosts",
+    "batch_size_per_rank", "global_batch_size", "learning_rate", "epochs", "mode", "dataset", "windows",
+    "versions", "config",
+)
+EPOCH_FIELDS = (
+    "epoch", "train_seconds", "val_seconds", "steps", "samples", "samples_per_second", "train_loss",
+    "val_loss", "resumed",
+)
+RUN_END_FIELDS = ("status", "total_seconds", "test")
+TEST_METRIC_FIELDS = (
+    "mse", "rmse_price", "mae_price", "persistence_mse", "persistence_rmse_price", "skill",
+    "direction_accuracy",
+)
+EVENT_FIELDS = {"run_start": RUN_START_FIELDS, "epoch": EPOCH_FIELDS, "run_end": RUN_END_FIELDS}
+RUN_STATUSES = ("completed", "failed", "preempted")
+
+
+def utc_now_iso() -> str:
+    """The current time as ISO 8601 UTC with seconds, e.g. 2026-11-26T14:03:07Z."""
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_event(event: str, **fields: Any) -> dict:
+    """One timing record; refuses missing or unknown fields so the contract cannot drift silently."""
+    if event not in EVENT_FIELDS:
+        raise ValueError(f"unknown timing event {event!r}; valid: {sorted(EVENT_FIELDS)}")
+    expected = set(EVENT_FIELDS[event])
+    missing, unknown = expected - fields.keys(), fields.keys() - expected
+    if missing or unknown:
+        raise ValueError(f"{event} fields: missing {sorted(missing)}, unknown {sorted(unknown)}")
+    if event == "run_end":
+        if fields["status"] not in RUN_STATUSES:
+            raise ValueError(f"run_end status must be one of {RUN_STATUSES}, not {fields['status']!r}")
+        if fields["test"] is not None and set(fields["test"]) != set(TEST_METRIC_FIELDS):
+            raise ValueError(f"run_end test metrics must be exactly {TEST_METRIC_FIELDS}")
+    return {"schema": SCHEMA_VERSION, "event": event, **{k: fields[k] for k in EVENT_FIELDS[event]}}
+
+
+def append_event(path: Path | str, record: Mapping[str, Any]) -> None:
+    """Append one record as a line and fsync, so a job killed right after still leaves it on disk."""
+    line = json.dumps(record, sort_keys=False) + "\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_events(path: Path | str) -> list[dict]:
+    """All records of a timing log; a torn last line (job killed mid-write) is skipped."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def close_run(run_dir: Path | str, status: str = "failed", total_seconds: float | None = None) -> bool:
+    """Append `run_end` (test null) unless the log already ends with one; True if a record was added.
+
+    Used by the batch script after a failed `srun`: the trainer could not write its own `run_end`.
+    `total_seconds` defaults to the time since the last `run_start` (seconds; null if unknown).
+    """
+    if status not in RUN_STATUSES:
+        raise UserError(f"--status must be one of {', '.join(RUN_STATUSES)}, not {status!r}")
+    path = Path(run_dir) / TIMING_FILE
+    if not path.is_file():
+        raise UserError(f"no {TIMING_FILE} in {run_dir}: nothing to close")
+    events = read_events(path)
+    if events and events[-1].get("event") == "run_end":
+        return False
+    if total_seconds is None:
+        starts = [e for e in events if e.get("event") == "run_start"]
+        if starts:
+            started = _dt.datetime.strptime(starts[-1]["time"], "%Y-%m-%dT%H:%M:%SZ")
+            now = _dt.datetime.now(_dt.timezone.utc).replace(tzinfo=None)
+            total_seconds = round((now - started).total_seconds(), 3)
+    append_event(path, make_event("run_end", status=status, total_seconds=total_seconds, test=None))
+    return True
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stockpredict.timing", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    close = sub.add_parser("close", help="append run_end to a run whose trainer died")
+    close.add_argument("run_dir", help="the run directory holding timing.jsonl")
+    close.add_argument("--status", default="failed", choices=RUN_STATUSES)
+    args = parser.parse_args(argv)
+    added = close_run(args.run_dir, args.status)
+    print(f"{'closed' if added else 'already closed'}: {Path(args.run_dir) / TIMING_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,87 @@
+"""The preprocessing configuration: one frozen dataclass, every default visible and commented.
+
+The resolved config is stored as JSON in the `config` attribute of every sequences file. Options that
+change only how the run executes (worker count, overwriting) are not part of it, so the same input and
+config give the same file whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from stockpredict.cli import UserError
+
+PRICE_FEATURES = ("open", "high", "low", "close")
+KNOWN_FEATURES = PRICE_FEATURES + ("volume",)
+TARGET_FEATURE = "close"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What turns raw minute bars into windows. Units: minutes for lengths, fractions of trading days."""
+
+    features: tuple[str, ...] = ("close", "volume")  # order of x's last axis; must include "close"
+    seq_len: int = 60            # minutes of history per window (e-59..e for seq_len=60)
+    horizon: int = 5             # target = close at minute e + horizon of the same session
+    split: str = "chronological"  # "chronological" by session date, or "random" (the seed's; leaks)
+    train_frac: float = 0.7      # fraction of trading days (chronological) or windows (random)
+    val_frac: float = 0.2        # test gets the rest
+    split_seed: int = 0          # only used by the random split
+    normalize: str = "global"    # min-max fitted on train: "global" per feature, or "per_ticker"
+    fill_gaps: int = 0           # forward-fill runs of <= K missing minutes (0: never fill)
+    tz: str = "America/New_York"  # zone of naive timestamps; UTC-offset timestamps ignore it
+    chunk_windows: int = 2048    # HDF5 chunk length along n (windows)
+    compression: str = "lzf"     # HDF5 filter for x: "lzf", "gzip", or "none" (see docs/data.md)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        unknown = [f for f in self.features if f not in KNOWN_FEATURES]
+        if unknown or not self.features:
+            raise UserError(f"unknown feature(s) {unknown or '(none)'}; valid: {', '.join(KNOWN_FEATURES)}")
+        if len(set(self.features)) != len(self.features):
+            raise UserError(f"duplicate feature in {','.join(self.features)}")
+        if TARGET_FEATURE not in self.features:
+            raise UserError(f"features must include {TARGET_FEATURE!r} (the target and the persistence "
+                            f"forecast use it); got {','.join(self.features)}")
+        if self.seq_len < 1 or self.horizon < 1 or self.seq_len + self.horizon > 390:
+            raise UserError(f"need seq_len >= 1, horizon >= 1 and seq_len + horizon <= 390 minutes; "
+                            f"got seq_len={self.seq_len}, horizon={self.horizon}")
+        if self.split not in ("chronological", "random"):
+            raise UserError(f"split must be 'chronological' or 'random', not {self.split!r}")
+        if not (0 < self.train_frac <= 1 and 0 <= self.val_frac and self.train_frac + self.val_frac <= 1):
+            raise UserError(f"need 0 < train_frac <= 1, val_frac >= 0, train_frac + val_frac <= 1; "
+                            f"got {self.train_frac}, {self.val_frac}")
+        if self.normalize not in ("global", "per_ticker"):
+            raise UserError(f"normalize must be 'global' or 'per_ticker', not {self.normalize!r}")
+        if self.fill_gaps < 0:
+            raise UserError(f"fill_gaps must be >= 0 minutes, not {self.fill_gaps}")
+        if self.chunk_windows < 1:
+            raise UserError(f"chunk_windows must be >= 1, not {self.chunk_windows}")
+        if self.compression not in ("lzf", "gzip", "none"):
+            raise UserError(f"compression must be 'lzf', 'gzip' or 'none', not {self.compression!r}")
+        try:
+            import zoneinfo
+
+            zoneinfo.ZoneInfo(self.tz)
+        except Exception:  # zoneinfo raises several types for bad keys
+            raise UserError(f"unknown time zone {self.tz!r} (use an IANA name like America/New_York)") from None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> "PreprocessConfig":
+        """Build a config from a dict; unknown keys fail and list the valid ones."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise UserError(f"unknown preprocess config key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        """The resolved config as sorted JSON (stored in the HDF5 `config` attribute)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @property
+    def close_index(self) -> int:
+        return self.features.index(TARGET_FEATURE)

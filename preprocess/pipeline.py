@@ -1,0 +1,339 @@
+"""The preprocessing stage as one function: `build_dataset(raw, out, config)` -> sequences HDF5 + summary.
+
+Steps: read and clean every ticker (in parallel, one task per file); assign trading days (or windows,
+for the random split) to train/val/test; fit min-max on the train windows only; write every window in
+(ticker, time) order into a temporary file, then rename it to `out`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from preprocess import bars, store, windows
+from preprocess.config import TARGET_FEATURE, PreprocessConfig
+from stockpredict.cli import UserError, get_logger
+
+log = get_logger("stockpredict.preprocess")
+
+RANDOM_SPLIT_WARNING = ("--split random picks val/test windows at random among overlapping windows of the "
+                        "same sessions, so they share minutes with training windows: this reproduces the "
+                        "seed's leak and makes test scores optimistic")
+ALL_DROP_REASONS = tuple(windows.DROP_REASONS[c] for c in sorted(windows.DROP_REASONS, reverse=True)) + (
+    "no_train_windows",)
+
+
+@dataclass
+class Summary:
+    """What a run did; printed as a table and stored (in part) as file attributes."""
+
+    out: Path
+    tickers: int
+    skipped_tickers: dict[str, str]
+    sessions: int
+    trading_days: dict[str, int]
+    window_counts: dict[str, int]
+    dropped_counts: dict[str, int]
+    row_counts: dict[str, int]
+    seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        """A plain-text summary table (tickers, sessions, windows per split, drops, seconds, windows/s)."""
+        total = sum(self.window_counts.values())
+        rows = [("output", str(self.out)),
+                ("tickers", f"{self.tickers} used, {len(self.skipped_tickers)} skipped"),
+                ("sessions (ticker-days)", f"{self.sessions}"),
+                ("trading days", ", ".join(f"{k} {v}" for k, v in self.trading_days.items()))]
+        rows += [(f"windows {split}", f"{n:,}") for split, n in self.window_counts.items()]
+        rows += [(f"dropped {reason}", f"{n:,}") for reason, n in self.dropped_counts.items() if n]
+        rows += [(f"rows {name.replace('_', ' ')}", f"{n:,}") for name, n in self.row_counts.items() if n]
+        rows += [("seconds", f"{self.seconds:.2f}"),
+                 ("windows/s", f"{total / self.seconds:,.0f}" if self.seconds > 0 else "-")]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+@dataclass
+class _Ticker:
+    """A loaded ticker plus its per-window status, split label and normalisation statistics."""
+
+    series: bars.TickerSeries
+    status: np.ndarray = None       # int8 (n_sessions, n_windows): 0 usable, else a drop-reason code
+    labels: np.ndarray = None       # int8 (n_sessions, n_windows): split index, -1 = not written
+    norm_min: np.ndarray = None     # float64 (n_features,) over this ticker's train windows
+    norm_max: np.ndarray = None
+
+
+def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessConfig(), *,
+                  workers: int | None = None, force: bool = False, progress: bool | None = None) -> Summary:
+    """Preprocess `raw` (a directory of <TICKER>.csv, or one CSV with a ticker column) into `out` (HDF5).
+
+    `workers` processes read tickers in parallel (default: all cores); the output does not depend on it.
+    Raises UserError for problems that make the whole run meaningless; `out` is then never created.
+    """
+    started = time.perf_counter()
+    raw, out = Path(raw), Path(out)
+    store.check_output_path(out, force)
+    workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, not {workers}")
+    show_progress = sys.stderr.isatty() if progress is None else progress
+
+    loaded, skipped, hashes = load_universe(raw, config, workers, show_progress)
+    if not loaded:
+        raise UserError(f"no usable ticker in {raw} ({len(skipped)} skipped; see the warnings above)")
+    if config.split == "random":
+        log.warning(RANDOM_SPLIT_WARNING)
+
+    tickers = [_Ticker(series) for series in loaded]
+    trading_days = assign_splits(tickers, config)
+    dropped = fit_normalisation(tickers, config)
+    counts = {split: int(sum((t.labels == i).sum() for t in tickers)) for i, split in enumerate(store.SPLITS)}
+    if counts["train"] == 0:
+        raise UserError("no usable training window (every train window was dropped; see the drop counts)")
+    norm_min, norm_max = normalisation_arrays(tickers, config)
+
+    row_counts: dict[str, int] = {}
+    for t in tickers:
+        for name, n in t.series.row_counts.items():
+            row_counts[name] = row_counts.get(name, 0) + n
+    summary = Summary(out=out, tickers=len(tickers), skipped_tickers=skipped,
+                      sessions=int(sum(len(t.series.sessions) for t in tickers)),
+                      trading_days=trading_days, window_counts=counts, dropped_counts=dropped,
+                      row_counts=row_counts)
+    attrs = {
+        "schema_version": store.SCHEMA_VERSION,
+        "config": config.to_json(),
+        "features": np.array(config.features, dtype=h5py.string_dtype("utf-8")),
+        "target_feature": TARGET_FEATURE,
+        "normalization": config.normalize,
+        "norm_min": norm_min,
+        "norm_max": norm_max,
+        "seq_len": config.seq_len,
+        "horizon": config.horizon,
+        "input_sha256": json.dumps(hashes, sort_keys=True),
+        "window_counts": json.dumps(counts),
+        "dropped_counts": json.dumps(dropped),
+        "skipped_tickers": json.dumps(skipped, sort_keys=True),
+        "row_counts": json.dumps(row_counts, sort_keys=True),
+        "trading_days": json.dumps(trading_days),
+    }
+    with store.atomic_output(out, force) as tmp:
+        write_sequences(tmp, tickers, counts, config, attrs, show_progress)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def load_universe(raw: Path, config: PreprocessConfig, workers: int, progress: bool = False
+                  ) -> tuple[list[bars.TickerSeries], dict[str, str], dict[str, str]]:
+    """Read and clean every ticker. Returns (series sorted by ticker, {file: skip reason}, {file: sha256})."""
+    if not raw.exists():
+        raise UserError(f"input {raw} does not exist")
+    if raw.is_dir():
+        files = sorted(p for p in raw.iterdir()
+                       if p.is_file() and p.suffix.lower() == ".csv" and not p.name.startswith("."))
+        if not files:
+            raise UserError(f"input directory {raw} has no <TICKER>.csv files")
+        tasks = [(_load_ticker_file, (path, config)) for path in files]
+        hashes = {}
+    else:
+        hashes = {raw.name: bars.file_sha256(raw)}
+        if not bars.has_ticker_column(raw):
+            raise UserError(f"input file {raw} has no ticker/symbol column (a single file must hold all "
+                            f"tickers; otherwise pass a directory of <TICKER>.csv files)")
+        try:
+            groups = bars.split_long_frame(raw, config)
+        except bars.TickerSkipped as err:
+            raise UserError(str(err)) from None
+        if not groups:
+            raise UserError(f"input file {raw} has no rows")
+        tasks = [(_clean_group, (frame, ticker, f"{raw.name} ({ticker})", config))
+                 for ticker, frame in groups.items()]
+
+    loaded: dict[str, bars.TickerSeries] = {}
+    skipped: dict[str, str] = {}
+    for label, digest, result in _run_tasks(tasks, workers, progress):
+        if digest:
+            hashes[label] = digest
+        if isinstance(result, str):
+            log.warning("skipping %s", result)
+            skipped[label] = result
+        elif result.ticker in loaded:
+            reason = f"{label}: ticker {result.ticker} already read from another file"
+            log.warning("skipping %s", reason)
+            skipped[label] = reason
+        else:
+            loaded[result.ticker] = result
+    return [loaded[name] for name in sorted(loaded)], skipped, hashes
+
+
+def assign_splits(tickers: list[_Ticker], config: PreprocessConfig) -> dict[str, int]:
+    """Compute each window's status and split label; returns trading days per split (chronological)."""
+    all_days = np.unique(np.concatenate([t.series.sessions for t in tickers]))
+    n_days = len(all_days)
+    n_train = max(1, int(round(config.train_frac * n_days)))
+    n_train_val = max(n_train, min(n_days, int(round((config.train_frac + config.val_frac) * n_days))))
+    day_split = np.full(n_days, 2, dtype=np.int8)
+    day_split[:n_train_val] = 1
+    day_split[:n_train] = 0
+    rng = np.random.default_rng(config.split_seed)
+    for t in tickers:
+        s = t.series
+        t.status = windows.window_status(windows.minute_codes(s.values, s.present, config.features),
+                                         config.seq_len, config.horizon)
+        usable = t.status == windows.OK
+        t.labels = np.full(t.status.shape, -1, dtype=np.int8)
+        if config.split == "chronological":
+            session_split = day_split[np.searchsorted(all_days, s.sessions)]
+            t.labels[usable] = np.broadcast_to(session_split[:, None], usable.shape)[usable]
+        else:
+            # One generator walked in (ticker, session, minute) order: the same draw whatever the workers.
+            u = rng.random(int(usable.sum()))
+            t.labels[usable] = (u >= config.train_frac).astype(np.int8) + (
+                u >= config.train_frac + config.val_frac)
+    if config.split == "random":
+        return {"all": n_days}
+    return {"train": n_train, "val": n_train_val - n_train, "test": n_days - n_train_val}
+
+
+def fit_normalisation(tickers: list[_Ticker], config: PreprocessConfig) -> dict[str, int]:
+    """Min/max of every feature over each ticker's train windows (inputs, plus targets for close).
+
+    Returns dropped-window counts by reason. With per-ticker normalisation a ticker without any train
+    window cannot be scaled: its val/test windows are dropped as `no_train_windows`.
+    """
+    dropped = dict.fromkeys(ALL_DROP_REASONS, 0)
+    close = config.close_index
+    for t in tickers:
+        for code, reason in windows.DROP_REASONS.items():
+            dropped[reason] += int((t.status == code).sum())
+        train = t.labels == 0
+        if not train.any():
+            if config.normalize == "per_ticker":
+                dropped["no_train_windows"] += int((t.labels >= 0).sum())
+                t.labels[:] = -1
+            continue
+        inputs, targets = windows.coverage(train, config.seq_len, config.horizon)
+        covered = t.series.values[inputs]
+        t.norm_min, t.norm_max = covered.min(axis=0), covered.max(axis=0)
+        target_close = t.series.values[targets, close]
+        t.norm_min[close] = min(t.norm_min[close], target_close.min())
+        t.norm_max[close] = max(t.norm_max[close], target_close.max())
+    return dropped
+
+
+def normalisation_arrays(tickers: list[_Ticker], config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """norm_min, norm_max as stored: (n_features,) for global, (n_tickers, n_features) for per_ticker."""
+    n_features = len(config.features)
+    if config.normalize == "per_ticker":
+        # A ticker without train windows has no windows written; NaN marks its unused statistics.
+        lo = np.array([t.norm_min if t.norm_min is not None else np.full(n_features, np.nan) for t in tickers])
+        hi = np.array([t.norm_max if t.norm_max is not None else np.full(n_features, np.nan) for t in tickers])
+        return lo, hi
+    fitted = [t for t in tickers if t.norm_min is not None]
+    return (np.min([t.norm_min for t in fitted], axis=0), np.max([t.norm_max for t in fitted], axis=0))
+
+
+def scale(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Min-max scale to float32; a constant feature (max == min) maps to 0 instead of dividing by zero."""
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return ((values - lo) / span).astype(np.float32)
+
+
+def session_open_epochs(sessions: np.ndarray) -> np.ndarray:
+    """UTC epoch seconds of 09:30 exchange time on each session date (datetime64[D])."""
+    local = pd.DatetimeIndex(sessions.astype("datetime64[ns]")) + pd.Timedelta(minutes=bars.SESSION_OPEN_MINUTE)
+    return local.tz_localize(bars.EXCHANGE_TZ).tz_convert("UTC").asi8 // 1_000_000_000
+
+
+def ticker_windows(t: _Ticker, split: int, config: PreprocessConfig, lo: np.ndarray, hi: np.ndarray):
+    """One ticker's windows of one split, normalised: (x, y, window_end), in time order."""
+    mask = t.labels == split
+    s = t.series
+    x = windows.window_inputs(s.values, config.seq_len, config.horizon)[mask]
+    close = config.close_index
+    y = windows.window_targets(s.values[:, :, close], config.seq_len, config.horizon)[mask]
+    ends = session_open_epochs(s.sessions)[:, None] + 60 * windows.window_end_minutes(config.seq_len,
+                                                                                       config.horizon)
+    return scale(x, lo, hi), scale(y, lo[close], hi[close]), ends[mask].astype(np.int64)
+
+
+def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], config: PreprocessConfig,
+                    attrs: dict, progress: bool = False) -> None:
+    """Write every split's windows, in (ticker, time) order, and the root attributes to `path`."""
+    norm_min, norm_max = attrs["norm_min"], attrs["norm_max"]
+    with h5py.File(path, "w") as h5:
+        store.create_layout(h5, counts, config.seq_len, len(config.features),
+                            [t.series.ticker for t in tickers], config.chunk_windows, config.compression)
+        for key, value in attrs.items():
+            h5.attrs[key] = value
+        writers = [store.SplitWriter(h5[split], config.chunk_windows) for split in store.SPLITS]
+        for index, t in enumerate(_bar(tickers, progress, "writing")):
+            lo, hi = (norm_min[index], norm_max[index]) if norm_min.ndim == 2 else (norm_min, norm_max)
+            for split, writer in enumerate(writers):
+                x, y, ends = ticker_windows(t, split, config, lo, hi)
+                writer.append(x, y, np.full(len(x), index, dtype=np.int32), ends)
+        for writer in writers:
+            writer.close()
+
+
+def _load_ticker_file(path: Path, config: PreprocessConfig):
+    digest = bars.file_sha256(path)
+    try:
+        frame = bars.read_ticker_csv(path, config)
+        return path.name, digest, bars.clean_bars(frame, path.stem, path.name, config)
+    except bars.TickerSkipped as err:
+        return path.name, digest, str(err)
+
+
+def _clean_group(frame: pd.DataFrame, ticker: str, label: str, config: PreprocessConfig):
+    try:
+        return label, None, bars.clean_bars(frame, ticker, label, config)
+    except bars.TickerSkipped as err:
+        return label, None, str(err)
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group; only the parent handles it (and removes its temp file).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _call(task):
+    function, args = task
+    return function(*args)
+
+
+def _run_tasks(tasks: list[tuple[Callable, tuple]], workers: int, progress: bool) -> Iterable:
+    """Run tasks in order of submission (results come back in that order whatever the worker count)."""
+    if workers == 1 or len(tasks) == 1:
+        yield from _bar(map(_call, tasks), progress, "reading", total=len(tasks))
+        return
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context,
+                                                initializer=_ignore_sigint) as pool:
+        try:
+            yield from _bar(pool.map(_call, tasks, chunksize=4), progress, "reading", total=len(tasks))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _bar(iterable, enabled: bool, desc: str, total: int | None = None):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="ticker", file=sys.stderr)

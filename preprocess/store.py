@@ -1,0 +1,158 @@
+"""The sequences file: atomic creation and the HDF5 layout (schema_version 1, see docs/data.md).
+
+Layout, per split in SPLITS (a split may hold n = 0 windows; its datasets still exist):
+    /<split>/x           float32 (n, seq_len, n_features)   normalised inputs
+    /<split>/y           float32 (n,)                       normalised close at e + horizon
+    /<split>/ticker      int32   (n,)                       index into /tickers
+    /<split>/window_end  int64   (n,)                       UTC epoch seconds of minute e
+    /tickers             variable-length UTF-8 strings
+Root attributes are written by the pipeline (schema_version, config, features, norm_min, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from stockpredict.cli import UserError
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_path_for(out: Path, pid: int | None = None) -> Path:
+    """The temporary file next to `out` that a run with process id `pid` writes before renaming."""
+    return out.parent / f".{out.name}.{pid or os.getpid()}{TEMP_SUFFIX}"
+
+
+def check_output_path(out: Path, force: bool) -> None:
+    """Fail early (before any work) when the output cannot or must not be written."""
+    if out.is_dir():
+        raise UserError(f"output path {out} is a directory; give a file name such as {out / 'sequences.h5'}")
+    if out.exists() and not force:
+        raise UserError(f"output {out} already exists; pass --force to overwrite it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output directory {out.parent}: {err.strerror}") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise UserError(f"output directory {out.parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path, force: bool) -> Iterator[Path]:
+    """Yield a temporary path in out's directory; rename it to `out` only if the block completes.
+
+    On an exception, SIGINT or SIGTERM the temporary file is removed and `out` is untouched. After a
+    SIGKILL the temporary file stays behind (nothing can run), never at `out`; the next run removes
+    temporary files of processes that no longer exist.
+    """
+    check_output_path(out, force)
+    _remove_stale_temps(out)
+    tmp = temp_path_for(out)
+    previous = _raise_on_sigterm()
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:  # data on disk before the rename makes it visible
+            os.fsync(handle.fileno())
+        if out.exists() and not force:  # another run finished first while we worked
+            raise UserError(f"output {out} already exists; pass --force to overwrite it")
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def create_layout(h5: h5py.File, counts: dict[str, int], seq_len: int, n_features: int,
+                  tickers: list[str], chunk_windows: int, compression: str) -> None:
+    """Create every dataset of schema 1 with its final shape, chunked along n."""
+    codec = {} if compression == "none" else {"compression": compression}
+    for split in SPLITS:
+        n = counts[split]
+        chunk = max(1, min(chunk_windows, n))
+        group = h5.create_group(split)
+        group.create_dataset("x", shape=(n, seq_len, n_features), dtype=np.float32,
+                             chunks=(chunk, seq_len, n_features), maxshape=(None, seq_len, n_features), **codec)
+        for name, dtype in (("y", np.float32), ("ticker", np.int32), ("window_end", np.int64)):
+            group.create_dataset(name, shape=(n,), dtype=dtype, chunks=(max(chunk, 1),), maxshape=(None,),
+                                 **codec)
+    h5.create_dataset("tickers", data=np.array(tickers, dtype=object), dtype=h5py.string_dtype("utf-8"))
+
+
+class SplitWriter:
+    """Appends windows to one split's datasets in whole chunks, so no chunk is compressed twice."""
+
+    NAMES = ("x", "y", "ticker", "window_end")
+
+    def __init__(self, group: h5py.Group, chunk_windows: int):
+        self.group = group
+        self.chunk = group["x"].chunks[0] if group["x"].chunks else chunk_windows
+        self.offset = 0
+        self.pending: list[tuple[np.ndarray, ...]] = []
+        self.pending_n = 0
+
+    def append(self, x: np.ndarray, y: np.ndarray, ticker: np.ndarray, window_end: np.ndarray) -> None:
+        if len(x) == 0:
+            return
+        self.pending.append((x, y, ticker, window_end))
+        self.pending_n += len(x)
+        if self.pending_n >= self.chunk:
+            self._write(whole_chunks_only=True)
+
+    def close(self) -> None:
+        self._write(whole_chunks_only=False)
+        expected = self.group["x"].shape[0]
+        if self.offset != expected:
+            raise RuntimeError(f"wrote {self.offset} windows to /{self.group.name}, expected {expected}")
+
+    def _write(self, whole_chunks_only: bool) -> None:
+        if not self.pending:
+            return
+        arrays = [np.concatenate(parts) for parts in zip(*self.pending)]
+        n = len(arrays[0])
+        take = (n // self.chunk) * self.chunk if whole_chunks_only else n
+        for name, array in zip(self.NAMES, arrays):
+            self.group[name][self.offset:self.offset + take] = array[:take]
+        self.offset += take
+        self.pending = [tuple(a[take:] for a in arrays)] if take < n else []
+        self.pending_n = n - take
+
+
+def _raise_on_sigterm():
+    # SIGTERM (scancel, timeout, kill) must unwind like Ctrl-C so the temporary file is removed.
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signal handling to the caller
+        return None
+
+
+def _remove_stale_temps(out: Path) -> None:
+    for path in out.parent.glob(f".{out.name}.*{TEMP_SUFFIX}"):
+        pid = path.name[len(out.name) + 2: -len(TEMP_SUFFIX)]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

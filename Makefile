@@ -117,10 +117,10 @@ sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 
 		--batch-list "$(or $(BATCH_LIST),32 64 128 256)" --mode $(or $(MODE),strong) --repeats $(or $(REPEATS),1)
 
 status: ## Show this toolkit's jobs in the Slurm queue
-	@$(PY) -m stockpredict.submit status
+	@$(PY) -m stockpredict.submit status --results $(RESULTS)
 
 logs: ## Show a run's Slurm output and training log [RUN=<run-id>]
-	@$(PY) -m stockpredict.submit logs $(RUN)
+	@$(PY) -m stockpredict.submit logs $(RUN) --results $(RESULTS)
 
 # --- report and demo -----------------------------------------------------------------------------
 

@@ -1,0 +1,119 @@
+"""Failures on the local Slurm cluster (issue 8): preemption signal + requeue + resume, a dead rank, and
+concurrent submissions. Real sbatch, real srun --mpi=pmix, real trainer, real HDF5 file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import REPO, read_json_lines, wait_until
+from stockpredict import submit
+
+pytestmark = pytest.mark.cluster
+
+
+def _submit(cluster, tiny_dataset, results: Path, *argv: str) -> tuple[str, Path]:
+    proc = subprocess.run([sys.executable, "-m", "stockpredict.submit", "train", "--data", str(tiny_dataset),
+                           "--results", str(results), *argv], capture_output=True, text=True,
+                          env=cluster.env, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.splitlines()[0].removeprefix("Submitted batch job ")
+    run_id = proc.stdout.splitlines()[1].split()[1].rstrip(":")
+    return job_id, results / "runs" / run_id
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "timing.jsonl"
+    return read_json_lines(path) if path.exists() else []
+
+
+def _scontrol(cluster, *args: str) -> None:
+    subprocess.run(["scontrol", *args], check=True, env=cluster.env, capture_output=True)
+
+
+def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_dataset, tmp_path):
+    job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
+                              "--epochs", "3", "--batch-size", "64")
+    epoch_done = lambda: any(e["event"] == "epoch" and e["epoch"] == 1 for e in _events(run_dir))  # noqa: E731
+    assert wait_until(epoch_done, timeout_s=180), (run_dir / f"slurm-{job_id}.out").read_text()
+    # What Slurm does before the time limit (--signal=B:USR1@...): signal the batch shell only.
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, env=slurm_cluster.env)
+    requeued = lambda: slurm_cluster.info(job_id).get("Restarts") == "1"  # noqa: E731
+    assert wait_until(requeued, timeout_s=90), (run_dir / f"slurm-{job_id}.out").read_text()
+    # A requeued job waits ~2.5 min (BeginTime) before it may start again; release it now.
+    wait_until(lambda: slurm_cluster.info(job_id).get("JobState") == "PENDING", timeout_s=30)
+    _scontrol(slurm_cluster, "update", f"JobId={job_id}", "StartTime=now")
+    state = slurm_cluster.wait(job_id, timeout_s=240)
+    log_text = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert state == "COMPLETED", log_text
+    assert "requeueing job" in log_text
+
+    events = _events(run_dir)
+    starts = [e for e in events if e["event"] == "run_start"]
+    ends = [e for e in events if e["event"] == "run_end"]
+    assert len(starts) == 2 and starts[1]["resumed_from_epoch"] >= 1
+    assert [e["status"] for e in ends] == ["preempted", "completed"]
+    assert sorted(e["epoch"] for e in events if e["event"] == "epoch") == [1, 2, 3]
+    assert (run_dir / "model.keras").exists()
+
+
+def _rank_process(run_dir: Path, job_id: str, rank: str) -> psutil.Process | None:
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            cmdline = proc.info["cmdline"] or []
+            if "stockpredict.train" in cmdline and str(run_dir) in cmdline:
+                env = proc.environ()
+                if env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == rank:
+                    return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def test_killed_rank_fails_the_job_within_60_seconds(slurm_cluster, tiny_dataset, tmp_path):
+    job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
+                              "--epochs", "20", "--batch-size", "64")
+    assert wait_until(lambda: any(e["event"] == "run_start" for e in _events(run_dir)), timeout_s=180)
+    victim = _rank_process(run_dir, job_id, rank="1")
+    assert victim is not None, "rank 1 of the job is not running"
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    state = slurm_cluster.wait(job_id, timeout_s=60)  # raises TimeoutError if the job hangs
+    elapsed = time.monotonic() - killed_at
+    log_text = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert state == "FAILED", log_text
+    assert elapsed < 60
+    assert "stockpredict: training FAILED" in log_text
+    ends = [e for e in _events(run_dir) if e["event"] == "run_end"]
+    assert ends and ends[-1]["status"] == "failed"
+
+
+def test_simultaneous_submissions_get_disjoint_run_dirs(slurm_cluster, tiny_dataset, tmp_path):
+    argv = [sys.executable, "-m", "stockpredict.submit", "train", "--data", str(tiny_dataset), "--results",
+            str(tmp_path), "--nodes", "1", "--epochs", "1", "--batch-size", "128"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=slurm_cluster.env, cwd=REPO) for _ in range(2)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    job_ids = [out.splitlines()[0].removeprefix("Submitted batch job ") for out, _ in outputs]
+    run_dirs = sorted((tmp_path / "runs").iterdir())
+    assert len(set(job_ids)) == 2 and len(run_dirs) == 2
+    states = {j: slurm_cluster.wait(j, timeout_s=240) for j in job_ids}
+    assert set(states.values()) == {"COMPLETED"}, states
+    owners = set()
+    for run_dir in run_dirs:
+        record = json.loads((run_dir / "submit.json").read_text())
+        events = _events(run_dir)
+        # Each directory holds exactly one job's files: its own log, and a timing log of that job only.
+        assert [p.name for p in run_dir.glob("slurm-*.out")] == [f"slurm-{record['job_id']}.out"]
+        assert {e["job_id"] for e in events if e["event"] == "run_start"} == {record["job_id"]}
+        owners.add(record["job_id"])
+    assert owners == set(job_ids)

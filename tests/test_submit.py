@@ -1,0 +1,192 @@
+"""Submission: run directories, sweeps, the command line, and real jobs on the local Slurm cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, read_json_lines
+from stockpredict import submit
+from stockpredict.cli import UserError
+
+# `-o .venv/.setup-done`: run the Makefile's real submit/sweep lines without re-running `make setup`.
+MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.setup-done"]
+RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-\d{3}-n(\d+)-g(\d+)-b(\d+)$")
+
+
+def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stockpredict.submit", *argv], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=120)
+
+
+# --- pure functions ---------------------------------------------------------------------------------
+
+def test_run_id_shows_nodes_gpus_batch_and_a_millisecond_timestamp():
+    from datetime import datetime
+
+    run_id = submit.run_id_for(4, 1, 32, now=datetime(2026, 11, 26, 14, 30, 12, 417_999))
+    assert run_id == "20261126-143012-417-n4-g1-b32"
+
+
+def test_concurrent_run_directories_are_disjoint(tmp_path):
+    with ThreadPoolExecutor(8) as pool:
+        dirs = list(pool.map(lambda _: submit.new_run_dir(tmp_path, "n1-g0-b32"), range(40)))
+    assert len(set(dirs)) == 40 and all(d.is_dir() and RUN_ID_RE.match(d.name) for d in dirs)
+
+
+def test_strong_sweep_divides_the_global_batch():
+    grid = submit.sweep_grid([1, 2, 4], [256], "strong", ranks_per_node=1)
+    assert [(r["ranks"], r["batch_per_rank"], r["global_batch"]) for r in grid] == [(1, 256, 256), (2, 128, 256),
+                                                                                   (4, 64, 256)]
+
+
+def test_weak_sweep_keeps_the_per_rank_batch_and_repeats():
+    grid = submit.sweep_grid([1, 2], [32], "weak", ranks_per_node=2, repeats=2)
+    assert [(r["ranks"], r["batch_per_rank"], r["global_batch"], r["repeat"]) for r in grid] == [
+        (2, 32, 64, 1), (2, 32, 64, 2), (4, 32, 128, 1), (4, 32, 128, 2)]
+
+
+def test_strong_sweep_rejects_an_indivisible_batch():
+    with pytest.raises(UserError, match="global batch 100 .* 8 ranks"):
+        submit.sweep_grid([1, 8], [100], "strong", ranks_per_node=1)
+
+
+@pytest.mark.parametrize("text, minutes", [("30", 30), ("1:30", 2), ("01:30:00", 90), ("2-0", 2880),
+                                           ("1-02:03", 1563), ("1-00:00:01", 1441)])
+def test_slurm_time_to_minutes(text, minutes):
+    assert submit._minutes(text) == minutes
+
+
+# --- the command line without a cluster ------------------------------------------------------------
+
+def test_dry_run_prints_the_script_and_writes_the_run_dir(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = _cli("train", "--nodes", "2", "--gpus-per-node", "1", "--batch-size", "64", "--data", str(data),
+                "--dry-run", "--results", str(tmp_path / "res"))
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "res" / "runs").iterdir()
+    assert RUN_ID_RE.match(run_dir.name).groups() == ("2", "1", "64")
+    script = (run_dir / "job.sbatch").read_text()
+    assert proc.stdout.startswith(script) and "Submitted batch job" not in proc.stdout
+    assert f"--run-dir {run_dir} --resume --batch-size 64" in script
+    record = json.loads((run_dir / "submit.json").read_text())
+    assert record["job"]["nodes"] == 2 and record["train"]["batch_size"] == 64 and record["job_id"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nodes", "0"], "nodes must be an integer >= 1"),
+    (["--time", "soon"], "time limit 'soon' is not valid"),
+    (["--partition", "debug; rm -rf ~"], "partition"),
+    (["--job-name", "x$(touch CANARY)"], "job name"),
+    (["--profile", "nope"], "no profile 'nope'"),
+    (["--data", "/no/such/file.h5"], "data file /no/such/file.h5 not found"),
+    (["--launcher", "ssh"], "launcher 'ssh'"),
+])
+def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path, argv, message):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    args = ["train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"), *argv]
+    proc = _cli(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "res").rglob("job.sbatch"))
+    assert not list(tmp_path.rglob("CANARY"))
+
+
+def test_sweep_rejects_indivisible_grid_before_submitting_anything(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = _cli("sweep", "--data", str(data), "--nodes-list", "1 3", "--batch-list", "64", "--dry-run",
+                "--results", str(tmp_path / "res"))
+    assert proc.returncode == 2 and "does not divide evenly over 3 ranks" in proc.stderr
+    assert not (tmp_path / "res" / "runs").exists() or not list((tmp_path / "res" / "runs").iterdir())
+
+
+def test_without_sbatch_the_message_points_to_cluster_up_or_dry_run(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + ":/nonexistent")
+    proc = _cli("train", "--data", str(data), "--results", str(tmp_path / "res"), env=env)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "make cluster-up" in proc.stderr and "DRY_RUN=1" in proc.stderr
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("job.sbatch"))
+
+
+def test_logs_of_an_unknown_run_says_how_to_ask(tmp_path):
+    proc = _cli("logs", "no-such-run", "--results", str(tmp_path))
+    assert proc.returncode == 2 and "make logs RUN=<run-id>" in proc.stderr
+
+
+# --- real jobs on the local cluster ----------------------------------------------------------------
+
+def _submitted(stdout: str) -> list[str]:
+    return re.findall(r"^Submitted batch job (\d+)$", stdout, re.MULTILINE)
+
+
+@pytest.mark.cluster
+def test_make_submit_two_nodes_completes_and_writes_timing(slurm_cluster, tiny_dataset, tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run([*MAKE, "submit", "NODES=2", "GPUS=1", "EPOCHS=1", f"DATA={tiny_dataset}",
+                           f"RESULTS={results}"], capture_output=True, text=True, env=slurm_cluster.env)
+    assert proc.returncode == 0, proc.stderr
+    (job_id,) = _submitted(proc.stdout)
+    (run_dir,) = (results / "runs").iterdir()
+    assert RUN_ID_RE.match(run_dir.name).groups() == ("2", "1", "32")
+    assert str(run_dir / f"slurm-{job_id}.out") in proc.stdout and str(run_dir / "timing.jsonl") in proc.stdout
+    state = slurm_cluster.wait(job_id, timeout_s=240)
+    log_text = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert state == "COMPLETED", log_text
+    events = read_json_lines(run_dir / "timing.jsonl")
+    start = next(e for e in events if e["event"] == "run_start")
+    assert start["ranks"] == 2 and start["nodes"] == 2 and start["job_id"] == job_id
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1]
+    assert events[-1]["event"] == "run_end" and events[-1]["status"] == "completed"
+
+    status = subprocess.run([*MAKE, "status", f"RESULTS={results}"], capture_output=True, text=True,
+                            env=slurm_cluster.env)
+    assert status.returncode == 0 and "JOBID" in status.stdout, status.stderr
+    logs = subprocess.run([*MAKE, "logs", f"RUN={run_dir.name}", f"RESULTS={results}"], capture_output=True,
+                          text=True, env=slurm_cluster.env)
+    assert logs.returncode == 0, logs.stderr
+    assert f"slurm-{job_id}.out" in logs.stdout and "training finished" in logs.stdout
+
+
+@pytest.mark.cluster
+def test_make_sweep_one_and_two_nodes_completes(slurm_cluster, tiny_dataset, tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run([*MAKE, "sweep", 'NODES_LIST=1 2', "BATCH_LIST=64", "MODE=strong", "EPOCHS=1",
+                           f"DATA={tiny_dataset}", f"RESULTS={results}"],
+                          capture_output=True, text=True, env=slurm_cluster.env)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\s*\d+\s+\d{8}-", line)]
+    assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("1", "1", "64", "64"), ("2", "2", "32", "64")]
+    states = {job_id: slurm_cluster.wait(job_id, timeout_s=300) for job_id, *_ in rows}
+    assert set(states.values()) == {"COMPLETED"}, states
+    for job_id, run_id, nodes, ranks, per_rank, *_ in rows:
+        start = read_json_lines(results / "runs" / run_id / "timing.jsonl")[0]
+        assert start["ranks"] == int(ranks) and start["batch_size_per_rank"] == int(per_rank)
+        assert start["global_batch_size"] == 64 and start["mode"] == "strong"
+
+
+@pytest.mark.cluster
+def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypatch):
+    for key, value in slurm_cluster.env.items():
+        monkeypatch.setenv(key, value)
+    job = submit.submit_training(data=str(tiny_dataset), nodes=2, gpus_per_node=1, epochs=1, batch_size=32,
+                                 results=tmp_path / "results", time="00:10:00")
+    results = job.results()
+    assert results == [0, 0]
+    (run_dir,) = (tmp_path / "results" / "runs").iterdir()
+    events = read_json_lines(run_dir / "timing.jsonl")
+    assert events[0]["ranks"] == 2 and events[0]["job_id"] == str(job.job_id)
+    assert events[-1]["status"] == "completed" and (run_dir / "model.keras").exists()
+    assert json.loads((run_dir / "submit.json").read_text())["submitit"]["cluster"] == "slurm"

@@ -43,6 +43,9 @@ LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none")
 # for it (SIGTERM is what Slurm itself sends at the limit, SIGINT/SIGQUIT have shell meanings, and
 # submitit uses USR2 for its own checkpointing), so it reaches our trainer's handler untouched.
 REQUEUE_SIGNAL = "USR1"
+# The trainer saves the final model at the very end (stockpredict.train): a train job counts as finished
+# only if it exists, since srun may exit 0 when its step failed to start.
+TRAIN_DONE_MARKER = "model.keras"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_LIST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(,[A-Za-z0-9][A-Za-z0-9._-]*)*$")
@@ -269,6 +272,7 @@ def render_job(spec: JobSpec) -> str:
         ranks_per_node=spec.ranks_per_node,
         run_dir=shlex.quote(spec.run_dir) if spec.run_dir is not None else "",
         signal=REQUEUE_SIGNAL,
+        done_marker=TRAIN_DONE_MARKER,
     )
 
 

@@ -48,8 +48,11 @@ def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_datase
     subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, env=slurm_cluster.env)
     requeued = lambda: slurm_cluster.info(job_id).get("Restarts") == "1"  # noqa: E731
     assert wait_until(requeued, timeout_s=90), (run_dir / f"slurm-{job_id}.out").read_text()
-    # A requeued job waits ~2.5 min (BeginTime) before it may start again; release it now.
+    # A requeued job waits ~2.5 min (BeginTime) before it may start again; release it now, but only once
+    # the first attempt's step daemons are gone: a restart reuses step id <job>.0, and on these virtual
+    # nodes (one host) a lingering slurmstepd still holds that step's PMIx socket.
     wait_until(lambda: slurm_cluster.info(job_id).get("JobState") == "PENDING", timeout_s=30)
+    assert wait_until(lambda: not _step_daemons(job_id), timeout_s=60)
     _scontrol(slurm_cluster, "update", f"JobId={job_id}", "StartTime=now")
     state = slurm_cluster.wait(job_id, timeout_s=240)
     log_text = (run_dir / f"slurm-{job_id}.out").read_text()
@@ -63,6 +66,14 @@ def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_datase
     assert [e["status"] for e in ends] == ["preempted", "completed"]
     assert sorted(e["epoch"] for e in events if e["event"] == "epoch") == [1, 2, 3]
     assert (run_dir / "model.keras").exists()
+
+
+def _step_daemons(job_id: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(f"[{job_id}." in part for part in (proc.info["cmdline"] or [])):
+            found.append(proc)
+    return found
 
 
 def _rank_process(run_dir: Path, job_id: str, rank: str) -> psutil.Process | None:

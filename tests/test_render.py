@@ -150,11 +150,13 @@ def test_paths_that_cannot_be_written_in_a_directive_are_rejected(path):
 def test_hostile_values_in_paths_and_arguments_are_quoted_never_executed(tmp_path):
     """Render a train script whose run dir and program arguments are hostile, then run it with bash.
 
-    launcher="none" runs the program directly (no Slurm needed); the program prints the argv it got.
+    launcher="none" runs the program directly (no Slurm needed); the program prints the argv it got and
+    leaves the final-model marker the train script checks for.
     Nothing may be executed (no CANARY file) and every argument must arrive byte for byte."""
     run_dir = tmp_path / "run $(touch CANARY) `touch CANARY`; touch CANARY & it's"
     run_dir.mkdir()
-    echo_argv = "import json, sys; print(json.dumps(sys.argv[1:]))"
+    echo_argv = ("import json, pathlib, sys; print(json.dumps(sys.argv[1:])); "
+                 "pathlib.Path(sys.argv[-1], 'model.keras').touch()")
     spec = make_spec(dict(CASES["train_local_n2_g1"], launcher="none", setup=("cd " + _q(tmp_path),),
                           run_dir=str(run_dir), output=str(run_dir / "slurm-%j.out"),
                           command=(sys.executable, "-c", echo_argv, *HOSTILE, str(run_dir))))
@@ -167,6 +169,16 @@ def test_hostile_values_in_paths_and_arguments_are_quoted_never_executed(tmp_pat
     assert argv == [*HOSTILE, str(run_dir)]
     assert f"outputs in {run_dir}" in proc.stdout
     assert not list(tmp_path.rglob("CANARY"))
+
+
+def test_train_job_whose_launcher_exits_0_without_a_model_fails(tmp_path):
+    spec = make_spec(dict(CASES["train_local_n2_g1"], launcher="none", setup=(), run_dir=str(tmp_path),
+                          command=(sys.executable, "-c", "pass")))
+    proc = subprocess.run(["bash", "-c", render_job(spec)], capture_output=True, text=True, cwd=tmp_path,
+                          env=dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
+    assert proc.returncode == 1
+    assert "model.keras is missing: the ranks did not finish" in proc.stderr
+    assert "stockpredict: training FAILED" in proc.stderr
 
 
 def test_failing_setup_line_is_named_and_fails_the_job(tmp_path):

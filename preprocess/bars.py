@@ -196,6 +196,8 @@ def parse_timestamps(column: pd.Series, label: str, tz: str) -> np.ndarray:
     with_offset = text.str.contains(_OFFSET_RE, regex=True).to_numpy()
     if with_offset.any() and not with_offset.all():
         i = int(np.argmin(with_offset)) if with_offset[0] else int(np.argmax(with_offset))
+        if pd.isna(pd.to_datetime(text.iloc[i], errors="coerce")):
+            raise TickerSkipped(f"{label} row {column.index[i]}: unparsable timestamp {column.iloc[i]!r}")
         raise TickerSkipped(f"{label} row {column.index[i]}: mixes timestamps with and without a UTC offset "
                             f"({text.iloc[0]!r} vs {text.iloc[i]!r})")
     aware = bool(with_offset.all())
@@ -230,7 +232,7 @@ def fill_gaps(values: np.ndarray, present: np.ndarray, max_gap: int, price_colum
             values[s, start:stop, price_columns] = values[s, start - 1, price_columns]
             values[s, start:stop, volume_columns] = 0.0
             present[s, start:stop] = True
-            filled += stop - start
+            filled += int(stop - start)
     return filled
 
 

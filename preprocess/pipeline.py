@@ -131,8 +131,8 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
         "row_counts": json.dumps(row_counts, sort_keys=True),
         "trading_days": json.dumps(trading_days),
     }
-    with store.atomic_output(out, force) as tmp:
-        write_sequences(tmp, tickers, counts, config, attrs, show_progress)
+    with store.atomic_output(out, force) as output:
+        write_sequences(output.path, tickers, counts, config, attrs, show_progress, check=output.check)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -272,8 +272,11 @@ def ticker_windows(t: _Ticker, split: int, config: PreprocessConfig, lo: np.ndar
 
 
 def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], config: PreprocessConfig,
-                    attrs: dict, progress: bool = False) -> None:
-    """Write every split's windows, in (ticker, time) order, and the root attributes to `path`."""
+                    attrs: dict, progress: bool = False, check: Callable[[], None] = lambda: None) -> None:
+    """Write every split's windows, in (ticker, time) order, and the root attributes to `path`.
+
+    `check` runs after every ticker; it raises to abort (see store.AtomicOutput).
+    """
     norm_min, norm_max = attrs["norm_min"], attrs["norm_max"]
     with h5py.File(path, "w") as h5:
         store.create_layout(h5, counts, config.seq_len, len(config.features),
@@ -286,6 +289,7 @@ def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], 
             for split, writer in enumerate(writers):
                 x, y, ends = ticker_windows(t, split, config, lo, hi)
                 writer.append(x, y, np.full(len(x), index, dtype=np.int32), ends)
+            check()
         for writer in writers:
             writer.close()
 

@@ -46,9 +46,32 @@ def check_output_path(out: Path, force: bool) -> None:
         raise UserError(f"output directory {out.parent} is not writable")
 
 
+class AtomicOutput:
+    """A temporary path next to the output, and a check the writer calls between units of work.
+
+    SIGINT and SIGTERM only set a flag while the file is written; `check()` turns it into
+    KeyboardInterrupt / SystemExit(143) at a point where unwinding is safe (a Python signal handler
+    that raises can fire inside h5py or a weakref callback, where the exception would be swallowed).
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.signal: int | None = None
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signal = signum
+
+    def check(self) -> None:
+        """Raise if SIGINT (KeyboardInterrupt) or SIGTERM (SystemExit 143) arrived."""
+        if self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signal is not None:
+            raise SystemExit(128 + self.signal)
+
+
 @contextlib.contextmanager
-def atomic_output(out: Path, force: bool) -> Iterator[Path]:
-    """Yield a temporary path in out's directory; rename it to `out` only if the block completes.
+def atomic_output(out: Path, force: bool) -> Iterator[AtomicOutput]:
+    """Yield an AtomicOutput in out's directory; rename its file to `out` only if the block completes.
 
     On an exception, SIGINT or SIGTERM the temporary file is removed and `out` is untouched. After a
     SIGKILL the temporary file stays behind (nothing can run), never at `out`; the next run removes
@@ -56,22 +79,23 @@ def atomic_output(out: Path, force: bool) -> Iterator[Path]:
     """
     check_output_path(out, force)
     _remove_stale_temps(out)
-    tmp = temp_path_for(out)
-    previous = _raise_on_sigterm()
+    output = AtomicOutput(temp_path_for(out))
+    previous = _install_handlers(output._on_signal)
     try:
-        yield tmp
-        with open(tmp, "rb+") as handle:  # data on disk before the rename makes it visible
+        yield output
+        output.check()
+        with open(output.path, "rb+") as handle:  # data on disk before the rename makes it visible
             os.fsync(handle.fileno())
         if out.exists() and not force:  # another run finished first while we worked
             raise UserError(f"output {out} already exists; pass --force to overwrite it")
-        os.replace(tmp, out)
+        os.replace(output.path, out)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            output.path.unlink()
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def create_layout(h5: h5py.File, counts: dict[str, int], seq_len: int, n_features: int,
@@ -129,15 +153,14 @@ class SplitWriter:
         self.pending_n = n - take
 
 
-def _raise_on_sigterm():
-    # SIGTERM (scancel, timeout, kill) must unwind like Ctrl-C so the temporary file is removed.
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signal handling to the caller
-        return None
+def _install_handlers(handler) -> dict:
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread: leave signal handling to the caller
+            pass
+    return previous
 
 
 def _remove_stale_temps(out: Path) -> None:

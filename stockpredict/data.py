@@ -122,7 +122,9 @@ def epoch_buffers(start: int, stop: int, seed: int, epoch: int, rank: int,
     read and concatenate, and the row order to yield them in. Deterministic in (seed, epoch, rank).
     """
     rng = np.random.default_rng([seed, epoch, rank])
-    edges = list(range(start, stop, block)) + [stop]
+    # Block edges sit on multiples of `block` (= the preprocessing stage's HDF5 chunk length), so
+    # no compressed chunk is read twice by one rank.
+    edges = [start] + list(range((start // block + 1) * block, stop, block)) + [stop]
     blocks = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
     order = rng.permutation(len(blocks))
     plan = []

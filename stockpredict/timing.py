@@ -64,8 +64,13 @@ def make_event(event: str, **fields: Any) -> dict:
 def append_event(path: Path | str, record: Mapping[str, Any]) -> None:
     """Append one record as a line and fsync, so a job killed right after still leaves it on disk."""
     line = json.dumps(record, sort_keys=False) + "\n"
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
+    with open(path, "a+b") as handle:
+        handle.seek(0, os.SEEK_END)
+        if handle.tell() > 0:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) != b"\n":  # a job killed mid-write left a torn line: keep ours separate
+                line = "\n" + line
+        handle.write(line.encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
 

@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from . import timing  # noqa: E402
-from .cli import EXIT_USER_ERROR, UserError, get_logger  # noqa: E402
+from .cli import EXIT_USER_ERROR, LOG_LEVEL_ENV, UserError, get_logger  # noqa: E402
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"; the batch script requeues on it
 CHECKPOINT_DIR = "checkpoints"
@@ -465,6 +465,9 @@ class TrainingRun:
         if self.is_root:
             timing.append_event(self.run_dir / timing.TIMING_FILE, timing.make_event(
                 "run_end", status="preempted", total_seconds=self.elapsed(), test=None))
+        # Horovod: wait for rank 0's files before anyone exits: srun --kill-on-bad-exit and horovodrun
+        # kill the remaining ranks as soon as the first one exits non-zero.
+        self.collective_sum([0.0])
         return EXIT_PREEMPTED
 
     def elapsed(self) -> float:
@@ -562,6 +565,8 @@ def setup_logging(run_dir: Path, is_root: bool) -> logging.Handler | None:
     if not is_root:
         log.setLevel(logging.WARNING)
         return None
+    if log.level == logging.NOTSET:  # the host application configured logging (e.g. pytest)
+        log.setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -596,6 +601,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         if _rank_from_env() == 0:  # Horovod: only rank 0 reports; every rank exits non-zero
             print(f"error: {err}", file=sys.stderr)
+        else:
+            # The launcher kills the other ranks once one exits non-zero; give rank 0 time to print.
+            # (No barrier here: a rank that failed before the first collective must never wait on one.)
+            time.sleep(2)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

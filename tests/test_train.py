@@ -1,0 +1,271 @@
+"""The trainer end to end on real HDF5 files from the preprocessing stage: one process in-process,
+two ranks under horovodrun (Gloo) with a SIGUSR1 preemption and resume, two ranks on two virtual
+Slurm nodes under srun --mpi=pmix, and bad inputs (every rank exits non-zero, one message)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import REPO, wait_until
+from stockpredict import timing
+from stockpredict import train as train_module
+
+HOROVODRUN = Path(sys.executable).parent / "horovodrun"
+TRAIN_CMD = [sys.executable, "-m", "stockpredict.train"]
+
+
+def derive(src: Path, dst: Path, train_rows: int | None = None, features: int | None = None,
+           attrs: dict | None = None) -> Path:
+    """A copy of a real sequences file with fewer train windows, fewer features or changed attrs."""
+    with h5py.File(src, "r") as a, h5py.File(dst, "w") as b:
+        for key, value in a.attrs.items():
+            b.attrs[key] = value
+        for split in ("train", "val", "test"):
+            rows = train_rows if split == "train" and train_rows is not None else a[f"{split}/y"].shape[0]
+            for name in a[split]:
+                values = a[f"{split}/{name}"][:rows]
+                if name == "x" and features is not None:
+                    values = values[:, :, :features]
+                b[f"{split}/{name}"] = values
+        if features is not None:
+            b.attrs["features"] = a.attrs["features"][:features]
+            b.attrs["norm_min"] = a.attrs["norm_min"][..., :features]
+            b.attrs["norm_max"] = a.attrs["norm_max"][..., :features]
+        for key, value in (attrs or {}).items():
+            b.attrs[key] = value
+    return dst
+
+
+def run_main(*args: str) -> int:
+    train_module._stop_requested = False
+    return train_module.main([str(a) for a in args])
+
+
+def events(run_dir: Path) -> list[dict]:
+    return timing.read_events(run_dir / timing.TIMING_FILE)
+
+
+def final_weights(run_dir: Path) -> list[np.ndarray]:
+    import tensorflow as tf
+
+    return tf.keras.models.load_model(run_dir / train_module.MODEL_FILE).get_weights()
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tiny_dataset, tmp_path_factory) -> Path:
+    """The tiny dataset cut to 2,500 training windows: about a second per epoch."""
+    return derive(tiny_dataset, tmp_path_factory.mktemp("small") / "small.h5", train_rows=2500)
+
+
+def test_single_process_learns_and_beats_persistence(tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    assert run_main("--data", tiny_dataset, "--run-dir", run, "--epochs", "3", "--batch-size", "128",
+                    "--lr", "1e-3", "--seed", "1") == 0
+    log = events(run)
+    assert [e["event"] for e in log] == ["run_start", "epoch", "epoch", "epoch", "run_end"]
+    for record in log:
+        assert record["schema"] == 1
+        assert list(record)[2:] == list(timing.EVENT_FIELDS[record["event"]])
+    start, epochs, end = log[0], log[1:4], log[4]
+    assert (start["ranks"], start["nodes"], start["attempt"], start["resumed_from_epoch"]) == (1, 1, 0, None)
+    assert start["windows"]["train"] == 15922 or start["windows"]["train"] > 0
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]
+    assert all(e["steps"] == start["windows"]["train"] // 128 and not e["resumed"] for e in epochs)
+    test = end["test"]
+    assert end["status"] == "completed" and test["skill"] > 0, test
+    assert test["mse"] < test["persistence_mse"] and 0.5 < test["direction_accuracy"] <= 1
+    assert json.loads((run / "metrics.json").read_text())["test"] == test
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 3
+    assert "epoch 3/3" in (run / "train.log").read_text()
+    assert len(final_weights(run)) == 7
+    assert not list(run.glob(".tmp-*")) and not list((run / "checkpoints").glob(".tmp-*"))
+
+
+def _send_stop_after_first_epoch(run_dir: Path, pid: int) -> threading.Thread:
+    def watch():
+        if wait_until(lambda: (run_dir / timing.TIMING_FILE).exists()
+                      and any(e["event"] == "epoch" for e in events(run_dir)), 120, poll_s=0.02):
+            os.kill(pid, signal.SIGUSR1)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_resumed_runs_end_like_an_uninterrupted_one(small_dataset, tmp_path):
+    common = ["--data", small_dataset, "--batch-size", "32", "--lr", "1e-3", "--seed", "7",
+              "--stop-check-steps", "1"]
+    straight, split, preempted = tmp_path / "straight", tmp_path / "split", tmp_path / "preempted"
+    assert run_main(*common, "--run-dir", straight, "--epochs", "3") == 0
+    # 2 epochs, then --resume to 3 (epoch-boundary checkpoint)
+    assert run_main(*common, "--run-dir", split, "--epochs", "2") == 0
+    assert run_main(*common, "--run-dir", split, "--epochs", "3", "--resume") == 0
+    # SIGUSR1 during epoch 2: mid-epoch checkpoint, exit 75, then --resume
+    watcher = _send_stop_after_first_epoch(preempted, os.getpid())
+    assert run_main(*common, "--run-dir", preempted, "--epochs", "3") == train_module.EXIT_PREEMPTED
+    watcher.join()
+    (epochs_done, step, _), = train_module.list_checkpoints(preempted)[-1:]
+    assert epochs_done == 1 and 0 < step < 2500 // 32, "the stop should land inside epoch 2"
+    assert run_main(*common, "--run-dir", preempted, "--epochs", "3", "--resume") == 0
+
+    reference = final_weights(straight)
+    for other in (split, preempted):
+        for a, b in zip(reference, final_weights(other)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    straight_epochs = [e for e in events(straight) if e["event"] == "epoch"]
+    log = events(preempted)
+    assert [e["event"] for e in log] == ["run_start", "epoch", "run_end", "run_start", "epoch", "epoch",
+                                         "run_end"]
+    assert log[2]["status"] == "preempted" and log[2]["test"] is None
+    assert log[3]["resumed_from_epoch"] == 1 and log[6]["status"] == "completed"
+    assert [e["epoch"] for e in log if e["event"] == "epoch"] == [1, 2, 3]
+    assert log[4]["resumed"] and log[4]["steps"] == 2500 // 32 - step and not log[5]["resumed"]
+    # the epoch split by the preemption reports the loss over all of its steps, as uninterrupted
+    for ours, theirs in zip([e for e in log if e["event"] == "epoch"], straight_epochs):
+        assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(small_dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("one_epoch") / "run"
+    assert run_main("--data", small_dataset, "--run-dir", run, "--epochs", "1", "--batch-size", "256") == 0
+    return run
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "sequences file not found"),
+    ("schema", "schema_version is 2"),
+    ("empty_train", "the train split is empty"),
+    ("batch_too_large", "exceeds the 2500 training windows"),
+    ("feature_mismatch", "was trained on windows of 60 min x ['close', 'volume']"),
+    ("existing_run", "already holds checkpoints"),
+])
+def test_bad_input_is_one_line_and_nonzero(case, message, small_dataset, one_epoch_run, tmp_path, capsys):
+    data, run, extra = small_dataset, tmp_path / "run", []
+    if case == "missing":
+        data = tmp_path / "nope.h5"
+    elif case == "schema":
+        data = derive(small_dataset, tmp_path / "v2.h5", attrs={"schema_version": 2})
+    elif case == "empty_train":
+        data = derive(small_dataset, tmp_path / "empty.h5", train_rows=0)
+    elif case == "batch_too_large":
+        extra = ["--batch-size", "4096"]
+    elif case == "feature_mismatch":
+        data, run, extra = derive(small_dataset, tmp_path / "close.h5", features=1), one_epoch_run, ["--resume"]
+    elif case == "existing_run":
+        run = one_epoch_run
+    before = sorted(p.name for p in run.iterdir()) if run.exists() else None
+    assert run_main("--data", data, "--run-dir", run, "--epochs", "2", *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert (sorted(p.name for p in run.iterdir()) if run.exists() else None) == before
+
+
+def _rank_pids(run_dir: Path) -> list[int]:
+    """The trainer processes writing to run_dir (horovodrun starts them outside its own process tree)."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if str(run_dir) in cmdline and cmdline[1:3] == ["-m", "stockpredict.train"]:
+            pids.append(proc.info["pid"])
+    return pids
+
+
+def _horovodrun(*args, **kwargs):
+    return [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", "--gloo", *TRAIN_CMD, *map(str, args)]
+
+
+def test_horovodrun_two_ranks_preempted_by_usr1_then_resumed(tiny_dataset, tmp_path):
+    data = derive(tiny_dataset, tmp_path / "data.h5", train_rows=8000)
+    run = tmp_path / "run"
+    cmd = _horovodrun("--data", data, "--run-dir", run, "--epochs", "3", "--batch-size", "32",
+                      "--threads", "1", "--stop-check-steps", "5", "--resume")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        assert wait_until(lambda: (run / timing.TIMING_FILE).exists()
+                          and any(e["event"] == "epoch" for e in events(run)), 180, poll_s=0.1)
+        ranks = _rank_pids(run)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[-1], signal.SIGUSR1)  # one rank is enough: the ranks agree through an allreduce
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            for pid in _rank_pids(run):
+                os.kill(pid, signal.SIGKILL)
+    # horovodrun reports the first rank to exit and then terminates the others (srun lets all exit 75)
+    assert proc.returncode != 0
+    assert f"exit with status code {train_module.EXIT_PREEMPTED}." in out, out
+    assert events(run)[-1]["status"] == "preempted"
+    assert train_module.list_checkpoints(run)[-1][0] >= 1
+
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = events(run)
+    assert [e["epoch"] for e in log if e["event"] == "epoch"] == [1, 2, 3]
+    starts = [e for e in log if e["event"] == "run_start"]
+    assert [s["resumed_from_epoch"] for s in starts] == [None, 1] or starts[1]["resumed_from_epoch"] == 2
+    assert all(s["ranks"] == 2 and s["global_batch_size"] == 64 for s in starts)
+    assert starts[0]["learning_rate"] == pytest.approx(2e-4) and starts[0]["versions"]["mpi"] is None
+    assert [e["status"] for e in log if e["event"] == "run_end"] == ["preempted", "completed"]
+    checksums = json.loads((run / "metrics.json").read_text())["weights_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+
+
+def test_horovodrun_bad_input_every_rank_exits_nonzero_with_one_message(small_dataset, tmp_path):
+    started = time.monotonic()
+    proc = subprocess.run(_horovodrun("--data", small_dataset, "--run-dir", tmp_path / "run",
+                                      "--batch-size", "2000"),
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=180)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert out.count("error: --batch-size 2000 x 2 ranks") == 1, out
+    assert time.monotonic() - started < 120
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.cluster
+def test_two_slurm_nodes_srun_pmix(slurm_cluster, job_dir, small_dataset):
+    run = job_dir / "run"
+    script = job_dir / "train.sbatch"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --job-name=test-train
+        #SBATCH --nodes=2
+        #SBATCH --ntasks-per-node=1
+        #SBATCH --output={job_dir}/slurm-%j.out
+        #SBATCH --time=00:10:00
+        set -euo pipefail
+        srun --mpi=pmix --kill-on-bad-exit=1 {sys.executable} -m stockpredict.train \\
+            --data {small_dataset} --run-dir {run} --epochs 2 --batch-size 64 --threads 1 --resume
+        """))
+    job_id = slurm_cluster.sbatch(script)
+    state = slurm_cluster.wait(job_id, timeout_s=300)
+    output = (job_dir / f"slurm-{job_id}.out").read_text()
+    assert state == "COMPLETED", output
+    log = events(run)
+    start = log[0]
+    assert (start["ranks"], start["nodes"], start["hosts"]) == (2, 2, ["node1", "node2"]) or (
+        start["ranks"], start["nodes"]) == (2, 2)
+    assert start["job_id"] == job_id and start["versions"]["mpi"]
+    assert start["config"]["warmup_epochs"] == 1.0  # on by default with 2 ranks
+    assert [e["event"] for e in log] == ["run_start", "epoch", "epoch", "run_end"]
+    assert "no checkpoint" in output  # --resume on a fresh run says it starts fresh
+    checksums = json.loads((run / "metrics.json").read_text())["weights_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]

@@ -1,0 +1,154 @@
+"""Fast unit tests of the trainer's pure parts: sharding, shuffling, batching, LR schedule, GPU choice,
+metrics, config and the timing log. The training runs themselves are in test_train.py."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from stockpredict import data, metrics, timing
+from stockpredict.cli import UserError
+from stockpredict.train import TrainConfig, WarmupSchedule, choose_gpu, resolve_config
+
+
+@pytest.mark.parametrize("visible, local_rank, expected", [
+    (0, 0, None), (0, 3, None),      # CPU-only node
+    (1, 0, 0), (1, 1, 0), (1, 3, 0),  # Slurm bound one GPU to the task: it is device 0
+    (4, 0, 0), (4, 3, 3),             # all node GPUs visible: Horovod's local_rank pinning
+    (2, 3, 1),                        # more ranks than GPUs: share round-robin
+])
+def test_choose_gpu(visible, local_rank, expected):
+    assert choose_gpu(visible, local_rank) == expected
+
+
+@pytest.mark.parametrize("n, size", [(10, 1), (10, 3), (15922, 4), (7, 7)])
+def test_shards_partition_the_split_and_every_rank_can_run_the_steps(n, size):
+    ranges = [data.shard_range(n, r, size) for r in range(size)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    for batch in (1, 2, 3):
+        steps = data.steps_per_epoch(n, batch, size)
+        assert steps == n // (batch * size)
+        assert all(stop - start >= steps * batch for start, stop in ranges)
+
+
+def test_epoch_buffers_cover_the_shard_once_deterministically_and_reshuffle_per_epoch():
+    start, stop = 1000, 9000
+    plan = data.epoch_buffers(start, stop, seed=3, epoch=1, rank=0, block=512, blocks_per_buffer=4)
+    rows = np.concatenate([np.concatenate([np.arange(a, b) for a, b in blocks])[perm] for blocks, perm in plan])
+    assert sorted(rows.tolist()) == list(range(start, stop))
+    # block edges on multiples of the block (HDF5 chunk) length
+    assert all(a % 512 == 0 or a == start for blocks, _ in plan for a, _ in blocks)
+    again = data.epoch_buffers(start, stop, seed=3, epoch=1, rank=0, block=512, blocks_per_buffer=4)
+    assert all(np.array_equal(p1, p2) and b1 == b2 for (b1, p1), (b2, p2) in zip(plan, again))
+    other = data.epoch_buffers(start, stop, seed=3, epoch=2, rank=0, block=512, blocks_per_buffer=4)
+    rows2 = np.concatenate([np.concatenate([np.arange(a, b) for a, b in blocks])[perm] for blocks, perm in other])
+    assert not np.array_equal(rows, rows2)
+
+
+@pytest.fixture(scope="module")
+def numbered_file(tmp_path_factory):
+    """A sequences-shaped file whose window i holds the value i everywhere, to trace rows through batching."""
+    path = tmp_path_factory.mktemp("numbered") / "numbered.h5"
+    n = 5000
+    with h5py.File(path, "w") as handle:
+        handle["train/x"] = np.repeat(np.arange(n, dtype=np.float32), 4).reshape(n, 2, 2)
+        handle["train/y"] = np.arange(n, dtype=np.float32)
+    return path, n
+
+
+def test_train_batches_are_from_the_shard_without_repeats_and_resume_mid_epoch_exactly(numbered_file):
+    path, n = numbered_file
+    start, stop = data.shard_range(n, 1, 2)
+    batch, steps = 32, data.steps_per_epoch(n, 32, 2)
+    full = list(data.iter_train_batches(str(path), start, stop, batch, steps, seed=0, epoch=1, rank=1,
+                                        block=300, blocks_per_buffer=3))
+    assert len(full) == steps and all(len(y) == batch for _, y in full)
+    ids = np.concatenate([y for _, y in full]).astype(int)
+    assert len(set(ids)) == len(ids) and ids.min() >= start and ids.max() < stop
+    assert all(np.array_equal(x[:, 0, 0], y) for x, y in full)
+    assert not np.array_equal(ids, np.sort(ids))  # shuffled
+    resumed = list(data.iter_train_batches(str(path), start, stop, batch, steps, seed=0, epoch=1, rank=1,
+                                           skip_steps=17, block=300, blocks_per_buffer=3))
+    assert len(resumed) == steps - 17
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(full[17:], resumed))
+
+
+def test_warmup_schedule_ramps_from_base_to_ranks_times_base():
+    schedule = WarmupSchedule(1e-4, ranks=4, warmup_steps=100)
+    rates = [float(schedule(step)) for step in (0, 50, 100, 1000)]
+    assert rates == pytest.approx([1e-4, 2.5e-4, 4e-4, 4e-4])
+    assert float(WarmupSchedule(1e-4, ranks=4, warmup_steps=0)(0)) == pytest.approx(4e-4)
+    assert float(WarmupSchedule(1e-4, ranks=1, warmup_steps=0)(7)) == pytest.approx(1e-4)
+
+
+def test_resolve_config_warmup_on_only_with_several_ranks_and_threads_from_slurm():
+    cfg = TrainConfig(data="d.h5", run_dir="r", epochs=4)
+    assert resolve_config(cfg, 1, {}).warmup_epochs == 0.0
+    assert resolve_config(cfg, 2, {}).warmup_epochs == 2.0
+    assert resolve_config(TrainConfig(data="d", run_dir="r", epochs=40), 8, {}).warmup_epochs == 5.0
+    assert resolve_config(cfg, 2, {"SLURM_CPUS_PER_TASK": "3"}).threads == 3
+    assert resolve_config(TrainConfig(data="d", run_dir="r", threads=1), 2,
+                          {"SLURM_CPUS_PER_TASK": "3"}).threads == 1
+
+
+def test_train_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(UserError, match="valid keys: data, run_dir, epochs"):
+        TrainConfig.from_mapping({"data": "d", "run_dir": "r", "epoch": 3})
+    with pytest.raises(UserError, match="--batch-size must be a positive integer"):
+        TrainConfig(data="d", run_dir="r", batch_size=0)
+    with pytest.raises(UserError, match="--dropout"):
+        TrainConfig(data="d", run_dir="r", dropout=1.0)
+
+
+def test_metrics_from_shard_sums_match_direct_computation_per_ticker():
+    rng = np.random.default_rng(0)
+    n = 400
+    tickers = rng.integers(0, 3, n)
+    norm_min = rng.uniform(10, 20, (3, 2))
+    norm_max = norm_min + rng.uniform(5, 50, (3, 2))
+    y, last, pred = rng.uniform(0, 1, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    last[:20] = y[:20]  # no move: excluded from direction accuracy
+    parts = [metrics.shard_sums(pred[s], y[s], last[s], tickers[s], norm_min, norm_max, 0)
+             for s in (slice(0, 150), slice(150, n))]  # two "ranks"
+    result = metrics.metrics_from_sums(parts[0] + parts[1])
+    lo, hi = norm_min[tickers, 0], norm_max[tickers, 0]
+    price = lambda v: v * (hi - lo) + lo  # noqa: E731
+    assert result["mse"] == pytest.approx(np.mean((pred - y) ** 2))
+    assert result["rmse_price"] == pytest.approx(np.sqrt(np.mean((price(pred) - price(y)) ** 2)))
+    assert result["mae_price"] == pytest.approx(np.mean(np.abs(price(pred) - price(y))))
+    assert result["persistence_rmse_price"] == pytest.approx(np.sqrt(np.mean((price(last) - price(y)) ** 2)))
+    assert result["skill"] == pytest.approx(1 - np.mean((pred - y) ** 2) / np.mean((last - y) ** 2))
+    moved = slice(20, n)
+    assert result["direction_accuracy"] == pytest.approx(
+        np.mean(np.sign(pred[moved] - last[moved]) == np.sign(y[moved] - last[moved])))
+    assert set(result) == set(timing.TEST_METRIC_FIELDS)
+
+
+def test_timing_events_refuse_missing_or_unknown_fields():
+    with pytest.raises(ValueError, match="missing"):
+        timing.make_event("run_end", status="completed", total_seconds=1.0)
+    with pytest.raises(ValueError, match="unknown"):
+        timing.make_event("run_end", status="completed", total_seconds=1.0, test=None, extra=1)
+    with pytest.raises(ValueError, match="status"):
+        timing.make_event("run_end", status="done", total_seconds=1.0, test=None)
+    record = timing.make_event("run_end", status="failed", total_seconds=None, test=None)
+    assert record == {"schema": 1, "event": "run_end", "status": "failed", "total_seconds": None, "test": None}
+
+
+def test_timing_close_appends_failed_run_end_only_once(tmp_path, capsys):
+    log = tmp_path / timing.TIMING_FILE
+    log.write_text(json.dumps({"schema": 1, "event": "run_start", "time": "2026-01-01T00:00:00Z"}) + "\n"
+                   + '{"schema": 1, "event": "epo')  # torn line from a killed job
+    assert timing.main(["close", str(tmp_path), "--status", "failed"]) == 0
+    assert timing.main(["close", str(tmp_path)]) == 0
+    events = timing.read_events(log)
+    assert [e["event"] for e in events] == ["run_start", "run_end"]
+    assert events[-1]["status"] == "failed" and events[-1]["test"] is None
+    assert events[-1]["total_seconds"] > 0
+    assert "already closed" in capsys.readouterr().out
+    with pytest.raises(UserError, match="no timing.jsonl"):
+        timing.close_run(tmp_path / "nowhere")

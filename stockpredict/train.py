@@ -92,6 +92,7 @@ class TrainConfig:
     mode: str | None = None           # "strong" or "weak": a label for the scaling report only
     threads: int | None = None        # TensorFlow intra-op threads; None: $SLURM_CPUS_PER_TASK or TF's
     stop_check_steps: int = 10        # steps between the ranks' agreement on a stop request
+    max_steps: int | None = None      # cap on steps per epoch (benchmarks, smoke runs); None: all
 
     def __post_init__(self):
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -108,6 +109,8 @@ class TrainConfig:
             raise UserError(f"--warmup-epochs must be >= 0, not {self.warmup_epochs!r}")
         if self.mode not in (None, "strong", "weak"):
             raise UserError(f"--mode must be strong or weak, not {self.mode!r}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UserError(f"--max-steps must be a positive integer, not {self.max_steps!r}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be a positive integer, not {self.threads!r}")
 
@@ -167,6 +170,8 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
                         help="intra-op threads (default: $SLURM_CPUS_PER_TASK if set)")
     parser.add_argument("--stop-check-steps", type=int, default=defaults.stop_check_steps,
                         help="steps between the ranks' check for a stop signal")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="cap on steps per epoch (benchmarks and smoke runs; default: the whole shard)")
     args = parser.parse_args(argv)
     return TrainConfig.from_mapping(vars(args))
 
@@ -227,6 +232,8 @@ class TrainingRun:
             raise UserError(f"--batch-size {cfg.batch_size} x {self.size} ranks = global batch "
                             f"{cfg.batch_size * self.size} exceeds the {n_train} training windows "
                             f"(each rank's shard holds about {n_train // self.size}); use a smaller batch")
+        if cfg.max_steps is not None:
+            self.steps = min(self.steps, cfg.max_steps)
         checkpoints = list_checkpoints(self.run_dir)
         self.resume_state = None
         self.resume_dir = None
@@ -480,11 +487,14 @@ class TrainingRun:
         test = metrics_from_sums(test_sums) if test_sums is not None else None
         # Horovod: every rank's weights fingerprint, to prove the ranks stayed in sync.
         checksums = self.hvd.allgather_object(self.weights_checksum())
+        # Horovod: every rank's peak resident memory (MB), for the memory goal per rank.
+        peak_rss = self.hvd.allgather_object(round(peak_rss_mb(), 1))
         if len(set(checksums)) != 1:
             log.error("ranks ended with different weights: %s", checksums)
         if self.is_root:  # Horovod: only rank 0 writes files
             write_json_atomic(self.run_dir / "metrics.json", {
-                "test": test, "windows": dict(self.info.windows), "weights_checksums": checksums})
+                "test": test, "windows": dict(self.info.windows), "weights_checksums": checksums,
+                "peak_rss_mb": peak_rss})
             # Keras picks the format from the suffix, so the temporary name keeps ".keras". The model
             # is not compiled, so no optimizer state goes in (checkpoints/ hold that).
             tmp = self.run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
@@ -498,6 +508,12 @@ class TrainingRun:
                      _fmt(test["skill"]), test["rmse_price"], test["mae_price"],
                      _fmt(test["direction_accuracy"]))
         return 0
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (Linux reports ru_maxrss in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _fmt(value) -> str:

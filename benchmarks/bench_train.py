@@ -1,0 +1,197 @@
+"""Trainer benchmarks (not tests; numbers go in docs/training.md with the command and the machine).
+
+1. streaming: one rank, batch 32: the trainer streaming its shard from HDF5 vs a plain Keras
+   `model.fit` on the same windows held in memory, same model/optimizer, measured in one run,
+   interleaved (fit, stream, fit, stream). Goal: streaming >= 0.95x.
+2. scaling: per-rank batch 256, one intra-op thread per rank: 2 ranks (horovodrun --gloo) vs 1 rank,
+   aggregate samples/s. Goal >= 1.8x. Also the cost of the per-step stop-signal agreement
+   (--stop-check-steps 1 vs effectively never) at 2 ranks, batch 32.
+3. memory: peak RSS per rank training on a file of FULL_WINDOWS windows (about the full S&P scale).
+   Goal <= 1.5 GB.
+
+Throughput is the epoch-2 samples/s from timing.jsonl (epoch 1 includes graph building) or, for
+model.fit, the second epoch's wall time. Data files are generated in the exact schema-1 layout (random
+walk closes, lzf chunks of 2,048 windows like the preprocessing stage) unless --data/--large is given.
+
+    .venv/bin/python benchmarks/bench_train.py [--part streaming|scaling|memory|all] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+HOROVODRUN = str(Path(PYTHON).parent / "horovodrun")
+SEQ_LEN, N_FEATURES, CHUNK = 60, 2, 2048
+FULL_WINDOWS = 3_400_000  # the seed's S&P 500 universe is ~1.1M windows; the issue asks for ~3.4M
+
+
+def write_random_sequences(path: Path, windows: dict, seed: int = 0) -> Path:
+    """A schema-1 sequences file with random-walk windows, written chunk by chunk (little memory)."""
+    rng = np.random.default_rng(seed)
+    n_tickers = 500
+    with h5py.File(path, "w") as handle:
+        for split, n in windows.items():
+            group = handle.create_group(split)
+            x = group.create_dataset("x", (n, SEQ_LEN, N_FEATURES), np.float32,
+                                     chunks=(min(CHUNK, n), SEQ_LEN, N_FEATURES), compression="lzf")
+            y = group.create_dataset("y", (n,), np.float32, chunks=(min(CHUNK, n),), compression="lzf")
+            ticker = group.create_dataset("ticker", (n,), np.int32, chunks=(min(CHUNK, n),), compression="lzf")
+            end = group.create_dataset("window_end", (n,), np.int64, chunks=(min(CHUNK, n),), compression="lzf")
+            step = 50 * CHUNK
+            for a in range(0, n, step):
+                b = min(a + step, n)
+                m = b - a
+                walk = 0.5 + np.cumsum(rng.normal(0, 0.001, (m, SEQ_LEN + 5)), axis=1)
+                x[a:b] = np.stack([walk[:, :SEQ_LEN], rng.uniform(0, 1, (m, SEQ_LEN))], -1).astype(np.float32)
+                y[a:b] = walk[:, -1].astype(np.float32)
+                ticker[a:b] = rng.integers(0, n_tickers, m, dtype=np.int32)
+                end[a:b] = np.arange(a, b, dtype=np.int64) * 60
+        handle.create_dataset("tickers", data=np.array([f"T{i:03d}" for i in range(n_tickers)], dtype=object),
+                              dtype=h5py.string_dtype("utf-8"))
+        attrs = handle.attrs
+        attrs["schema_version"] = 1
+        attrs["config"] = json.dumps({"generator": "benchmarks/bench_train.py", "seed": seed})
+        attrs["features"] = np.array(["close", "volume"], dtype=h5py.string_dtype())
+        attrs["target_feature"] = "close"
+        attrs["normalization"] = "global"
+        attrs["norm_min"] = np.array([1.0, 0.0])
+        attrs["norm_max"] = np.array([500.0, 1e6])
+        attrs["seq_len"] = SEQ_LEN
+        attrs["horizon"] = 5
+        attrs["window_counts"] = json.dumps(windows)
+    return path
+
+
+def train(run_dir: Path, data: Path, ranks: int = 1, **flags) -> dict:
+    """Run the trainer (horovodrun --gloo when ranks > 1); return the epoch events and metrics.json."""
+    args = ["--data", str(data), "--run-dir", str(run_dir)]
+    for key, value in flags.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    cmd = [PYTHON, "-m", "stockpredict.train", *args]
+    if ranks > 1:
+        cmd = [HOROVODRUN, "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo", *cmd]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode != 0:
+        raise SystemExit(f"trainer failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    events = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
+    return {"epochs": [e for e in events if e["event"] == "epoch"],
+            "metrics": json.loads((run_dir / "metrics.json").read_text())}
+
+
+def fit_in_memory(data: Path, windows: int, batch: int, steps: int, threads: int | None = None) -> float:
+    """samples/s of epoch 2 of a plain model.fit on the first `windows` train windows, in a fresh
+    process (same TensorFlow thread settings as the trainer)."""
+    code = f"""
+import time, h5py, numpy as np, tensorflow as tf, json
+from stockpredict.model import build_model
+if {threads!r}:
+    tf.config.threading.set_intra_op_parallelism_threads({threads!r})
+    tf.config.threading.set_inter_op_parallelism_threads({threads!r})
+with h5py.File({str(data)!r}) as f:
+    x, y = f["train/x"][:{windows}], f["train/y"][:{windows}]
+tf.keras.utils.set_random_seed(0)
+model = build_model(x.shape[1], x.shape[2])
+model.compile(optimizer=tf.keras.optimizers.Adam(1e-4), loss="mse")
+class Clock(tf.keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
+    def on_epoch_end(self, epoch, logs=None): self.last = time.perf_counter() - self.t
+clock = Clock()
+model.fit(x, y, batch_size={batch}, epochs=2, steps_per_epoch={steps}, shuffle=True, verbose=0, callbacks=[clock])
+print(json.dumps({{"samples_per_second": {steps} * {batch} / clock.last}}))
+"""
+    proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode != 0:
+        raise SystemExit(f"model.fit failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])["samples_per_second"]
+
+
+def bench_streaming(work: Path, data: Path, steps: int, repeats: int) -> dict:
+    fit, stream = [], []
+    windows = steps * 32
+    for _ in range(repeats):
+        fit.append(fit_in_memory(data, windows, 32, steps))
+        stream.append(train(work / "stream", data, epochs=2, batch_size=32, max_steps=steps)["epochs"][1]
+                      ["samples_per_second"])
+    return {"fit_in_memory": fit, "hdf5_streaming": stream,
+            "ratio_of_means": statistics.mean(stream) / statistics.mean(fit)}
+
+
+def bench_scaling(work: Path, data: Path, steps: int) -> dict:
+    one = train(work / "one", data, epochs=2, batch_size=256, threads=1, max_steps=steps)
+    two = train(work / "two", data, ranks=2, epochs=2, batch_size=256, threads=1, max_steps=steps)
+    one_sps, two_sps = one["epochs"][1]["samples_per_second"], two["epochs"][1]["samples_per_second"]
+    check_every = train(work / "check1", data, ranks=2, epochs=2, batch_size=32, threads=1,
+                        max_steps=steps * 4, stop_check_steps=1)["epochs"][1]
+    check_never = train(work / "checknever", data, ranks=2, epochs=2, batch_size=32, threads=1,
+                        max_steps=steps * 4, stop_check_steps=10**9)["epochs"][1]
+    per_step_ms = 1000 * (check_every["train_seconds"] - check_never["train_seconds"]) / check_every["steps"]
+    return {"one_rank_samples_per_second": one_sps, "two_ranks_samples_per_second": two_sps,
+            "speedup": two_sps / one_sps, "efficiency": two_sps / one_sps / 2,
+            "stop_check_every_step_samples_per_second": check_every["samples_per_second"],
+            "stop_check_never_samples_per_second": check_never["samples_per_second"],
+            "stop_check_cost_ms_per_step": per_step_ms}
+
+
+def bench_memory(work: Path, large: Path, steps: int) -> dict:
+    result = train(work / "large", large, ranks=2, epochs=1, batch_size=256, threads=1, max_steps=steps)
+    with h5py.File(large) as handle:
+        windows = json.loads(handle.attrs["window_counts"])
+    return {"windows": windows, "file_gb": large.stat().st_size / 1e9,
+            "peak_rss_mb_per_rank": result["metrics"]["peak_rss_mb"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("streaming", "scaling", "memory", "all"), default="all")
+    parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--data", type=Path, default=None, help="sequences file for parts 1-2")
+    parser.add_argument("--large", type=Path, default=None, help="full-scale file for part 3")
+    parser.add_argument("--steps", type=int, default=600, help="steps per epoch at batch 32 (part 1)")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench_train_"))
+    work.mkdir(parents=True, exist_ok=True)
+    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                          "python": platform.python_version()},
+              "command": " ".join([Path(PYTHON).name, *sys.argv])}
+    data = args.data
+    if data is None and args.part in ("streaming", "scaling", "all"):
+        data = write_random_sequences(work / "bench.h5", {"train": 200_000, "val": 20_000, "test": 10_000})
+    if args.part in ("streaming", "all"):
+        report["streaming"] = bench_streaming(work, data, args.steps, args.repeats)
+        print(json.dumps({"streaming": report["streaming"]}), flush=True)
+    if args.part in ("scaling", "all"):
+        report["scaling"] = bench_scaling(work, data, steps=args.steps // 8)
+        print(json.dumps({"scaling": report["scaling"]}), flush=True)
+    if args.part in ("memory", "all"):
+        large = args.large
+        if large is None:
+            started = time.perf_counter()
+            large = write_random_sequences(work / "large.h5", {
+                "train": int(FULL_WINDOWS * 0.7), "val": int(FULL_WINDOWS * 0.2), "test": int(FULL_WINDOWS * 0.1)})
+            print(f"wrote {large} in {time.perf_counter() - started:.0f} s", flush=True)
+        report["memory"] = bench_memory(work, large, steps=50)
+        print(json.dumps({"memory": report["memory"]}), flush=True)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

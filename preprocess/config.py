@@ -34,7 +34,7 @@ class PreprocessConfig:
     fill_gaps: int = 0           # forward-fill runs of <= K missing minutes (0: never fill)
     tz: str = "America/New_York"  # zone of naive timestamps; UTC-offset timestamps ignore it
     chunk_windows: int = 2048    # HDF5 chunk length along n (windows)
-    compression: str = "lzf"     # HDF5 filter for x: "lzf", "gzip", or "none" (see docs/data.md)
+    compression: str = "gzip"    # HDF5 filter: "gzip" (level 4), "lzf", or "none" (see docs/data.md)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))

@@ -48,6 +48,7 @@ class Summary:
     dropped_counts: dict[str, int]
     row_counts: dict[str, int]
     seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # read, split_normalise, write
     warnings: list[str] = field(default_factory=list)
 
     def table(self) -> str:
@@ -60,7 +61,8 @@ class Summary:
         rows += [(f"windows {split}", f"{n:,}") for split, n in self.window_counts.items()]
         rows += [(f"dropped {reason}", f"{n:,}") for reason, n in self.dropped_counts.items() if n]
         rows += [(f"rows {name.replace('_', ' ')}", f"{n:,}") for name, n in self.row_counts.items() if n]
-        rows += [("seconds", f"{self.seconds:.2f}"),
+        rows += [("seconds", f"{self.seconds:.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                            self.phase_seconds.items()) + ")"),
                  ("windows/s", f"{total / self.seconds:,.0f}" if self.seconds > 0 else "-")]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
@@ -93,6 +95,7 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
     show_progress = sys.stderr.isatty() if progress is None else progress
 
     loaded, skipped, hashes = load_universe(raw, config, workers, show_progress)
+    read_done = time.perf_counter()
     if not loaded:
         raise UserError(f"no usable ticker in {raw} ({len(skipped)} skipped; see the warnings above)")
     if config.split == "random":
@@ -131,9 +134,13 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
         "row_counts": json.dumps(row_counts, sort_keys=True),
         "trading_days": json.dumps(trading_days),
     }
+    split_done = time.perf_counter()
     with store.atomic_output(out, force) as output:
         write_sequences(output.path, tickers, counts, config, attrs, show_progress, check=output.check)
-    summary.seconds = time.perf_counter() - started
+    finished = time.perf_counter()
+    summary.seconds = finished - started
+    summary.phase_seconds = {"read": read_done - started, "split+normalise": split_done - read_done,
+                             "write": finished - split_done}
     return summary
 
 

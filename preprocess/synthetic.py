@@ -8,7 +8,7 @@ Each ticker's log price is p_t = f_t + d_t (t in minutes, continuing across sess
 Over the horizon h the expected change is E[p_{t+h} - p_t] = (phi^h - 1) d_t: with phi = 0.8 and h = 5 about
 67 % of the current deviation is expected to revert. d_t is not observed, but the window shows it (p_t
 minus the window's recent average), so a model that looks at the window beats the persistence forecast
-p_{t+h} = p_t. With the defaults the predictable part is about a quarter of the variance of the 5-minute
+p_{t+h} = p_t. With the defaults the predictable part is about a third of the variance of the 5-minute
 change (see docs/data.md for the derivation and a least-squares check).
 
 Volume is U-shaped over the session (high at the open and close), log-normal noise, integers.

@@ -91,7 +91,7 @@ class TrainConfig:
     resume: bool = False              # continue from the latest checkpoint in run_dir if there is one
     mode: str | None = None           # "strong" or "weak": a label for the scaling report only
     threads: int | None = None        # TensorFlow intra-op threads; None: $SLURM_CPUS_PER_TASK or TF's
-    stop_check_steps: int = 10        # steps between the ranks' agreement on a stop request
+    stop_check_steps: int = 20        # steps between the ranks' stop agreements (~2 ms each, 2 ranks)
     max_steps: int | None = None      # cap on steps per epoch (benchmarks, smoke runs); None: all
 
     def __post_init__(self):

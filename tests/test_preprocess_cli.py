@@ -132,3 +132,30 @@ def test_sigterm_and_sigint_mid_write_remove_the_temporary_file(universe, tmp_pa
         assert message in stderr
     assert not out.exists()
     assert not list(tmp_path.glob(f".{out.name}*"))
+
+
+def test_a_progress_bar_over_tickers_is_drawn_on_a_terminal(universe, tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "preprocess", "--raw", str(universe), "--out",
+                             str(tmp_path / "seq.h5")], stdout=subprocess.DEVNULL, stderr=slave,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        drawn += data
+    os.close(master)
+    assert proc.wait(timeout=60) == 0
+    text = drawn.decode(errors="replace")
+    assert "reading: 100%" in text and "16/16" in text and "writing: 100%" in text

@@ -80,7 +80,8 @@ def test_single_process_learns_and_beats_persistence(tiny_dataset, tmp_path):
         assert list(record)[2:] == list(timing.EVENT_FIELDS[record["event"]])
     start, epochs, end = log[0], log[1:4], log[4]
     assert (start["ranks"], start["nodes"], start["attempt"], start["resumed_from_epoch"]) == (1, 1, 0, None)
-    assert start["windows"]["train"] == 15922 or start["windows"]["train"] > 0
+    with h5py.File(tiny_dataset) as handle:
+        assert start["windows"] == {s: handle[f"{s}/y"].shape[0] for s in ("train", "val", "test")}
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]
     assert all(e["steps"] == start["windows"]["train"] // 128 and not e["resumed"] for e in epochs)
@@ -220,7 +221,7 @@ def test_horovodrun_two_ranks_preempted_by_usr1_then_resumed(tiny_dataset, tmp_p
     log = events(run)
     assert [e["epoch"] for e in log if e["event"] == "epoch"] == [1, 2, 3]
     starts = [e for e in log if e["event"] == "run_start"]
-    assert [s["resumed_from_epoch"] for s in starts] == [None, 1] or starts[1]["resumed_from_epoch"] == 2
+    assert starts[0]["resumed_from_epoch"] is None and starts[1]["resumed_from_epoch"] in (1, 2)
     assert all(s["ranks"] == 2 and s["global_batch_size"] == 64 for s in starts)
     assert starts[0]["learning_rate"] == pytest.approx(2e-4) and starts[0]["versions"]["mpi"] is None
     assert [e["status"] for e in log if e["event"] == "run_end"] == ["preempted", "completed"]
@@ -261,8 +262,8 @@ def test_two_slurm_nodes_srun_pmix(slurm_cluster, job_dir, small_dataset):
     assert state == "COMPLETED", output
     log = events(run)
     start = log[0]
-    assert (start["ranks"], start["nodes"], start["hosts"]) == (2, 2, ["node1", "node2"]) or (
-        start["ranks"], start["nodes"]) == (2, 2)
+    assert (start["ranks"], start["nodes"]) == (2, 2)
+    assert len(start["hosts"]) == 2 and all(h.startswith("node") for h in start["hosts"])  # virtual nodes
     assert start["job_id"] == job_id and start["versions"]["mpi"]
     assert start["config"]["warmup_epochs"] == 1.0  # on by default with 2 ranks
     assert [e["event"] for e in log] == ["run_start", "epoch", "epoch", "run_end"]

@@ -22,6 +22,7 @@ import signal
 # alone, while SIGTERM is what Slurm and mpirun use to kill tasks.
 STOP_SIGNAL = signal.SIGUSR1
 _stop_requested = False
+_sigterm_before_preempt = signal.SIG_DFL
 
 
 def _request_stop(signum, frame):  # noqa: ARG001 -- signal handler signature
@@ -472,8 +473,13 @@ class TrainingRun:
         if self.is_root:
             timing.append_event(self.run_dir / timing.TIMING_FILE, timing.make_event(
                 "run_end", status="preempted", total_seconds=self.elapsed(), test=None))
-        # Horovod: wait for rank 0's files before anyone exits: srun --kill-on-bad-exit and horovodrun
-        # kill the remaining ranks as soon as the first one exits non-zero.
+        # srun --kill-on-bad-exit and horovodrun SIGTERM the remaining ranks as soon as the first one
+        # exits non-zero; a rank still on its way out would then end "Terminated" instead of 75 and
+        # srun's status would not say "requeue". From here on SIGTERM is ignored (Slurm's SIGKILL
+        # after KillWait still applies) and main() leaves with os._exit.
+        global _sigterm_before_preempt
+        _sigterm_before_preempt = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Horovod: wait for rank 0's files before anyone exits.
         self.collective_sum([0.0])
         return EXIT_PREEMPTED
 
@@ -608,12 +614,27 @@ def train(config: TrainConfig) -> int:
             handler.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point: `stockpredict-train` / `python -m stockpredict.train`."""
+def main(argv: Sequence[str] | None = None, *, exit_now_when_preempted: bool = True) -> int:
+    """Console entry point: `stockpredict-train` / `python -m stockpredict.train`.
+
+    After a preemption (checkpoint written, ranks past the final barrier) the process leaves at once
+    with status 75, skipping interpreter teardown: the launcher kills the remaining tasks as soon as
+    the first exits non-zero, and a rank still tearing down TensorFlow would then report "killed"
+    instead of 75, so srun's status would not say "requeue". Tests calling main() in-process pass
+    exit_now_when_preempted=False.
+    """
     install_stop_handler()
     try:
         config = parse_args(argv)
-        return train(config)
+        status = train(config)
+        if status == EXIT_PREEMPTED and not exit_now_when_preempted:
+            signal.signal(signal.SIGTERM, _sigterm_before_preempt)  # in-process caller: undo preempt()
+        elif status == EXIT_PREEMPTED:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_PREEMPTED)
+        return status
     except UserError as err:
         if _rank_from_env() == 0:  # Horovod: only rank 0 reports; every rank exits non-zero
             print(f"error: {err}", file=sys.stderr)

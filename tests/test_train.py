@@ -50,7 +50,7 @@ def derive(src: Path, dst: Path, train_rows: int | None = None, features: int | 
 
 def run_main(*args: str) -> int:
     train_module._stop_requested = False
-    return train_module.main([str(a) for a in args])
+    return train_module.main([str(a) for a in args], exit_now_when_preempted=False)
 
 
 def events(run_dir: Path) -> list[dict]:
@@ -268,5 +268,49 @@ def test_two_slurm_nodes_srun_pmix(slurm_cluster, job_dir, small_dataset):
     assert start["config"]["warmup_epochs"] == 1.0  # on by default with 2 ranks
     assert [e["event"] for e in log] == ["run_start", "epoch", "epoch", "run_end"]
     assert "no checkpoint" in output  # --resume on a fresh run says it starts fresh
+    checksums = json.loads((run / "metrics.json").read_text())["weights_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+
+
+@pytest.mark.cluster
+def test_slurm_usr1_every_rank_exits_75_then_resume_completes(slurm_cluster, job_dir, tiny_dataset):
+    """srun delivers SIGUSR1 to both ranks (scancel --signal without --batch signals the job steps);
+    both must exit 75, and the same command with --resume finishes. The job script retries srun
+    itself here; requeueing the whole job is the submission stage's test."""
+    data = derive(tiny_dataset, job_dir / "data.h5", train_rows=8000)
+    run = job_dir / "run"
+    script = job_dir / "preempt.sbatch"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --job-name=test-train-usr1
+        #SBATCH --nodes=2
+        #SBATCH --ntasks-per-node=1
+        #SBATCH --output={job_dir}/slurm-%j.out
+        #SBATCH --time=00:10:00
+        for attempt in 1 2; do
+            srun --mpi=pmix --kill-on-bad-exit=1 {sys.executable} -m stockpredict.train \\
+                --data {data} --run-dir {run} --epochs 3 --batch-size 32 --threads 1 --resume
+            status=$?
+            echo "attempt $attempt srun-exit=$status"
+            [[ $status == 75 ]] || break
+        done
+        exit $status
+        """))
+    job_id = slurm_cluster.sbatch(script)
+    try:
+        assert wait_until(lambda: (run / timing.TIMING_FILE).exists()
+                          and any(e["event"] == "epoch" for e in events(run)), 240, poll_s=0.2)
+        subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm_cluster.env, check=True)
+        state = slurm_cluster.wait(job_id, timeout_s=300)
+    finally:
+        subprocess.run(["scancel", job_id], env=slurm_cluster.env, capture_output=True)
+    output = (job_dir / f"slurm-{job_id}.out").read_text()
+    assert state == "COMPLETED", output
+    assert "attempt 1 srun-exit=75" in output and "attempt 2 srun-exit=0" in output, output
+    assert output.count("Exited with exit code 75") == 2, output  # srun reports each task: both 75
+    log = events(run)
+    assert [e["status"] for e in log if e["event"] == "run_end"] == ["preempted", "completed"]
+    assert [e["epoch"] for e in log if e["event"] == "epoch"] == [1, 2, 3]
+    assert all(e["ranks"] == 2 and e["nodes"] == 2 for e in log if e["event"] == "run_start")
     checksums = json.loads((run / "metrics.json").read_text())["weights_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]

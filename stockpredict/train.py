@@ -298,22 +298,29 @@ class TrainingRun:
 
         model, optimizer, loss_fn = self.model, self.optimizer, tf.keras.losses.MeanSquaredError()
 
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # this rank, this epoch
+        loss_sum = self.loss_sum
+
+        # Several steps per call, looping inside the graph (like Keras' steps_per_execution): Python
+        # runs once per --stop-check-steps steps, not once per step.
         @tf.function
-        def train_step(x, y):
-            with tf.GradientTape() as tape:
-                pred = model(x, training=True)
-                loss = loss_fn(y[:, None], pred)
-            # Horovod: average the gradients over all ranks (ring-allreduce).
-            tape = hvd.DistributedGradientTape(tape)
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return loss
+        def train_steps(iterator, n_steps):
+            for _ in tf.range(n_steps):
+                x, y = next(iterator)
+                with tf.GradientTape() as tape:
+                    pred = model(x, training=True)
+                    loss = loss_fn(y[:, None], pred)
+                # Horovod: average the gradients over all ranks (ring-allreduce).
+                tape = hvd.DistributedGradientTape(tape)
+                grads = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                loss_sum.assign_add(tf.cast(loss, tf.float64))
 
         @tf.function
         def predict(x):
             return model(x, training=False)[:, 0]
 
-        self.train_step, self.predict = train_step, predict
+        self.train_steps, self.predict = train_steps, predict
 
     def collective_sum(self, values) -> np.ndarray:
         """Horovod: element-wise sum of a small float64 vector over all ranks."""
@@ -322,6 +329,8 @@ class TrainingRun:
 
     def stop_agreed(self) -> bool:
         """Horovod: True on every rank if any rank got the stop signal (one tiny allreduce)."""
+        if self.size == 1:
+            return _stop_requested  # nothing to agree on; skips a ~1 ms Horovod cycle
         return bool(self.collective_sum([1.0 if _stop_requested else 0.0])[0] > 0)
 
     def run_start_record(self) -> dict:
@@ -421,17 +430,21 @@ class TrainingRun:
         for epoch in range(self.epochs_done + 1, cfg.epochs + 1):
             skip = self.skip_steps if first_epoch else 0
             resumed = first_epoch and self.resume_state is not None
-            loss_sum = tf.Variable(0.0, dtype=tf.float64)
+            loss_sum = self.loss_sum
+            loss_sum.assign(0.0)
             dataset = train_dataset(self.info, cfg.batch_size, self.steps, cfg.seed, epoch, self.rank,
                                     self.size, skip_steps=skip)
             progress = make_progress(self.is_root, self.steps, skip, f"epoch {epoch}/{cfg.epochs}")
             t0 = time.perf_counter()
+            iterator = iter(dataset)
             step = skip
-            for x, y in dataset:
-                loss_sum.assign_add(tf.cast(self.train_step(x, y), tf.float64))
-                step += 1
-                progress.update(1)
-                if step % cfg.stop_check_steps == 0 and step < self.steps and self.stop_agreed():
+            while step < self.steps:
+                # Run up to the next multiple of stop_check_steps, where the ranks check for a stop.
+                n = min(cfg.stop_check_steps - step % cfg.stop_check_steps, self.steps - step)
+                self.train_steps(iterator, tf.constant(n, tf.int64))
+                step += n
+                progress.update(n)
+                if step < self.steps and self.stop_agreed():
                     progress.close()
                     return self.preempt(epoch - 1, step, self.carried_loss_sum if first_epoch else 0.0,
                                         float(loss_sum.numpy()))

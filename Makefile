@@ -129,7 +129,7 @@ report: setup ## Scaling tables (Markdown, CSV) and plots from results/runs/*/ti
 	$(PY) -m stockpredict.report --runs $(RESULTS)/runs --out $(RESULTS)
 
 demo: setup ## The whole study on this machine: data, preprocess, local cluster, 1/2/4-node sweep, report
-	bash scripts/demo.sh
+	$(PY) -m stockpredict.demo
 
 # --- benchmarks (numbers go in the README; never run by `make test`) -----------------------------
 

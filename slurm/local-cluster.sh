@@ -118,9 +118,10 @@ cmd_up() {
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "NODES must be a positive integer, got '$n'"
     require_root_and_packages
     if pid_alive "$CLUSTER_DIR/run/slurmctld.pid"; then
-        if [[ "$(node_count)" == "$n" ]]; then
-            say "already running with $n nodes"
-            wait_for_nodes "$n"
+        # A running cluster with at least N nodes serves: never shrink it under someone's jobs.
+        if (( $(node_count) >= n )); then
+            say "already running with $(node_count) nodes"
+            wait_for_nodes "$(node_count)"
             return
         fi
         say "running with $(node_count) nodes; restarting with $n"

@@ -114,7 +114,7 @@ class EpochRecord:
     samples: int
     samples_per_second: float
     train_loss: float
-    val_loss: float
+    val_loss: float | None  # None when the dataset has no validation windows
     resumed: bool
     after_start: int  # 1 for the first epoch logged after a run_start, 2 for the next, ...
 
@@ -191,20 +191,21 @@ class LoadedRuns:
 
 _INT = (int,)
 _NUM = (int, float)
+_NUM_OR_NULL = (int, float, type(None))
 _RUN_START_FIELDS = {
     "ranks": _INT, "nodes": _INT, "gpus_per_node": _INT, "batch_size_per_rank": _INT,
     "global_batch_size": _INT,
 }
 _EPOCH_FIELDS = {
     "epoch": _INT, "train_seconds": _NUM, "val_seconds": _NUM, "steps": _INT, "samples": _INT,
-    "samples_per_second": _NUM, "train_loss": _NUM, "val_loss": _NUM,
+    "samples_per_second": _NUM, "train_loss": _NUM, "val_loss": _NUM_OR_NULL,
 }
 
 
 def _field(event: Mapping[str, Any], name: str, types: tuple, lineno: int) -> Any:
     value = event.get(name)
     if isinstance(value, bool) or not isinstance(value, types):
-        kind = "an integer" if types == _INT else "a number"
+        kind = {_INT: "an integer", _NUM: "a number"}.get(types, "a number or null")
         raise SkipLog(f"corrupt: line {lineno} ({event.get('event')}) has {name}={value!r}, expected {kind}")
     return value
 

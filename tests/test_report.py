@@ -109,6 +109,19 @@ def test_warmup_first_epoch_excluded_and_median_odd_count():
     assert report.run_timing(run, 0).seconds_per_epoch == pytest.approx(20.5)  # median of 10, 11, 30, 99
 
 
+def test_run_without_validation_windows_is_usable():
+    # A dataset with an empty val split makes the trainer log val_loss null; the run still counts.
+    events = simple_run(1, [10.0, 12.0])
+    for event in events:
+        if event["event"] == "epoch":
+            event["val_loss"] = None
+    run, _ = parse(events)
+    assert report.run_timing(run, 1).seconds_per_epoch == pytest.approx(11.0)
+    events[2]["val_loss"] = "nan"
+    with pytest.raises(report.SkipLog, match="val_loss"):
+        parse(events)
+
+
 def test_median_even_count_is_mean_of_middle_two():
     run, _ = parse(simple_run(1, [10.0, 14.0, 12.0, 100.0]))
     assert report.run_timing(run, 1).seconds_per_epoch == pytest.approx(13.0)

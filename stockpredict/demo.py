@@ -1,0 +1,183 @@
+"""`make demo`: the whole scaling study on this machine, end to end, with the commands it stands for.
+
+    python -m stockpredict.demo [--tickers 60 --days 15 --epochs 4 --global-batch 256 --nodes-list "1 2 4"]
+
+1. a synthetic S&P 500-like universe        (make data)        -> data/demo/raw/<TICKER>.csv
+2. preprocessing to windowed sequences      (make preprocess)  -> data/demo/sequences.h5
+3. the local Slurm cluster, 4 virtual nodes (make cluster-up)  -- or, when it cannot start (not root,
+   no Slurm packages), Horovod ranks started with `horovodrun --gloo` on this machine
+4. a strong-scaling sweep: the same global batch on 1, 2 and 4 nodes (1 rank and 1 fake GPU per node),
+   one job at a time, because every virtual node shares this machine's cores and concurrent runs
+   would time each other
+5. the report                               (make report)      -> results/scaling.md, CSVs, PNGs
+
+The default size finishes in about 10-15 minutes on 2 cores. Each run is an ordinary run directory in
+results/runs/, so `make report` later includes the demo next to your own runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Sequence
+
+from . import report, slurmjobs
+from .cli import UserError, get_logger, run_cli
+from .submit import TrainArgs, new_run_dir, submit_train
+
+log = get_logger("stockpredict.demo")
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER_SCRIPT = REPO / "slurm" / "local-cluster.sh"
+CLUSTER_CONF = REPO / ".cluster" / "etc" / "slurm.conf"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Size of the demo study. The defaults are sized for about 10-15 minutes on 2 cores."""
+
+    tickers: int = 60                     # synthetic tickers (the full S&P scale is 503)
+    days: int = 15                        # trading days; 70/20/10 chronological split of these
+    seed: int = 0                         # synthetic data seed
+    epochs: int = 4                       # epoch 1 is warm-up, so 3 epochs are timed per run
+    global_batch: int = 256               # fixed across rank counts (strong scaling)
+    nodes_list: tuple[int, ...] = (1, 2, 4)
+    data_dir: str = "data/demo"
+    results: str = "results"
+    job_timeout_s: float = 1800.0         # per training job, queueing included
+    force_local: bool = False             # skip Slurm and use horovodrun even when a cluster could start
+
+
+def say(step: str, message: str) -> None:
+    print(f"demo [{step}] {message}", flush=True)
+
+
+def make_dataset(config: DemoConfig) -> Path:
+    """Steps 1 and 2: synthetic CSVs and the HDF5 sequences file (rebuilt only when missing)."""
+    from preprocess.pipeline import build_dataset
+    from preprocess.config import PreprocessConfig
+    from preprocess.synthetic import write_universe
+
+    data_dir = REPO / config.data_dir if not Path(config.data_dir).is_absolute() else Path(config.data_dir)
+    raw, sequences = data_dir / "raw", data_dir / "sequences.h5"
+    marker = data_dir / f"universe-{config.tickers}x{config.days}-seed{config.seed}"
+    if sequences.exists() and marker.exists():
+        say("data", f"reusing {sequences} (delete {data_dir} to rebuild)")
+        return sequences
+    shutil.rmtree(data_dir, ignore_errors=True)
+    say("data", f"writing {config.tickers} tickers x {config.days} days of minute bars to {raw} "
+                f"(make data RAW={raw} TICKERS={config.tickers} DAYS={config.days} SEED={config.seed})")
+    write_universe(raw, tickers=config.tickers, days=config.days, seed=config.seed)
+    say("preprocess", f"windowing into {sequences} (make preprocess RAW={raw} OUT={sequences})")
+    summary = build_dataset(raw, sequences, PreprocessConfig(), progress=False)
+    print(summary.table(), flush=True)
+    marker.touch()
+    return sequences
+
+
+def start_cluster(nodes: int) -> dict | None:
+    """Step 3: the environment for Slurm clients, or None when the local cluster cannot start."""
+    proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", str(nodes)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["unknown reason"]
+        say("cluster", f"local Slurm cluster unavailable ({reason[0]}); using horovodrun on this machine")
+        return None
+    say("cluster", f"local Slurm cluster up, at least {nodes} nodes (make cluster-up NODES={nodes})")
+    return dict(os.environ, SLURM_CONF=str(CLUSTER_CONF))
+
+
+def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
+    """Step 4 on Slurm: one job per node count, each waited for before the next is submitted."""
+    os.environ.update(SLURM_CONF=env["SLURM_CONF"])
+    run_dirs = []
+    for nodes in config.nodes_list:
+        per_rank = config.global_batch // nodes
+        args = TrainArgs(data=str(data), batch_size=per_rank, epochs=config.epochs, mode="strong")
+        sub = submit_train(args, profile="local", results=REPO / config.results, nodes=nodes, gpus_per_node=1)
+        say("train", f"{nodes} node(s), batch {per_rank}/rank: Submitted batch job {sub.job_id} -> {sub.run_dir} "
+                     f"(make submit NODES={nodes} GPUS=1 BATCH={per_rank} EPOCHS={config.epochs})")
+        state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s)[sub.job_id]
+        if state != "COMPLETED":
+            raise UserError(f"training job {sub.job_id} ended {state}; see {sub.run_dir}/slurm-{sub.job_id}.out")
+        run_dirs.append(sub.run_dir)
+    return run_dirs
+
+
+def run_with_horovodrun(config: DemoConfig, data: Path) -> list[Path]:
+    """Step 4 without Slurm: the same runs as local Horovod ranks (Gloo), one rank per 'node'."""
+    horovodrun = Path(sys.executable).with_name("horovodrun")
+    run_dirs = []
+    for ranks in config.nodes_list:
+        per_rank = config.global_batch // ranks
+        run_dir = new_run_dir(REPO / config.results / "runs", f"n1-g0-b{per_rank}-local{ranks}")
+        cmd = [str(horovodrun), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
+               sys.executable, "-m", "stockpredict.train", "--data", str(data), "--run-dir", str(run_dir),
+               "--batch-size", str(per_rank), "--epochs", str(config.epochs), "--mode", "strong",
+               "--threads", "1"]
+        say("train", f"{ranks} rank(s), batch {per_rank}/rank: {' '.join(cmd[:6])} ... -> {run_dir}")
+        with open(run_dir / "horovodrun.out", "w") as out:
+            status = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO).returncode
+        if status != 0:
+            raise UserError(f"horovodrun with {ranks} ranks failed (exit {status}); see {run_dir}/horovodrun.out")
+        run_dirs.append(run_dir)
+    return run_dirs
+
+
+def run_demo(config: DemoConfig) -> list[Path]:
+    """The whole study; returns the report's files."""
+    for nodes in config.nodes_list:
+        if config.global_batch % nodes:
+            raise UserError(f"global batch {config.global_batch} does not divide over {nodes} nodes")
+    data = make_dataset(config)
+    env = None if config.force_local else start_cluster(max(config.nodes_list))
+    run_dirs = run_on_slurm(config, data, env) if env else run_with_horovodrun(config, data)
+    say("report", f"{len(run_dirs)} runs done; building the report (make report)")
+    results = REPO / config.results
+    status = report.main(["--runs", str(results / "runs"), "--out", str(results)])
+    if status != 0:
+        raise UserError("the report failed; see the messages above")
+    outputs = sorted(p for p in results.iterdir() if p.suffix in (".md", ".csv", ".png"))
+    say("done", f"open {results / report.MARKDOWN_NAME} (tables and plots); the CSV files beside it hold "
+                f"the same tables; each run's logs, model and metrics are in {results / 'runs'}/<run-id>/")
+    return outputs
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by spaces, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    defaults = DemoConfig()
+    parser = argparse.ArgumentParser(prog="python -m stockpredict.demo", description=__doc__.split("\n")[0])
+    for f in fields(DemoConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "nodes_list":
+            parser.add_argument(flag, type=_int_tuple, default=defaults.nodes_list)
+        elif f.name == "force_local":
+            parser.add_argument(flag, action="store_true", help="use horovodrun even if Slurm could start")
+        else:
+            parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
+    ns = parser.parse_args(argv)
+    for name in ("tickers", "days", "epochs", "global_batch"):
+        if getattr(ns, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    run_demo(DemoConfig(**vars(ns)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

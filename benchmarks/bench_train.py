@@ -9,8 +9,8 @@
 3. memory: peak RSS per rank training on a file of FULL_WINDOWS windows (about the full S&P scale).
    Goal <= 1.5 GB.
 
-Throughput is the epoch-2 samples/s from timing.jsonl (epoch 1 includes graph building) or, for
-model.fit, the second epoch's wall time. Data files are generated in the exact schema-1 layout (random
+Throughput excludes epoch 1 (graph building): part 1 takes the median over epochs 2-4 of each run
+(timing.jsonl for the trainer, epoch wall time for model.fit); part 2 uses epoch 2. Data files are generated in the exact schema-1 layout (random
 walk closes, lzf chunks of 2,048 windows like the preprocessing stage) unless --data/--large is given.
 
     .venv/bin/python benchmarks/bench_train.py [--part streaming|scaling|memory|all] [--work DIR]
@@ -94,8 +94,9 @@ def train(run_dir: Path, data: Path, ranks: int = 1, **flags) -> dict:
             "metrics": json.loads((run_dir / "metrics.json").read_text())}
 
 
-def fit_in_memory(data: Path, windows: int, batch: int, steps: int, threads: int | None = None) -> float:
-    """samples/s of epoch 2 of a plain model.fit on the first `windows` train windows, in a fresh
+def fit_in_memory(data: Path, windows: int, batch: int, steps: int, epochs: int,
+                  threads: int | None = None) -> list[float]:
+    """samples/s of epochs 2.. of a plain model.fit on the first `windows` train windows, in a fresh
     process (same TensorFlow thread settings as the trainer)."""
     code = f"""
 import time, h5py, numpy as np, tensorflow as tf, json
@@ -109,11 +110,13 @@ tf.keras.utils.set_random_seed(0)
 model = build_model(x.shape[1], x.shape[2])
 model.compile(optimizer=tf.keras.optimizers.Adam(1e-4), loss="mse")
 class Clock(tf.keras.callbacks.Callback):
+    seconds = []
     def on_epoch_begin(self, epoch, logs=None): self.t = time.perf_counter()
-    def on_epoch_end(self, epoch, logs=None): self.last = time.perf_counter() - self.t
+    def on_epoch_end(self, epoch, logs=None): self.seconds.append(time.perf_counter() - self.t)
 clock = Clock()
-model.fit(x, y, batch_size={batch}, epochs=2, steps_per_epoch={steps}, shuffle=True, verbose=0, callbacks=[clock])
-print(json.dumps({{"samples_per_second": {steps} * {batch} / clock.last}}))
+model.fit(x, y, batch_size={batch}, epochs={epochs}, steps_per_epoch={steps}, shuffle=True, verbose=0,
+          callbacks=[clock])
+print(json.dumps({{"samples_per_second": [{steps} * {batch} / s for s in clock.seconds[1:]]}}))
 """
     proc = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
@@ -122,13 +125,14 @@ print(json.dumps({{"samples_per_second": {steps} * {batch} / clock.last}}))
     return json.loads(proc.stdout.strip().splitlines()[-1])["samples_per_second"]
 
 
-def bench_streaming(work: Path, data: Path, steps: int, repeats: int) -> dict:
+def bench_streaming(work: Path, data: Path, steps: int, repeats: int, epochs: int = 4) -> dict:
+    """Per repeat: the median samples/s over epochs 2..epochs of each, fit first then streaming."""
     fit, stream = [], []
     windows = steps * 32
     for _ in range(repeats):
-        fit.append(fit_in_memory(data, windows, 32, steps))
-        stream.append(train(work / "stream", data, epochs=2, batch_size=32, max_steps=steps)["epochs"][1]
-                      ["samples_per_second"])
+        fit.append(statistics.median(fit_in_memory(data, windows, 32, steps, epochs)))
+        run = train(work / "stream", data, epochs=epochs, batch_size=32, max_steps=steps)
+        stream.append(statistics.median(e["samples_per_second"] for e in run["epochs"][1:]))
     return {"fit_in_memory": fit, "hdf5_streaming": stream,
             "ratio_of_means": statistics.mean(stream) / statistics.mean(fit)}
 

@@ -150,7 +150,7 @@ import json, time, numpy as np, horovod.tensorflow as hvd
 from stockpredict import train
 hvd.init()
 run = train.TrainingRun.__new__(train.TrainingRun)
-run.tf, run.hvd = train.tf, hvd
+run.tf, run.hvd, run.size = train.tf, hvd, hvd.size()
 for _ in range(50):
     run.stop_agreed()  # warm-up
 samples = []

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from stockpredict.cli import UserError
+from stockpredict.cli import UserError, reject_unknown_keys
 
 PRICE_FEATURES = ("open", "high", "low", "close")
 KNOWN_FEATURES = PRICE_FEATURES + ("volume",)
@@ -72,10 +72,7 @@ class PreprocessConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PreprocessConfig":
         """Build a config from a dict; unknown keys fail and list the valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise UserError(f"unknown preprocess config key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        reject_unknown_keys(cls, values, "preprocess config key")
         return cls(**values)
 
     def to_json(self) -> str:

@@ -7,10 +7,11 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 EXIT_USER_ERROR = 2
 LOG_LEVEL_ENV = "STOCKPREDICT_LOG_LEVEL"
@@ -18,6 +19,18 @@ LOG_LEVEL_ENV = "STOCKPREDICT_LOG_LEVEL"
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line without a traceback."""
+
+
+def reject_unknown_keys(config_class: type, values: Mapping[str, Any], what: str) -> None:
+    """Raise UserError if `values` has keys that are not fields of the dataclass `config_class`.
+
+    The message names the unknown keys and lists the valid ones, e.g.
+    `unknown report setting(s) plot; valid: runs_dir, out_dir, warmup_epochs, plots`.
+    """
+    valid = [f.name for f in dataclasses.fields(config_class)]
+    unknown = sorted(set(values) - set(valid))
+    if unknown:
+        raise UserError(f"unknown {what}(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
 
 
 def get_logger(name: str = "stockpredict") -> logging.Logger:

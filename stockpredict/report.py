@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .cli import UserError, get_logger, run_cli
+from .cli import UserError, get_logger, reject_unknown_keys, run_cli
 
 log = get_logger("stockpredict.report")
 
@@ -87,10 +87,7 @@ class ReportConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ReportConfig":
         """Build from a dict (e.g. parsed JSON); an unknown key fails and lists the valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise UserError(f"unknown report setting(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        reject_unknown_keys(cls, values, "report setting")
         kwargs = dict(values)
         for name in ("runs_dir", "out_dir"):
             if name in kwargs:

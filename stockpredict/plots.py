@@ -29,6 +29,16 @@ def _figure() -> tuple[Figure, Any]:
     return fig, fig.add_subplot()
 
 
+def _finish(fig, ax, *, xlabel: str, ylabel: str, title: str) -> bytes:
+    """Label, legend and grid every plot the same way; return the PNG bytes."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    ax.grid(True, alpha=0.3)
+    return _png(fig)
+
+
 def _png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -69,12 +79,7 @@ def speedup_plot(strong_rows: Sequence[Mapping[str, Any]]) -> bytes:
     _rank_axis(ax, [r["ranks"] for r in strong_rows])
     ax.set_yscale("log", base=2)
     ax.yaxis.set_major_formatter(PLAIN_NUMBERS)
-    ax.set_xlabel("ranks p")
-    ax.set_ylabel("speedup T(p0) / T(p)")
-    ax.set_title("Strong scaling: speedup vs ideal")
-    ax.legend(fontsize="small")
-    ax.grid(True, alpha=0.3)
-    return _png(fig)
+    return _finish(fig, ax, xlabel="ranks p", ylabel="speedup T(p0) / T(p)", title="Strong scaling: speedup vs ideal")
 
 
 def efficiency_plot(strong_rows: Sequence[Mapping[str, Any]], weak_rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -93,12 +98,7 @@ def efficiency_plot(strong_rows: Sequence[Mapping[str, Any]], weak_rows: Sequenc
     _rank_axis(ax, [r["ranks"] for r in (*strong_rows, *weak_rows)])
     top = max(1.1, *(r["efficiency"] * 1.05 for r in (*strong_rows, *weak_rows)))
     ax.set_ylim(0, top)
-    ax.set_xlabel("ranks p")
-    ax.set_ylabel("parallel efficiency")
-    ax.set_title("Parallel efficiency")
-    ax.legend(fontsize="small")
-    ax.grid(True, alpha=0.3)
-    return _png(fig)
+    return _finish(fig, ax, xlabel="ranks p", ylabel="parallel efficiency", title="Parallel efficiency")
 
 
 def seconds_per_epoch_plot(batch_rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -113,12 +113,7 @@ def seconds_per_epoch_plot(batch_rows: Sequence[Mapping[str, Any]]) -> bytes:
                 label=f"{ranks} rank(s), {nodes} node(s)")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(PLAIN_NUMBERS)
-    ax.set_xlabel("effective batch size (samples per step, all ranks)")
-    ax.set_ylabel("seconds per epoch (training steps)")
-    ax.set_title("Seconds per epoch vs batch size")
-    ax.legend(fontsize="small")
-    ax.grid(True, alpha=0.3)
-    return _png(fig)
+    return _finish(fig, ax, xlabel="effective batch size (samples per step, all ranks)", ylabel="seconds per epoch (training steps)", title="Seconds per epoch vs batch size")
 
 
 def test_loss_plot(accuracy_rows: Sequence[Mapping[str, Any]]) -> bytes:
@@ -137,12 +132,7 @@ def test_loss_plot(accuracy_rows: Sequence[Mapping[str, Any]]) -> bytes:
                 "x", color="0.4", label="persistence forecast")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(PLAIN_NUMBERS)
-    ax.set_xlabel("effective batch size")
-    ax.set_ylabel("test MSE (normalised)")
-    ax.set_title("Test loss vs effective batch size")
-    ax.legend(fontsize="small")
-    ax.grid(True, alpha=0.3)
-    return _png(fig)
+    return _finish(fig, ax, xlabel="effective batch size", ylabel="test MSE (normalised)", title="Test loss vs effective batch size")
 
 
 def render_all(report: "Report") -> dict[str, bytes]:

@@ -215,7 +215,7 @@ class TrainingRun:
     def __init__(self, config: TrainConfig):
         self.tf, self.hvd = tf, hvd
         self.wall_start = time.monotonic()
-        self.rank, self.size = hvd.rank(), hvd.size()
+        self.rank, self.size = hvd.rank(), hvd.size()  # Horovod: this rank and the number of ranks
         self.config = resolve_config(config, self.size)
         self.run_dir = Path(self.config.run_dir)
         self.is_root = self.rank == 0
@@ -325,7 +325,7 @@ class TrainingRun:
     def collective_sum(self, values) -> np.ndarray:
         """Horovod: element-wise sum of a small float64 vector over all ranks."""
         tensor = self.tf.constant(np.asarray(values, np.float64))
-        return self.hvd.allreduce(tensor, op=self.hvd.Sum, name=None).numpy()
+        return self.hvd.allreduce(tensor, op=self.hvd.Sum, name=None).numpy()  # Horovod: sum over ranks
 
     def stop_agreed(self) -> bool:
         """Horovod: True on every rank if any rank got the stop signal (one tiny allreduce)."""
@@ -350,7 +350,8 @@ class TrainingRun:
             learning_rate=cfg.lr * self.size, epochs=cfg.epochs, mode=cfg.mode,
             dataset=os.path.abspath(cfg.data), windows=dict(self.info.windows),
             versions={"python": platform.python_version(), "tensorflow": tf.__version__,
-                      "horovod": horovod.__version__, "mpi": mpi_version() if hvd.mpi_enabled() else None},
+                      "horovod": horovod.__version__,
+                      "mpi": mpi_version() if hvd.mpi_enabled() and self.is_root else None},
             config=dataclasses.asdict(cfg))
 
     def write_checkpoint(self, epochs_done: int, step: int, loss_sum: float) -> None:
@@ -612,8 +613,8 @@ def setup_logging(run_dir: Path, is_root: bool) -> logging.Handler | None:
 def train(config: TrainConfig) -> int:
     """Run (or continue) one training run on this rank; returns the exit status (0 or 75)."""
     hvd.init()  # Horovod: rank and size come from horovodrun (Gloo) or srun/PMIx (MPI)
-    resolved = resolve_config(config, hvd.size())
-    configure_tensorflow(resolved, hvd.local_rank())
+    resolved = resolve_config(config, hvd.size())  # Horovod: warm-up default depends on the ranks
+    configure_tensorflow(resolved, hvd.local_rank())  # Horovod: GPU pinning by local rank
     tf.keras.backend.experimental.enable_tf_random_generator()  # dropout RNG state we can checkpoint
     run = TrainingRun(config)
     run.validate()

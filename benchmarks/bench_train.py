@@ -11,7 +11,7 @@
 
 Throughput excludes epoch 1 (graph building): part 1 takes the median over epochs 2-4 of each run
 (timing.jsonl for the trainer, epoch wall time for model.fit); part 2 uses epoch 2. Data files are generated in the exact schema-1 layout (random
-walk closes, lzf chunks of 2,048 windows like the preprocessing stage) unless --data/--large is given.
+walk closes, gzip-4 chunks of 2,048 windows like the preprocessing stage) unless --data/--large is given.
 
     .venv/bin/python benchmarks/bench_train.py [--part streaming|scaling|memory|all] [--work DIR]
 """
@@ -41,17 +41,19 @@ FULL_WINDOWS = 3_400_000  # the seed's S&P 500 universe is ~1.1M windows; the is
 
 
 def write_random_sequences(path: Path, windows: dict, seed: int = 0) -> Path:
-    """A schema-1 sequences file with random-walk windows, written chunk by chunk (little memory)."""
+    """A schema-1 sequences file with random-walk windows, written chunk by chunk (little memory), with
+    the preprocessing stage's storage: chunks of 2,048 windows, gzip level 4."""
     rng = np.random.default_rng(seed)
+    codec = {"compression": "gzip", "compression_opts": 4}
     n_tickers = 500
     with h5py.File(path, "w") as handle:
         for split, n in windows.items():
             group = handle.create_group(split)
             x = group.create_dataset("x", (n, SEQ_LEN, N_FEATURES), np.float32,
-                                     chunks=(min(CHUNK, n), SEQ_LEN, N_FEATURES), compression="lzf")
-            y = group.create_dataset("y", (n,), np.float32, chunks=(min(CHUNK, n),), compression="lzf")
-            ticker = group.create_dataset("ticker", (n,), np.int32, chunks=(min(CHUNK, n),), compression="lzf")
-            end = group.create_dataset("window_end", (n,), np.int64, chunks=(min(CHUNK, n),), compression="lzf")
+                                     chunks=(min(CHUNK, n), SEQ_LEN, N_FEATURES), **codec)
+            y = group.create_dataset("y", (n,), np.float32, chunks=(min(CHUNK, n),), **codec)
+            ticker = group.create_dataset("ticker", (n,), np.int32, chunks=(min(CHUNK, n),), **codec)
+            end = group.create_dataset("window_end", (n,), np.int64, chunks=(min(CHUNK, n),), **codec)
             step = 50 * CHUNK
             for a in range(0, n, step):
                 b = min(a + step, n)

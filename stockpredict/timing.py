@@ -25,7 +25,7 @@ TIMING_FILE = "timing.jsonl"
 RUN_START_FIELDS = (
     "time", "job_id", "attempt", "resumed_from_epoch", "ranks", "nodes", "gpus_per_node", "hosts",
     "batch_size_per_rank", "global_batch_size", "learning_rate", "epochs", "mode", "dataset", "windows",
-    "versions", "config",
+    "versions", "config", "hardware",
 )
 EPOCH_FIELDS = (
     "epoch", "train_seconds", "val_seconds", "steps", "samples", "samples_per_second", "train_loss",

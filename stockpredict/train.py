@@ -61,7 +61,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from . import timing  # noqa: E402
-from .cli import EXIT_USER_ERROR, LOG_LEVEL_ENV, UserError, get_logger  # noqa: E402
+from .cli import EXIT_USER_ERROR, LOG_LEVEL_ENV, UserError, get_logger, reject_unknown_keys  # noqa: E402
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"; the batch script requeues on it
 CHECKPOINT_DIR = "checkpoints"
@@ -118,10 +118,7 @@ class TrainConfig:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "TrainConfig":
         """Build from a dict (e.g. a saved config.json); unknown keys fail listing the valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(valid))
-        if unknown:
-            raise UserError(f"unknown train config keys {unknown}; valid keys: {', '.join(valid)}")
+        reject_unknown_keys(cls, values, "train config key")
         return cls(**values)
 
 
@@ -340,7 +337,8 @@ class TrainingRun:
         # Horovod: every rank reports its node; virtual Slurm nodes share one hostname, so Slurm's
         # node name (when set) is what tells them apart.
         hosts = sorted(set(hvd.allgather_object(node)))
-        gpus = len(tf.config.list_physical_devices("GPU"))
+        gpu_devices = [d.name for d in tf.config.list_physical_devices("GPU")]
+        gpus = len(gpu_devices)
         return timing.make_event(
             "run_start", time=timing.utc_now_iso(), job_id=os.environ.get("SLURM_JOB_ID"),
             attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
@@ -352,7 +350,7 @@ class TrainingRun:
             versions={"python": platform.python_version(), "tensorflow": tf.__version__,
                       "horovod": horovod.__version__,
                       "mpi": mpi_version() if hvd.mpi_enabled() and self.is_root else None},
-            config=dataclasses.asdict(cfg))
+            config=dataclasses.asdict(cfg), hardware=hardware_summary(gpu_devices))
 
     def write_checkpoint(self, epochs_done: int, step: int, loss_sum: float) -> None:
         """All ranks call this (it gathers dropout states); rank 0 writes checkpoints/ckpt-eE-sS/."""
@@ -554,6 +552,24 @@ def make_progress(is_root: bool, total: int, initial: int, desc: str):
         return _NoProgress()
     from tqdm import tqdm
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False)
+
+
+def hardware_summary(gpu_devices: Sequence[str]) -> dict:
+    """What rank 0 ran on: CPU model, logical CPUs, memory (GiB), the GPUs TensorFlow sees and the GPUs
+    Slurm bound (CUDA_VISIBLE_DEVICES). On the local test cluster Slurm binds a fake GPU while
+    TensorFlow (CPU build) sees none: both are recorded so the report never claims a GPU run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        memory_gib = None
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gib": memory_gib,
+            "tensorflow_gpus": list(gpu_devices), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def mpi_version() -> str | None:

@@ -80,6 +80,7 @@ def test_single_process_learns_and_beats_persistence(tiny_dataset, tmp_path):
         assert list(record)[2:] == list(timing.EVENT_FIELDS[record["event"]])
     start, epochs, end = log[0], log[1:4], log[4]
     assert (start["ranks"], start["nodes"], start["attempt"], start["resumed_from_epoch"]) == (1, 1, 0, None)
+    assert start["hardware"]["logical_cpus"] == os.cpu_count() and start["hardware"]["tensorflow_gpus"] == []
     with h5py.File(tiny_dataset) as handle:
         assert start["windows"] == {s: handle[f"{s}/y"].shape[0] for s in ("train", "val", "test")}
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]

@@ -79,12 +79,20 @@ def write_random_sequences(path: Path, windows: dict, seed: int = 0) -> Path:
     return path
 
 
-def train(run_dir: Path, data: Path, ranks: int = 1, **flags) -> dict:
-    """Run the trainer (horovodrun --gloo when ranks > 1); return the epoch events and metrics.json."""
+def train(run_dir: Path, data: Path, ranks: int = 1, pin: bool = False, **flags) -> dict:
+    """Run the trainer (horovodrun --gloo when ranks > 1); return the epoch events and metrics.json.
+
+    pin: bind rank r to CPU core r (taskset), as Slurm's task affinity does on a cluster. Without it a
+    "one-thread" rank still spreads tf.data and runtime threads over every idle core, so one rank alone
+    uses more than one core and the 1-vs-2-rank comparison is not one core vs two.
+    """
     args = ["--data", str(data), "--run-dir", str(run_dir)]
     for key, value in flags.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     cmd = [PYTHON, "-m", "stockpredict.train", *args]
+    if pin:
+        # $HOROVOD_RANK is set by horovodrun for each rank; a single process gets core 0.
+        cmd = ["bash", "-c", 'exec taskset -c "${HOROVOD_RANK:-0}" "$@"', "pinned", *cmd]
     if ranks > 1:
         cmd = [HOROVODRUN, "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo", *cmd]
     shutil.rmtree(run_dir, ignore_errors=True)
@@ -139,13 +147,22 @@ def bench_streaming(work: Path, data: Path, steps: int, repeats: int, epochs: in
             "ratio_of_means": statistics.mean(stream) / statistics.mean(fit)}
 
 
-def bench_scaling(work: Path, data: Path, steps: int) -> dict:
-    one = train(work / "one", data, epochs=4, batch_size=256, threads=1, max_steps=steps)
-    two = train(work / "two", data, ranks=2, epochs=4, batch_size=256, threads=1, max_steps=steps)
-    one_sps, two_sps = (statistics.median(e["samples_per_second"] for e in run["epochs"][1:])
-                        for run in (one, two))
-    return {"one_rank_samples_per_second": one_sps, "two_ranks_samples_per_second": two_sps,
-            "speedup": two_sps / one_sps, "efficiency": two_sps / one_sps / 2}
+def bench_scaling(work: Path, data: Path, steps: int, repeats: int = 2) -> dict:
+    """1 rank vs 2 ranks at batch 256/rank, one thread each: pinned to one core per rank (the goal's
+    measure) and unpinned (for comparison), interleaved, `repeats` times; medians over epochs 2-4."""
+    result = {}
+    for pin in (True, False):
+        one_sps, two_sps = [], []
+        for _ in range(repeats):
+            for ranks, sink in ((1, one_sps), (2, two_sps)):
+                run = train(work / f"r{ranks}", data, ranks=ranks, pin=pin, epochs=4, batch_size=256,
+                            threads=1, max_steps=steps)
+                sink.append(statistics.median(e["samples_per_second"] for e in run["epochs"][1:]))
+        one, two = statistics.median(one_sps), statistics.median(two_sps)
+        result["pinned" if pin else "unpinned"] = {
+            "one_rank_samples_per_second": one_sps, "two_ranks_samples_per_second": two_sps,
+            "speedup_of_medians": two / one, "efficiency": two / one / 2}
+    return result
 
 
 STOP_CHECK_PROBE = """
@@ -208,7 +225,7 @@ def main() -> int:
         report["streaming"] = bench_streaming(work, data, args.steps, args.repeats)
         print(json.dumps({"streaming": report["streaming"]}), flush=True)
     if args.part in ("scaling", "all"):
-        report["scaling"] = bench_scaling(work, data, steps=args.steps // 8)
+        report["scaling"] = bench_scaling(work, data, steps=args.steps // 8, repeats=args.repeats)
         report["scaling"]["stop_check"] = bench_stop_check()
         print(json.dumps({"scaling": report["scaling"]}), flush=True)
     if args.part in ("memory", "all"):

@@ -13,7 +13,7 @@
 # Facts this relies on are in shared/PLATFORM-NOTES.md (TmpFS per node for PMIx, gres File=, ...).
 set -euo pipefail
 
-REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
 CLUSTER_DIR="${CLUSTER_DIR:-$REPO_DIR/.cluster}"
 CONF="$CLUSTER_DIR/etc/slurm.conf"
 # Ports well away from Slurm's defaults (6817/6818) so a site installation keeps working.

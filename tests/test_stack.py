@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -70,3 +71,30 @@ def test_horovodrun_gloo_two_ranks():
     ranks = sorted((json.loads(r) for r in records), key=lambda r: r["rank"])
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["sum"] == 3.0 and r["controller"] == "gloo" for r in ranks)
+
+
+@pytest.mark.cluster
+def test_cluster_up_twice_is_harmless_and_pid_files_name_its_daemons(slurm_cluster):
+    from conftest import CLUSTER_DIR, CLUSTER_SCRIPT
+
+    again = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", "2"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "already running with 4 nodes" in again.stdout   # never shrunk under running jobs
+    pid_files = sorted((CLUSTER_DIR / "run").glob("*.pid")) + [CLUSTER_DIR / "munge" / "munged.pid"]
+    commands = {f.name: open(f"/proc/{int(f.read_text())}/cmdline").read().replace("\0", " ")
+                for f in pid_files}
+    assert sorted(commands) == ["munged.pid", "slurmctld.pid", *(f"slurmd-node{k}.pid" for k in range(1, 5))]
+    assert all(name.split(".")[0].split("-")[0] in cmd for name, cmd in commands.items()), commands
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")
+def test_cluster_script_refuses_to_run_without_root():
+    from conftest import CLUSTER_SCRIPT
+
+    # The script comes on stdin so that 'nobody' needs no access to the checkout's directories.
+    with open(CLUSTER_SCRIPT) as script:
+        proc = subprocess.run(["runuser", "-u", "nobody", "--", "bash", "-s", "up", "1"], stdin=script,
+                              capture_output=True, text=True, cwd="/tmp")
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "local-cluster: must run as root (slurmd runs jobs as their owner); " \
+                                  "try: sudo make cluster-up"

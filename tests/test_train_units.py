@@ -96,7 +96,7 @@ def test_resolve_config_warmup_on_only_with_several_ranks_and_threads_from_slurm
 
 
 def test_train_config_rejects_unknown_keys_and_bad_values():
-    with pytest.raises(UserError, match="unknown train config key\(s\) epoch; valid: data, run_dir, epochs"):
+    with pytest.raises(UserError, match=r"unknown train config key\(s\) epoch; valid: data, run_dir, epochs"):
         TrainConfig.from_mapping({"data": "d", "run_dir": "r", "epoch": 3})
     with pytest.raises(UserError, match="--batch-size must be a positive integer"):
         TrainConfig(data="d", run_dir="r", batch_size=0)

@@ -36,16 +36,15 @@ import dataclasses
 import io
 import json
 import math
-import os
 import re
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .cli import UserError, get_logger, reject_unknown_keys, run_cli
+from .files import write_atomic
 
 log = get_logger("stockpredict.report")
 
@@ -745,19 +744,6 @@ def render_markdown(report: Report, plot_files: Mapping[str, str]) -> str:
 
 
 # --- I/O -----------------------------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write via a temporary file in the same directory and os.replace: never a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def write_report(report: Report, out_dir: Path) -> list[Path]:
     """Write scaling.md, the five CSVs and (if enabled) the four PNGs; return the paths written."""

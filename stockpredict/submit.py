@@ -26,7 +26,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time as time_module
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +34,7 @@ from typing import Any, Sequence
 
 from . import slurmjobs
 from .cli import UserError, get_logger, run_cli
+from .files import write_atomic
 from .render import JobSpec, load_profile, make_spec, render_job, validate
 
 log = get_logger("stockpredict.submit")
@@ -101,18 +101,6 @@ def new_run_dir(parent: Path, suffix: str) -> Path:
             return path
         except FileExistsError:
             time_module.sleep(0.001)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and os.replace: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --- building and submitting jobs -------------------------------------------------------------------

@@ -62,6 +62,7 @@ import tensorflow as tf  # noqa: E402
 
 from . import timing  # noqa: E402
 from .cli import EXIT_USER_ERROR, LOG_LEVEL_ENV, UserError, get_logger, reject_unknown_keys  # noqa: E402
+from .files import write_json_atomic  # noqa: E402
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"; the batch script requeues on it
 CHECKPOINT_DIR = "checkpoints"
@@ -195,13 +196,6 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, int, Path]]:
             if match and (entry / CHECKPOINT_STATE).is_file():
                 found.append((int(match.group(1)), int(match.group(2)), entry))
     return sorted(found)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file in the same directory and os.replace: never half-written."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- the run -------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@
 #   slurm/local-cluster.sh down     stop exactly the daemons this script started (by pid file)
 #   slurm/local-cluster.sh env      print the export line that points Slurm clients at this cluster
 #
-# Everything (config, state, spool, logs, pid files, munge key and socket) lives under one directory,
-# $CLUSTER_DIR (default: <repo>/.cluster), on non-default ports, with its own munge socket and key, so a
-# site Slurm or munge on the same machine is never touched. Each virtual node is one slurmd started with
+# Everything (config, state, spool, logs, pid files) lives under one directory, $CLUSTER_DIR (default:
+# <repo>/.cluster), on non-default ports, with its own munge socket and key, so a site Slurm or munge on
+# the same machine is never touched. munged runs as the unprivileged `munge` user, which may not be able
+# to enter the checkout (a clone below a 0700 directory such as `mktemp -d`), so munge's key, socket, pid
+# and log live in $MUNGE_DIR under /run, one per cluster directory. Each virtual node is one slurmd started with
 # `slurmd -N nodeK` on its own port; each has one fake GPU (File=/dev/null) so --gpus-per-node works.
 # Facts this relies on are in shared/PLATFORM-NOTES.md (TmpFS per node for PMIx, gres File=, ...).
 set -euo pipefail
@@ -20,6 +22,7 @@ CONF="$CLUSTER_DIR/etc/slurm.conf"
 CTLD_PORT="${CLUSTER_CTLD_PORT:-17817}"
 SLURMD_BASE_PORT="${CLUSTER_SLURMD_BASE_PORT:-17000}"
 PARTITION="debug"
+MUNGE_DIR="${CLUSTER_MUNGE_DIR:-/run/stockpredict-munge/$(printf '%s' "$CLUSTER_DIR" | sha256sum | cut -c1-16)}"
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
 say() { echo "local-cluster: $*"; }
@@ -41,7 +44,7 @@ node_count() { cat "$CLUSTER_DIR/etc/nodes" 2>/dev/null || echo 0; }
 write_config() {
     local n="$1" host
     host="$(hostname -s)"
-    mkdir -p "$CLUSTER_DIR"/{etc,state,log,run,spool,tmp,munge}
+    mkdir -p "$CLUSTER_DIR"/{etc,state,log,run,spool,tmp} "$MUNGE_DIR"
     for ((k = 1; k <= n; k++)); do mkdir -p "$CLUSTER_DIR/spool/node$k" "$CLUSTER_DIR/tmp/node$k"; done
     echo "$n" >"$CLUSTER_DIR/etc/nodes"
     cat >"$CONF" <<EOF
@@ -51,7 +54,7 @@ SlurmctldHost=$host
 SlurmctldPort=$CTLD_PORT
 SlurmUser=root
 AuthType=auth/munge
-AuthInfo=socket=$CLUSTER_DIR/munge/munge.socket
+AuthInfo=socket=$MUNGE_DIR/munge.socket
 CredType=cred/munge
 StateSaveLocation=$CLUSTER_DIR/state
 SlurmctldPidFile=$CLUSTER_DIR/run/slurmctld.pid
@@ -88,13 +91,13 @@ EOF
 }
 
 start_munge() {
-    local dir="$CLUSTER_DIR/munge"
+    local dir="$MUNGE_DIR"
     if pid_alive "$dir/munged.pid"; then return; fi
     if [[ ! -f "$dir/munge.key" ]]; then
         head -c 1024 /dev/urandom >"$dir/munge.key"
     fi
     chown -R munge:munge "$dir"
-    chmod 700 "$dir"
+    chmod 755 "$dir"  # clients (sbatch, srun) reach the socket through it; only munge may write
     chmod 400 "$dir/munge.key"
     # --force: munged refuses socket paths below world-writable (sticky) directories such as /tmp.
     runuser -u munge -- munged --force \
@@ -154,7 +157,7 @@ cmd_down() {
     local f
     for f in "$CLUSTER_DIR"/run/slurmd-*.pid; do [[ -e "$f" ]] && stop_pidfile "$f"; done
     stop_pidfile "$CLUSTER_DIR/run/slurmctld.pid"
-    stop_pidfile "$CLUSTER_DIR/munge/munged.pid"
+    stop_pidfile "$MUNGE_DIR/munged.pid"
     say "down"
 }
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -80,7 +82,9 @@ def test_cluster_up_twice_is_harmless_and_pid_files_name_its_daemons(slurm_clust
     again = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", "2"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "already running with 4 nodes" in again.stdout   # never shrunk under running jobs
-    pid_files = sorted((CLUSTER_DIR / "run").glob("*.pid")) + [CLUSTER_DIR / "munge" / "munged.pid"]
+    conf = (CLUSTER_DIR / "etc" / "slurm.conf").read_text()
+    munge_dir = Path(re.search(r"^AuthInfo=socket=(.+)/munge\.socket$", conf, re.MULTILINE).group(1))
+    pid_files = sorted((CLUSTER_DIR / "run").glob("*.pid")) + [munge_dir / "munged.pid"]
     commands = {f.name: open(f"/proc/{int(f.read_text())}/cmdline").read().replace("\0", " ")
                 for f in pid_files}
     assert sorted(commands) == ["munged.pid", "slurmctld.pid", *(f"slurmd-node{k}.pid" for k in range(1, 5))]

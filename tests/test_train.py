@@ -96,10 +96,14 @@ def test_single_process_learns_and_beats_persistence(tiny_dataset, tmp_path):
     assert not list(run.glob(".tmp-*")) and not list((run / "checkpoints").glob(".tmp-*"))
 
 
-def _send_stop_after_first_epoch(run_dir: Path, pid: int) -> threading.Thread:
+def _send_stop_after_first_epoch(run_dir: Path, pid: int, delay_s: float = 0.0) -> threading.Thread:
+    """SIGUSR1 to `pid` `delay_s` after the run logs its first epoch. A delay of a fraction of an epoch
+    makes the stop land inside epoch 2 rather than at the stop check that directly follows the epoch-1
+    event (which a loaded machine can otherwise let the signal reach first)."""
     def watch():
         if wait_until(lambda: (run_dir / timing.TIMING_FILE).exists()
                       and any(e["event"] == "epoch" for e in events(run_dir)), 120, poll_s=0.02):
+            time.sleep(delay_s)
             os.kill(pid, signal.SIGUSR1)
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -115,7 +119,9 @@ def test_resumed_runs_end_like_an_uninterrupted_one(small_dataset, tmp_path):
     assert run_main(*common, "--run-dir", split, "--epochs", "2") == 0
     assert run_main(*common, "--run-dir", split, "--epochs", "3", "--resume") == 0
     # SIGUSR1 during epoch 2: mid-epoch checkpoint, exit 75, then --resume
-    watcher = _send_stop_after_first_epoch(preempted, os.getpid())
+    # a quarter of a steady-state epoch, as the straight run just measured it under the same load
+    epoch_2_seconds = [e for e in events(straight) if e["event"] == "epoch"][1]["train_seconds"]
+    watcher = _send_stop_after_first_epoch(preempted, os.getpid(), delay_s=epoch_2_seconds / 4)
     assert run_main(*common, "--run-dir", preempted, "--epochs", "3") == train_module.EXIT_PREEMPTED
     watcher.join()
     (epochs_done, step, _), = train_module.list_checkpoints(preempted)[-1:]

@@ -141,5 +141,5 @@ bench-train: setup ## Trainer throughput: HDF5 streaming vs in-memory fit, 1 vs 
 	$(PY) benchmarks/bench_train.py
 
 .PHONY: clean
-clean: ## Remove generated data and run outputs (keeps .venv and the cluster)
-	rm -rf data $(RESULTS)/runs $(RESULTS)/scaling.md $(RESULTS)/*.csv $(RESULTS)/*.png
+clean: ## Remove processed data, the demo's data and run outputs (keeps data/raw, .venv, the cluster)
+	rm -rf data/processed data/demo $(RESULTS)/runs $(RESULTS)/jobs $(RESULTS)/scaling.md $(RESULTS)/*.csv $(RESULTS)/*.png

@@ -33,6 +33,17 @@ def reject_unknown_keys(config_class: type, values: Mapping[str, Any], what: str
         raise UserError(f"unknown {what}(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
 
 
+def parse_int_list(text: str, what: str) -> list[int]:
+    """"1 2 4" or "1,2,4" -> [1, 2, 4]; a UserError naming `what` for anything else or an empty list."""
+    try:
+        values = [int(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise UserError(f"{what} must be integers separated by spaces, got {text!r}") from None
+    if not values:
+        raise UserError(f"{what} is empty")
+    return values
+
+
 def get_logger(name: str = "stockpredict") -> logging.Logger:
     """The package logger; its level comes from $STOCKPREDICT_LOG_LEVEL (default INFO)."""
     logger = logging.getLogger(name)

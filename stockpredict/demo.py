@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import report, slurmjobs
-from .cli import UserError, get_logger, run_cli
+from .cli import UserError, get_logger, parse_int_list, run_cli
 from .submit import TrainArgs, new_run_dir, submit_train
 
 log = get_logger("stockpredict.demo")
@@ -153,28 +153,21 @@ def run_demo(config: DemoConfig) -> list[Path]:
     return outputs
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.replace(",", " ").split())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by spaces, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
 def _main(argv: Sequence[str] | None) -> int:
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(prog="python -m stockpredict.demo", description=__doc__.split("\n")[0])
     for f in fields(DemoConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "nodes_list":
-            parser.add_argument(flag, type=_int_tuple, default=defaults.nodes_list)
+            parser.add_argument(flag, default=" ".join(map(str, defaults.nodes_list)), help='e.g. "1 2 4"')
         elif f.name == "force_local":
             parser.add_argument(flag, action="store_true", help="use horovodrun even if Slurm could start")
         else:
             parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
     ns = parser.parse_args(argv)
+    ns.nodes_list = tuple(parse_int_list(ns.nodes_list, "--nodes-list"))
+    if min(ns.nodes_list) < 1:
+        raise UserError(f"--nodes-list must hold positive integers, got {ns.nodes_list}")
     for name in ("tickers", "days", "epochs", "global_batch"):
         if getattr(ns, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")

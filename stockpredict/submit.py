@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import slurmjobs
-from .cli import UserError, get_logger, run_cli
+from .cli import UserError, get_logger, parse_int_list, run_cli
 from .files import write_atomic
 from .render import JobSpec, load_profile, make_spec, render_job, validate
 
@@ -228,16 +228,6 @@ def sweep_grid(nodes_list: Sequence[int], batch_list: Sequence[int], mode: str, 
                 grid.append({"nodes": nodes, "ranks": ranks, "batch_per_rank": per_rank,
                              "global_batch": per_rank * ranks, "repeat": repeat, "mode": mode})
     return grid
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(",", " ").split()]
-    except ValueError:
-        raise UserError(f"{what} must be integers separated by spaces, got {text!r}") from None
-    if not values:
-        raise UserError(f"{what} is empty")
-    return values
 
 
 # --- status and logs --------------------------------------------------------------------------------
@@ -461,7 +451,7 @@ def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
     gpus = overrides.get("gpus_per_node", profile.get("gpus_per_node", JobSpec.gpus_per_node))
     tasks = overrides.get("tasks_per_node", profile.get("tasks_per_node"))
     ranks_per_node = JobSpec(gpus_per_node=gpus, tasks_per_node=tasks).ranks_per_node
-    grid = sweep_grid(_int_list(ns.nodes_list, "NODES_LIST"), _int_list(ns.batch_list, "BATCH_LIST"),
+    grid = sweep_grid(parse_int_list(ns.nodes_list, "NODES_LIST"), parse_int_list(ns.batch_list, "BATCH_LIST"),
                       ns.mode, ranks_per_node, ns.repeats)
     # Check every run of the grid before submitting the first, so a bad value never leaves half a sweep.
     for run in grid:

@@ -38,6 +38,18 @@ TEST_METRIC_FIELDS = (
 )
 EVENT_FIELDS = {"run_start": RUN_START_FIELDS, "epoch": EPOCH_FIELDS, "run_end": RUN_END_FIELDS}
 RUN_STATUSES = ("completed", "failed", "preempted")
+MODES = ("strong", "weak")  # run_start `mode`: what a sweep held fixed; null for a single job
+
+# The types readers rely on (the report checks them and skips a log that breaks them). bool is not
+# accepted where an integer or number is expected, although Python counts it as one.
+INTEGER, NUMBER, NUMBER_OR_NULL = "an integer", "a number", "a number or null"
+FIELD_TYPES = {
+    "run_start": {"ranks": INTEGER, "nodes": INTEGER, "gpus_per_node": INTEGER,
+                  "batch_size_per_rank": INTEGER, "global_batch_size": INTEGER},
+    "epoch": {"epoch": INTEGER, "train_seconds": NUMBER, "val_seconds": NUMBER, "steps": INTEGER,
+              "samples": INTEGER, "samples_per_second": NUMBER, "train_loss": NUMBER,
+              "val_loss": NUMBER_OR_NULL},
+}
 
 
 def utc_now_iso() -> str:

@@ -281,6 +281,25 @@ def test_no_usable_logs_is_a_user_error(tmp_path):
         report.load_runs(tmp_path / "missing")
 
 
+def test_registry_names_every_table_and_plot_once(tmp_path):
+    # Each table's rows hold exactly the registry's columns, no file name is used twice, and the plot
+    # module draws exactly the registry's plots.
+    from stockpredict import plots, timing
+
+    runs = tmp_path / "runs"
+    strong_and_weak_runs(runs)
+    built = build(runs)
+    for table in report.TABLES:
+        rows = getattr(built, table.name)
+        assert rows, table.name
+        assert all(list(row) == list(table.columns) for row in rows), table.name
+    files = [t.csv_file for t in report.TABLES] + [p.file for p in report.PLOTS] + [report.MARKDOWN_NAME]
+    assert len(files) == len(set(files))
+    assert set(plots.render_all(built)) == {p.name for p in report.PLOTS}
+    # The timing contract comes from stockpredict.timing, not a copy.
+    assert (report.SCHEMA_VERSION, report.TIMING_LOG_NAME) == (timing.SCHEMA_VERSION, timing.TIMING_FILE)
+
+
 def test_config_rejects_unknown_keys():
     with pytest.raises(UserError, match="valid: runs_dir, out_dir, warmup_epochs, plots"):
         report.ReportConfig.from_mapping({"warmup": 2})

@@ -1,0 +1,7 @@
+"""`python -m stockpredict.report`: the same as the `stockpredict-report` entry point."""
+
+import sys
+
+from .command import main
+
+sys.exit(main())

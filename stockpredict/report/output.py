@@ -1,0 +1,54 @@
+"""Writing the report: every CSV, PNG and scaling.md, each atomically, scaling.md last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..cli import UserError, get_logger
+from ..files import write_atomic
+from .config import ReportConfig
+from .parse import load_runs
+from .registry import MARKDOWN_NAME, PLOTS, TABLES
+from .render import render_csv, render_markdown
+from .tables import Report, build_report
+
+log = get_logger("stockpredict.report")
+
+
+def write_report(report: Report, out_dir: Path) -> list[Path]:
+    """Write scaling.md, the CSVs and (if enabled) the PNGs; return the paths written, scaling.md first."""
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output directory {out_dir}: {err.strerror or err}") from None
+    outputs: list[tuple[Path, bytes | str]] = [
+        (out_dir / table.csv_file, render_csv(getattr(report, table.name), table.columns))
+        for table in TABLES]
+    plot_files: dict[str, str] = {}
+    if report.config.plots:
+        from .. import plots  # matplotlib is imported only when plots are wanted
+
+        pngs = plots.render_all(report)
+        for plot in PLOTS:
+            outputs.append((out_dir / plot.file, pngs[plot.name]))
+            plot_files[plot.name] = plot.file
+    # scaling.md last: once it is there, every file it links to is too.
+    outputs.append((out_dir / MARKDOWN_NAME, render_markdown(report, plot_files)))
+    for path, data in outputs:
+        try:
+            write_atomic(path, data)
+        except OSError as err:
+            raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    return [outputs[-1][0]] + [path for path, _ in outputs[:-1]]
+
+
+def make_report(config: ReportConfig) -> tuple[Report, list[Path]]:
+    """Load the logs, warn about each skipped one, build the tables and write every output file."""
+    loaded = load_runs(config.runs_dir)
+    for skipped in loaded.skipped:
+        log.warning("skipping %s: %s", skipped.path, skipped.reason)
+    for note in loaded.notes:
+        log.warning("%s", note)
+    report = build_report(loaded, config)
+    return report, write_report(report, config.out_dir)

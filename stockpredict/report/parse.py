@@ -1,0 +1,276 @@
+"""Parsing: one timing.jsonl into a `Run`, or a reason to skip it; every log of a runs directory.
+
+The log's contract (schema version, file name, events, field types) is stockpredict/timing.py; this
+module only decides which logs are usable and how a resumed run's records combine (docs/report.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .. import timing
+from ..cli import UserError
+
+SCHEMA_VERSION = timing.SCHEMA_VERSION
+TIMING_LOG_NAME = timing.TIMING_FILE
+MODES = timing.MODES
+
+
+# --- records parsed from the logs ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One `epoch` event. Seconds are rank 0 wall time; samples and samples/s are global."""
+
+    epoch: int
+    train_seconds: float
+    val_seconds: float
+    steps: int
+    samples: int
+    samples_per_second: float
+    train_loss: float
+    val_loss: float | None  # None when the dataset has no validation windows
+    resumed: bool
+    after_start: int  # 1 for the first epoch logged after a run_start, 2 for the next, ...
+
+    def is_timed(self, warmup_epochs: int) -> bool:
+        """True if this epoch counts in timing statistics (not warm-up, not a resumed epoch)."""
+        return self.after_start > warmup_epochs and not self.resumed
+
+
+@dataclass(frozen=True)
+class Run:
+    """One usable (completed) run: its settings from `run_start`, epochs, and test metrics."""
+
+    run_id: str
+    path: str
+    job_id: str | None
+    mode: str | None
+    ranks: int
+    nodes: int
+    gpus_per_node: int
+    batch_size_per_rank: int
+    global_batch_size: int
+    learning_rate: float | None
+    epochs_planned: int | None
+    dataset: str | None
+    hosts: tuple[str, ...]
+    versions: Mapping[str, Any]
+    hardware: Mapping[str, Any] | None
+    started: str | None        # ISO 8601 time of the first run_start
+    attempts: int              # number of run_start events (1 + requeues)
+    epochs: tuple[EpochRecord, ...]  # each epoch once, sorted, the later record winning
+    test: Mapping[str, Any] | None
+    total_seconds: float | None
+
+    @property
+    def group_key(self) -> "GroupKey":
+        return GroupKey(self.mode, self.ranks, self.nodes, self.gpus_per_node, self.batch_size_per_rank)
+
+    def timed_epochs(self, warmup_epochs: int) -> tuple[EpochRecord, ...]:
+        return tuple(e for e in self.epochs if e.is_timed(warmup_epochs))
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    mode: str | None
+    ranks: int
+    nodes: int
+    gpus_per_node: int
+    batch_size_per_rank: int
+
+    def sort_key(self) -> tuple:
+        return (self.mode or "", self.ranks, self.nodes, self.gpus_per_node, self.batch_size_per_rank)
+
+
+@dataclass(frozen=True)
+class SkippedLog:
+    """A log left out of the report, and why (printed as a warning and listed in scaling.md)."""
+
+    path: str
+    reason: str
+
+
+class SkipLog(Exception):
+    """Raised by parse_timing_log: this log cannot be used; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class LoadedRuns:
+    runs: tuple[Run, ...]
+    skipped: tuple[SkippedLog, ...]
+    notes: tuple[str, ...] = ()  # non-fatal problems (e.g. a dropped truncated last line)
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+_PYTHON_TYPES = {
+    timing.INTEGER: (int,), timing.NUMBER: (int, float), timing.NUMBER_OR_NULL: (int, float, type(None)),
+}
+_RUN_START_FIELDS = timing.FIELD_TYPES["run_start"]
+_EPOCH_FIELDS = timing.FIELD_TYPES["epoch"]
+
+
+def _field(event: Mapping[str, Any], name: str, kind: str, lineno: int) -> Any:
+    value = event.get(name)
+    if isinstance(value, bool) or not isinstance(value, _PYTHON_TYPES[kind]):
+        raise SkipLog(f"corrupt: line {lineno} ({event.get('event')}) has {name}={value!r}, expected {kind}")
+    return value
+
+
+_RECORD_START = re.compile(r'\{\s*"schema"\s*:')
+
+
+def _json_object(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _record_after_torn_fragment(line: str) -> dict | None:
+    """The whole record that follows a torn fragment on one line, or None."""
+    for match in _RECORD_START.finditer(line, 1):
+        event = _json_object(line[match.start():])
+        if event is not None:
+            return event
+    return None
+
+
+def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, tuple[str, ...]]:
+    """Parse one timing.jsonl into a Run, or raise SkipLog saying why it cannot be used.
+
+    Returns the run and a tuple of notes (non-fatal problems, e.g. a dropped truncated last line).
+    """
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not lines:
+        raise SkipLog("partial: empty log (the job never started training)")
+    notes: list[str] = []
+    events: list[tuple[int, dict]] = []
+    for position, (lineno, line) in enumerate(lines):
+        event = _json_object(line)
+        if event is None:
+            # A writer killed mid-line leaves a fragment without a newline; the next append (a requeued
+            # attempt's run_start, or the batch script's run_end) then lands on the same line.
+            event = _record_after_torn_fragment(line)
+            if event is not None:
+                notes.append(f"line {lineno}: dropped a torn fragment before a whole record")
+            elif position == len(lines) - 1:
+                notes.append(f"dropped unreadable last line {lineno} (truncated write)")
+                break
+            else:
+                raise SkipLog(f"corrupt: line {lineno} is not a JSON object")
+        schema = event.get("schema")
+        if schema != SCHEMA_VERSION:
+            raise SkipLog(f"unknown schema {schema!r} on line {lineno} "
+                          f"(this report reads schema {SCHEMA_VERSION})")
+        events.append((lineno, event))
+
+    starts: list[dict] = []
+    epochs: dict[int, EpochRecord] = {}
+    after_start = 0
+    last_end: dict | None = None
+    for lineno, event in events:
+        kind = event.get("event")
+        if kind == "run_start":
+            for name, kind in _RUN_START_FIELDS.items():
+                _field(event, name, kind, lineno)
+            mode = event.get("mode")
+            if mode is not None and mode not in MODES:
+                raise SkipLog(f"corrupt: line {lineno} has mode={mode!r}, expected one of {MODES} or null")
+            if starts:
+                for name in ("mode", *_RUN_START_FIELDS):
+                    if event.get(name) != starts[0].get(name):
+                        raise SkipLog(f"corrupt: run_start on line {lineno} changes {name} from "
+                                      f"{starts[0].get(name)!r} to {event.get(name)!r}")
+            starts.append(event)
+            after_start = 0
+            last_end = None
+        elif kind == "epoch":
+            if not starts:
+                raise SkipLog(f"corrupt: epoch on line {lineno} before any run_start")
+            values = {name: _field(event, name, kind, lineno) for name, kind in _EPOCH_FIELDS.items()}
+            for name in ("epoch", "steps", "train_seconds", "samples_per_second"):
+                if values[name] <= 0:  # speedup, s/step and throughput ratios divide by these
+                    raise SkipLog(f"corrupt: line {lineno} (epoch) has {name}={values[name]!r}, expected > 0")
+            after_start += 1
+            # Resumed runs log some epochs again; the later record wins.
+            epochs[values["epoch"]] = EpochRecord(
+                **values, resumed=bool(event.get("resumed", False)), after_start=after_start)
+        elif kind == "run_end":
+            if not starts:
+                raise SkipLog(f"corrupt: run_end on line {lineno} before any run_start")
+            last_end = event
+        else:
+            raise SkipLog(f"corrupt: line {lineno} has unknown event {kind!r}")
+
+    if not starts:
+        raise SkipLog("partial: no run_start event")
+    if last_end is None:
+        raise SkipLog("partial: no run_end after the last run_start (killed, or still running)")
+    status = last_end.get("status")
+    if status == "failed":
+        raise SkipLog("failed: run_end status is 'failed'")
+    if status == "preempted":
+        raise SkipLog("partial: preempted and not resumed (no later run_start)")
+    if status != "completed":
+        raise SkipLog(f"corrupt: run_end has unknown status {status!r}")
+
+    first = starts[0]
+    test = last_end.get("test")
+    total = last_end.get("total_seconds")
+    run = Run(
+        run_id=run_id,
+        path=path,
+        job_id=None if starts[-1].get("job_id") is None else str(starts[-1]["job_id"]),
+        mode=first.get("mode"),
+        ranks=first["ranks"],
+        nodes=first["nodes"],
+        gpus_per_node=first["gpus_per_node"],
+        batch_size_per_rank=first["batch_size_per_rank"],
+        global_batch_size=first["global_batch_size"],
+        learning_rate=first.get("learning_rate"),
+        epochs_planned=first.get("epochs"),
+        dataset=first.get("dataset"),
+        hosts=tuple(str(h) for h in (first.get("hosts") or ())),
+        versions=dict(first.get("versions") or {}),
+        hardware=first.get("hardware") if isinstance(first.get("hardware"), dict) else None,
+        started=first.get("time"),
+        attempts=len(starts),
+        epochs=tuple(epochs[k] for k in sorted(epochs)),
+        test=test if isinstance(test, dict) else None,
+        total_seconds=total if isinstance(total, (int, float)) and not isinstance(total, bool) else None,
+    )
+    return run, tuple(notes)
+
+
+def load_runs(runs_dir: Path) -> LoadedRuns:
+    """Read every `<runs_dir>/*/timing.jsonl`; unusable logs come back in `skipped` with a reason."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise UserError(f"no runs directory at {runs_dir} (submit runs first: make sweep, or make demo)")
+    runs: list[Run] = []
+    skipped: list[SkippedLog] = []
+    notes: list[str] = []
+    for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        path = run_dir / TIMING_LOG_NAME
+        if not path.exists():
+            skipped.append(SkippedLog(str(path), "missing: the job is pending or failed before training"))
+            continue
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+            run, run_notes = parse_timing_log(text, run_id=path.parent.name, path=str(path))
+        except SkipLog as why:
+            skipped.append(SkippedLog(str(path), str(why)))
+            continue
+        except OSError as err:
+            skipped.append(SkippedLog(str(path), f"unreadable: {err.strerror or err}"))
+            continue
+        runs.append(run)
+        notes.extend(f"{path}: {note}" for note in run_notes)
+    return LoadedRuns(tuple(runs), tuple(skipped), tuple(notes))

@@ -1,0 +1,257 @@
+"""Tables: per-run and per-row medians, speedup, efficiency, Karp-Flatt, and every table as plain rows.
+
+Pure functions of parsed runs (no I/O). Each table's columns are named once, in registry.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from .. import timing
+from ..cli import UserError
+from .config import ReportConfig
+from .parse import TIMING_LOG_NAME, GroupKey, LoadedRuns, Run, SkippedLog
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunTiming:
+    """One run's medians over its timed epochs (seconds, samples/s)."""
+
+    run_id: str
+    epochs: int
+    seconds_per_epoch: float
+    seconds_per_step: float
+    samples_per_second: float
+    steps_per_epoch: float
+
+
+def run_timing(run: Run, warmup_epochs: int) -> RunTiming | None:
+    """Medians over the run's timed epochs; None if warm-up exclusion leaves no epoch."""
+    timed = run.timed_epochs(warmup_epochs)
+    if not timed:
+        return None
+    return RunTiming(
+        run_id=run.run_id,
+        epochs=len(timed),
+        seconds_per_epoch=statistics.median(e.train_seconds for e in timed),
+        seconds_per_step=statistics.median(e.train_seconds / e.steps for e in timed),
+        samples_per_second=statistics.median(e.samples_per_second for e in timed),
+        steps_per_epoch=statistics.median(e.steps for e in timed),
+    )
+
+
+@dataclass(frozen=True)
+class GroupTiming:
+    """A table row's timing: medians over runs of per-run medians; `runs`/`epochs` it rests on."""
+
+    key: GroupKey
+    global_batch_size: int
+    runs: int
+    epochs: int
+    seconds_per_epoch: float
+    seconds_per_step: float
+    samples_per_second: float
+    steps_per_epoch: float
+
+
+def group_timings(runs: Iterable[Run], warmup_epochs: int) -> list[GroupTiming]:
+    """One GroupTiming per (mode, ranks, nodes, gpus_per_node, batch_size_per_rank), sorted."""
+    per_group: dict[GroupKey, list[tuple[Run, RunTiming]]] = {}
+    for run in runs:
+        timing = run_timing(run, warmup_epochs)
+        if timing is not None:
+            per_group.setdefault(run.group_key, []).append((run, timing))
+    rows = []
+    for key in sorted(per_group, key=GroupKey.sort_key):
+        members = per_group[key]
+        timings = [t for _, t in members]
+        rows.append(GroupTiming(
+            key=key,
+            global_batch_size=members[0][0].global_batch_size,
+            runs=len(timings),
+            epochs=sum(t.epochs for t in timings),
+            seconds_per_epoch=statistics.median(t.seconds_per_epoch for t in timings),
+            seconds_per_step=statistics.median(t.seconds_per_step for t in timings),
+            samples_per_second=statistics.median(t.samples_per_second for t in timings),
+            steps_per_epoch=statistics.median(t.steps_per_epoch for t in timings),
+        ))
+    return rows
+
+
+def speedup(base_seconds: float, seconds: float) -> float:
+    """Strong-scaling speedup S = T(p0) / T(p) from seconds per epoch."""
+    return base_seconds / seconds
+
+
+def parallel_efficiency(speedup_value: float, relative_ranks: float) -> float:
+    """E = S / (p / p0): 1.0 is perfect scaling."""
+    return speedup_value / relative_ranks
+
+
+def karp_flatt(speedup_value: float, relative_ranks: float) -> float | None:
+    """Experimentally determined serial fraction e = (1/S - 1/p) / (1 - 1/p), p relative to the base.
+
+    None when p equals the base (the formula divides by zero there).
+    """
+    if relative_ranks == 1:
+        return None
+    return (1 / speedup_value - 1 / relative_ranks) / (1 - 1 / relative_ranks)
+
+
+# --- tables (plain rows: lists of dicts with fixed columns) --------------------------------------
+
+def _series_rows(groups: Sequence[GroupTiming], series_of) -> dict[Any, list[GroupTiming]]:
+    series: dict[Any, list[GroupTiming]] = {}
+    for g in groups:
+        series.setdefault(series_of(g), []).append(g)
+    for members in series.values():
+        members.sort(key=lambda g: (g.key.ranks, g.key.nodes))
+    return dict(sorted(series.items()))
+
+
+def strong_scaling_table(groups: Sequence[GroupTiming]) -> list[dict[str, Any]]:
+    """Strong scaling: runs of mode "strong" with the same global batch (and GPUs per node) form a
+    series; speedup is against the series' smallest rank count p0 (seconds per epoch)."""
+    rows = []
+    strong = [g for g in groups if g.key.mode == "strong"]
+    for _, members in _series_rows(strong, lambda g: (g.global_batch_size, g.key.gpus_per_node)).items():
+        base = members[0]
+        for g in members:
+            relative = g.key.ranks / base.key.ranks
+            s = speedup(base.seconds_per_epoch, g.seconds_per_epoch)
+            rows.append({
+                "global_batch_size": g.global_batch_size, "ranks": g.key.ranks, "nodes": g.key.nodes,
+                "gpus_per_node": g.key.gpus_per_node, "batch_size_per_rank": g.key.batch_size_per_rank,
+                "seconds_per_epoch": g.seconds_per_epoch, "samples_per_second": g.samples_per_second,
+                "speedup": s, "efficiency": parallel_efficiency(s, relative),
+                "karp_flatt": karp_flatt(s, relative), "runs": g.runs, "epochs": g.epochs,
+            })
+    return rows
+
+
+def weak_scaling_table(groups: Sequence[GroupTiming]) -> list[dict[str, Any]]:
+    """Weak scaling: runs of mode "weak" with the same per-rank batch form a series; efficiency =
+    X_p / ((p/p0) * X_p0) with X the global samples/s and p0 the series' smallest rank count."""
+    rows = []
+    weak = [g for g in groups if g.key.mode == "weak"]
+    for _, members in _series_rows(weak, lambda g: (g.key.batch_size_per_rank, g.key.gpus_per_node)).items():
+        base = members[0]
+        for g in members:
+            relative = g.key.ranks / base.key.ranks
+            ratio = g.samples_per_second / base.samples_per_second
+            rows.append({
+                "batch_size_per_rank": g.key.batch_size_per_rank, "ranks": g.key.ranks,
+                "nodes": g.key.nodes, "gpus_per_node": g.key.gpus_per_node,
+                "global_batch_size": g.global_batch_size, "seconds_per_epoch": g.seconds_per_epoch,
+                "samples_per_second": g.samples_per_second, "throughput_ratio": ratio,
+                "efficiency": ratio / relative, "runs": g.runs, "epochs": g.epochs,
+            })
+    return rows
+
+
+def batch_size_table(groups: Sequence[GroupTiming]) -> list[dict[str, Any]]:
+    """Seconds per epoch and per step by effective (global) batch size, every mode including null."""
+    ordered = sorted(groups, key=lambda g: (g.key.ranks, g.key.nodes, g.global_batch_size, g.key.mode or ""))
+    return [{
+        "mode": g.key.mode or "", "ranks": g.key.ranks, "nodes": g.key.nodes,
+        "gpus_per_node": g.key.gpus_per_node, "batch_size_per_rank": g.key.batch_size_per_rank,
+        "global_batch_size": g.global_batch_size, "steps_per_epoch": g.steps_per_epoch,
+        "seconds_per_epoch": g.seconds_per_epoch, "seconds_per_step": g.seconds_per_step,
+        "samples_per_second": g.samples_per_second, "runs": g.runs, "epochs": g.epochs,
+    } for g in ordered]
+
+
+def _median_or_none(values: Iterable[Any]) -> float | None:
+    numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and math.isfinite(v)]
+    return statistics.median(numbers) if numbers else None
+
+
+def accuracy_table(runs: Iterable[Run]) -> list[dict[str, Any]]:
+    """Test metrics by configuration: the group key plus learning rate and epochs (both change the
+    result), median over runs. Runs without test metrics are left out."""
+    per_config: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.test is None:
+            continue
+        config = (run.group_key.sort_key(), run.learning_rate or 0.0, run.epochs_planned or len(run.epochs))
+        per_config.setdefault(config, []).append(run)
+    rows = []
+    for config in sorted(per_config):
+        members = per_config[config]
+        first = members[0]
+        row = {
+            "mode": first.mode or "", "ranks": first.ranks, "nodes": first.nodes,
+            "gpus_per_node": first.gpus_per_node, "batch_size_per_rank": first.batch_size_per_rank,
+            "global_batch_size": first.global_batch_size, "learning_rate": first.learning_rate,
+            "epochs": config[2],
+        }
+        for metric in timing.TEST_METRIC_FIELDS:
+            column = "test_mse" if metric == "mse" else metric
+            row[column] = _median_or_none(r.test.get(metric) for r in members)
+        row["runs"] = len(members)
+        rows.append(row)
+    return rows
+
+
+def environment_table(runs: Iterable[Run]) -> list[dict[str, Any]]:
+    """One row per distinct software versions + hardware, with every host those runs used."""
+    per_env: dict[tuple, list[Run]] = {}
+    for run in runs:
+        v = run.versions
+        hardware = json.dumps(run.hardware, sort_keys=True) if run.hardware else ""
+        key = (str(v.get("python", "")), str(v.get("tensorflow", "")), str(v.get("horovod", "")),
+               str(v.get("mpi", "") or ""), hardware)
+        per_env.setdefault(key, []).append(run)
+    rows = []
+    for key in sorted(per_env):
+        members = per_env[key]
+        starts = sorted(r.started for r in members if r.started)
+        python, tensorflow, horovod, mpi, hardware = key
+        rows.append({
+            "hosts": " ".join(sorted({h for r in members for h in r.hosts})), "python": python,
+            "tensorflow": tensorflow, "horovod": horovod, "mpi": mpi, "hardware": hardware,
+            "runs": len(members), "first_start": starts[0] if starts else "",
+            "last_start": starts[-1] if starts else "",
+        })
+    return rows
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything scaling.md, the CSVs and the plots show, as plain data."""
+
+    config: ReportConfig
+    runs: tuple[Run, ...]
+    skipped: tuple[SkippedLog, ...]
+    notes: tuple[str, ...]
+    strong: list[dict[str, Any]] = field(default_factory=list)
+    weak: list[dict[str, Any]] = field(default_factory=list)
+    batch_size: list[dict[str, Any]] = field(default_factory=list)
+    accuracy: list[dict[str, Any]] = field(default_factory=list)
+    environment: list[dict[str, Any]] = field(default_factory=list)
+    untimed_runs: tuple[str, ...] = ()  # runs with no epoch left after warm-up exclusion
+
+
+def build_report(loaded: LoadedRuns, config: ReportConfig) -> Report:
+    """All tables from the parsed runs. Raises UserError when no log is usable."""
+    if not loaded.runs:
+        if loaded.skipped:
+            raise UserError(f"no usable timing logs in {config.runs_dir}: all {len(loaded.skipped)} "
+                            f"were skipped (warnings above say why)")
+        raise UserError(f"no timing logs in {config.runs_dir} (expected {config.runs_dir}/<run-id>/"
+                        f"{TIMING_LOG_NAME}; submit runs first: make sweep, or make demo)")
+    groups = group_timings(loaded.runs, config.warmup_epochs)
+    untimed = tuple(r.run_id for r in loaded.runs if run_timing(r, config.warmup_epochs) is None)
+    return Report(
+        config=config, runs=loaded.runs, skipped=loaded.skipped, notes=loaded.notes,
+        strong=strong_scaling_table(groups), weak=weak_scaling_table(groups),
+        batch_size=batch_size_table(groups), accuracy=accuracy_table(loaded.runs),
+        environment=environment_table(loaded.runs), untimed_runs=untimed,
+    )

@@ -5,6 +5,11 @@ fields of each event are listed below (docs/training.md explains every one). A r
 new `run_start` to the same file, so one file may hold several attempts; every attempt ends with a
 `run_end` (written by the trainer, or by `python -m stockpredict.timing close` when the trainer died).
 
+Optional fields (OPTIONAL_FIELDS) were added within schema 1: a writer may leave them out, a reader
+ignores fields it does not know and treats a missing optional field as documented (`engine` absent =
+"horovod"; `dataset_id`/`model` absent = an older log, which the report keys by dataset path). So old
+logs still read, and old readers still read new logs; that is why the schema number did not change.
+
     python -m stockpredict.timing close RUN_DIR --status failed
 """
 
@@ -37,6 +42,16 @@ TEST_METRIC_FIELDS = (
     "direction_accuracy",
 )
 EVENT_FIELDS = {"run_start": RUN_START_FIELDS, "epoch": EPOCH_FIELDS, "run_end": RUN_END_FIELDS}
+# The comparability key (docs/report.md): the report compares runs only when all three agree.
+RUN_START_OPTIONAL_FIELDS = (
+    "engine",      # the training engine; absent = DEFAULT_ENGINE
+    "dataset_id",  # {"fingerprint", "name", "windows"}: stockpredict.identity.dataset_identity(path)
+    "model",       # MODEL_FIELDS the config has, plus seq_len and n_features: identity.model_identity
+)
+OPTIONAL_FIELDS = {"run_start": RUN_START_OPTIONAL_FIELDS, "epoch": (), "run_end": ()}
+DEFAULT_ENGINE = "horovod"
+DATASET_ID_FIELDS = ("fingerprint", "name", "windows")
+MODEL_FIELDS = ("lstm_units", "dropout", "dense_units", "representation", "target")
 RUN_STATUSES = ("completed", "failed", "preempted")
 MODES = ("strong", "weak")  # run_start `mode`: what a sweep held fixed; null for a single job
 
@@ -58,19 +73,31 @@ def utc_now_iso() -> str:
 
 
 def make_event(event: str, **fields: Any) -> dict:
-    """One timing record; refuses missing or unknown fields so the contract cannot drift silently."""
+    """One timing record; refuses missing or unknown fields so the contract cannot drift silently.
+
+    Required fields come first in EVENT_FIELDS order, then the optional fields given (OPTIONAL_FIELDS
+    order); an optional field left out, or given as None, is not written.
+    """
     if event not in EVENT_FIELDS:
         raise ValueError(f"unknown timing event {event!r}; valid: {sorted(EVENT_FIELDS)}")
-    expected = set(EVENT_FIELDS[event])
-    missing, unknown = expected - fields.keys(), fields.keys() - expected
+    required, optional = set(EVENT_FIELDS[event]), set(OPTIONAL_FIELDS[event])
+    missing, unknown = required - fields.keys(), fields.keys() - required - optional
     if missing or unknown:
         raise ValueError(f"{event} fields: missing {sorted(missing)}, unknown {sorted(unknown)}")
+    extra = {k: fields[k] for k in OPTIONAL_FIELDS[event] if fields.get(k) is not None}
+    if "dataset_id" in extra and (not isinstance(extra["dataset_id"], dict)
+                                  or set(extra["dataset_id"]) != set(DATASET_ID_FIELDS)):
+        raise ValueError(f"run_start dataset_id must be a dict with exactly {DATASET_ID_FIELDS}")
+    if "model" in extra and not isinstance(extra["model"], dict):
+        raise ValueError("run_start model must be a dict")
+    if "engine" in extra and not (isinstance(extra["engine"], str) and extra["engine"]):
+        raise ValueError("run_start engine must be a non-empty string")
     if event == "run_end":
         if fields["status"] not in RUN_STATUSES:
             raise ValueError(f"run_end status must be one of {RUN_STATUSES}, not {fields['status']!r}")
         if fields["test"] is not None and set(fields["test"]) != set(TEST_METRIC_FIELDS):
             raise ValueError(f"run_end test metrics must be exactly {TEST_METRIC_FIELDS}")
-    return {"schema": SCHEMA_VERSION, "event": event, **{k: fields[k] for k in EVENT_FIELDS[event]}}
+    return {"schema": SCHEMA_VERSION, "event": event, **{k: fields[k] for k in EVENT_FIELDS[event]}, **extra}
 
 
 def append_event(path: Path | str, record: Mapping[str, Any]) -> None:

@@ -364,3 +364,75 @@ def test_cli_without_usable_logs_exits_nonzero_with_one_line(tmp_path):
     proc = run_cli("--runs", str(tmp_path / "nothing-here"))
     assert proc.returncode == 2 and proc.stderr.startswith("error: no runs directory")
     assert "Traceback" not in proc.stderr
+
+
+# --- the comparability key: dataset identity and the run_start fields -------------------------------
+
+def write_sequences(path: Path, windows=(40, 8, 8), inputs=None, config=None, attrs=True, seed=0) -> Path:
+    """A small sequences file in the preprocessing layout (only what identity.py reads)."""
+    import h5py
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as h5:
+        for split, n in zip(("train", "val", "test"), windows):
+            h5.create_dataset(f"{split}/x", data=rng.random((n, 6, 2), dtype=np.float32))
+            h5.create_dataset(f"{split}/y", data=rng.random(n, dtype=np.float32))
+        if attrs:
+            h5.attrs["schema_version"] = 1
+            h5.attrs["config"] = json.dumps(config or {"seq_len": 6, "horizon": 1}, sort_keys=True)
+            h5.attrs["input_sha256"] = json.dumps(inputs or {"AAA.csv": "aa" * 32}, sort_keys=True)
+            h5.attrs["seq_len"] = 6
+    return path
+
+
+def test_dataset_fingerprint_follows_content_not_path(tmp_path):
+    from stockpredict import identity
+
+    a = write_sequences(tmp_path / "one" / "seq.h5")
+    same = write_sequences(tmp_path / "two" / "other.h5", seed=1)  # same inputs and config, other path
+    other_inputs = write_sequences(tmp_path / "x.h5", inputs={"AAA.csv": "bb" * 32})
+    other_config = write_sequences(tmp_path / "y.h5", config={"seq_len": 6, "horizon": 5})
+    other_windows = write_sequences(tmp_path / "z.h5", windows=(41, 8, 8))
+    fp = identity.dataset_fingerprint(a)
+    assert len(fp) == 64 and identity.dataset_fingerprint(same) == fp
+    assert len({fp, *(identity.dataset_fingerprint(p) for p in (other_inputs, other_config, other_windows))}) == 4
+    ident = identity.dataset_identity(a)
+    assert ident == {"fingerprint": fp, "name": "seq", "windows": {"train": 40, "val": 8, "test": 8}}
+    assert identity.dataset_identity(a, name="demo")["name"] == "demo"
+
+
+def test_dataset_fingerprint_without_recorded_inputs_hashes_a_sample_of_the_data(tmp_path):
+    import h5py
+
+    from stockpredict import identity
+
+    a = write_sequences(tmp_path / "a.h5", attrs=False)
+    b = write_sequences(tmp_path / "b.h5", attrs=False)
+    c = write_sequences(tmp_path / "c.h5", attrs=False, seed=3)
+    assert identity.dataset_fingerprint(a) == identity.dataset_fingerprint(b)
+    assert identity.dataset_fingerprint(a) != identity.dataset_fingerprint(c)
+    with h5py.File(b, "r+") as h5:
+        h5["train/y"][20] = -1.0                                  # a window in the middle sample
+    assert identity.dataset_fingerprint(a) != identity.dataset_fingerprint(b)
+    with pytest.raises(UserError, match="cannot read sequences file"):
+        identity.dataset_identity(tmp_path / "missing.h5")
+
+
+def test_model_identity_and_run_start_optional_fields():
+    from stockpredict import identity, timing
+
+    config = {"lstm_units": 64, "dropout": 0.2, "dense_units": 16, "lr": 1e-3, "representation": None}
+    assert identity.model_identity(config, 60, 2) == {"lstm_units": 64, "dropout": 0.2, "dense_units": 16,
+                                                      "seq_len": 60, "n_features": 2}
+    required = {name: None for name in timing.RUN_START_FIELDS}
+    old = timing.make_event("run_start", **required)                 # an old writer: no optional field
+    assert list(old)[2:] == list(timing.RUN_START_FIELDS)
+    new = timing.make_event("run_start", **required, engine="horovod", model={"lstm_units": 64},
+                            dataset_id={"fingerprint": "ab", "name": "seq", "windows": {"train": 1}})
+    assert list(new)[2:] == [*timing.RUN_START_FIELDS, "engine", "dataset_id", "model"]
+    with pytest.raises(ValueError, match="dataset_id"):
+        timing.make_event("run_start", **required, dataset_id={"fingerprint": "ab"})
+    with pytest.raises(ValueError, match="unknown"):
+        timing.make_event("run_start", **required, colour="red")

@@ -1,8 +1,14 @@
-"""The report's four PNG plots, drawn from the report's table rows (no log parsing here).
+"""The report's PNG plots, drawn from the report's table rows (no log parsing here).
 
 Uses matplotlib's object API with the Agg canvas, never pyplot: no display, no global figure state,
-safe to call from tests and batch jobs. Each function returns PNG bytes; the caller writes them
-atomically. A plot without data still renders, saying so, so the set of output files is fixed.
+safe to call from tests and batch jobs. `figures(report)` builds every figure; `render_all(report)`
+turns them into PNG bytes, which the caller writes atomically. A plot without data still renders,
+saying so, so the set of output files is fixed.
+
+Every series is computed within one comparability key (report/keys.py) and labelled with it. Test
+losses of different datasets are never drawn on one axis: `test_loss` has one panel per dataset, and
+only skill (a ratio to the same dataset's persistence forecast) shares an axis across datasets, one
+series per dataset.
 """
 
 from __future__ import annotations
@@ -21,25 +27,29 @@ if TYPE_CHECKING:
 
 FIGSIZE_INCHES = (6.4, 4.4)
 DPI = 110
+Rows = Sequence[Mapping[str, Any]]
+Series = Sequence[tuple[str, Rows]]  # (label of one comparability key, that key's table rows)
 
 
-def _figure() -> tuple[Figure, Any]:
-    fig = Figure(figsize=FIGSIZE_INCHES, dpi=DPI, layout="constrained")
+def _figure(panels: int = 1) -> tuple[Figure, list]:
+    """A figure with `panels` axes stacked vertically, each as tall as a one-panel figure."""
+    panels = max(1, panels)
+    width, height = FIGSIZE_INCHES
+    fig = Figure(figsize=(width, height * panels), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
+    return fig, [fig.add_subplot(panels, 1, i + 1) for i in range(panels)]
 
 
-def _finish(fig, ax, *, xlabel: str, ylabel: str, title: str) -> bytes:
-    """Label, legend and grid every plot the same way; return the PNG bytes."""
+def _finish(ax, *, xlabel: str, ylabel: str, title: str) -> None:
+    """Label, legend and grid every plot the same way."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize="small")
     ax.grid(True, alpha=0.3)
-    return _png(fig)
 
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()
@@ -58,6 +68,11 @@ def _series(rows: Iterable[Mapping[str, Any]], key: Callable[[Mapping[str, Any]]
     return out
 
 
+def _prefix(label: str, several: bool) -> str:
+    """Name the key in a legend entry only when the plot holds more than one key."""
+    return f"{label}: " if several else ""
+
+
 def _rank_axis(ax, ranks: Sequence[int]) -> None:
     ax.set_xscale("log", base=2)
     ticks = sorted(set(ranks))
@@ -65,81 +80,141 @@ def _rank_axis(ax, ranks: Sequence[int]) -> None:
     ax.minorticks_off()
 
 
-def speedup_plot(strong_rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """Measured strong-scaling speedup per global batch, against the ideal S = p/p0."""
-    fig, ax = _figure()
-    if not strong_rows:
+def speedup_figure(strong: Series) -> Figure:
+    """Measured strong-scaling speedup per (key, global batch), against the ideal S = p/p0."""
+    fig, (ax,) = _figure()
+    strong = [(label, rows) for label, rows in strong if rows]
+    if not strong:
         _no_data(ax, "no strong-scaling runs (make sweep MODE=strong)")
-        return _png(fig)
-    for (global_batch, gpn), rows in _series(strong_rows, lambda r: (r["global_batch_size"], r["gpus_per_node"])).items():
-        ranks = [r["ranks"] for r in rows]
-        ax.plot(ranks, [r["speedup"] for r in rows], "o-", label=f"global batch {global_batch}")
-        ax.plot(ranks, [p / ranks[0] for p in ranks], ":", color="0.5")
+        return fig
+    for label, key_rows in strong:
+        for (global_batch, _), rows in _series(key_rows, lambda r: (r["global_batch_size"],
+                                                                     r["gpus_per_node"])).items():
+            ranks = [r["ranks"] for r in rows]
+            ax.plot(ranks, [r["speedup"] for r in rows], "o-",
+                    label=f"{_prefix(label, len(strong) > 1)}global batch {global_batch}")
+            ax.plot(ranks, [p / ranks[0] for p in ranks], ":", color="0.5")
     ax.plot([], [], ":", color="0.5", label="ideal (p/p0)")
-    _rank_axis(ax, [r["ranks"] for r in strong_rows])
+    _rank_axis(ax, [r["ranks"] for _, rows in strong for r in rows])
     ax.set_yscale("log", base=2)
     ax.yaxis.set_major_formatter(PLAIN_NUMBERS)
-    return _finish(fig, ax, xlabel="ranks p", ylabel="speedup T(p0) / T(p)", title="Strong scaling: speedup vs ideal")
+    _finish(ax, xlabel="ranks p", ylabel="speedup T(p0) / T(p)", title="Strong scaling: speedup vs ideal")
+    return fig
 
 
-def efficiency_plot(strong_rows: Sequence[Mapping[str, Any]], weak_rows: Sequence[Mapping[str, Any]]) -> bytes:
+def efficiency_figure(strong: Series, weak: Series) -> Figure:
     """Parallel efficiency by rank count: strong (S/(p/p0)) and weak (X_p/((p/p0) X_p0)) series."""
-    fig, ax = _figure()
-    if not strong_rows and not weak_rows:
+    fig, (ax,) = _figure()
+    strong = [(label, rows) for label, rows in strong if rows]
+    weak = [(label, rows) for label, rows in weak if rows]
+    if not strong and not weak:
         _no_data(ax, "no strong- or weak-scaling runs (make sweep)")
-        return _png(fig)
-    for (global_batch, _), rows in _series(strong_rows, lambda r: (r["global_batch_size"], r["gpus_per_node"])).items():
-        ax.plot([r["ranks"] for r in rows], [r["efficiency"] for r in rows], "o-",
-                label=f"strong, global batch {global_batch}")
-    for (per_rank, _), rows in _series(weak_rows, lambda r: (r["batch_size_per_rank"], r["gpus_per_node"])).items():
-        ax.plot([r["ranks"] for r in rows], [r["efficiency"] for r in rows], "s--",
-                label=f"weak, batch/rank {per_rank}")
+        return fig
+    several = len({label for label, _ in (*strong, *weak)}) > 1
+    for label, key_rows in strong:
+        for (global_batch, _), rows in _series(key_rows, lambda r: (r["global_batch_size"],
+                                                                     r["gpus_per_node"])).items():
+            ax.plot([r["ranks"] for r in rows], [r["efficiency"] for r in rows], "o-",
+                    label=f"{_prefix(label, several)}strong, global batch {global_batch}")
+    for label, key_rows in weak:
+        for (per_rank, _), rows in _series(key_rows, lambda r: (r["batch_size_per_rank"],
+                                                                 r["gpus_per_node"])).items():
+            ax.plot([r["ranks"] for r in rows], [r["efficiency"] for r in rows], "s--",
+                    label=f"{_prefix(label, several)}weak, batch/rank {per_rank}")
     ax.axhline(1.0, color="0.5", linestyle=":", label="ideal")
-    _rank_axis(ax, [r["ranks"] for r in (*strong_rows, *weak_rows)])
-    top = max(1.1, *(r["efficiency"] * 1.05 for r in (*strong_rows, *weak_rows)))
-    ax.set_ylim(0, top)
-    return _finish(fig, ax, xlabel="ranks p", ylabel="parallel efficiency", title="Parallel efficiency")
+    every = [r for _, rows in (*strong, *weak) for r in rows]
+    _rank_axis(ax, [r["ranks"] for r in every])
+    ax.set_ylim(0, max(1.1, *(r["efficiency"] * 1.05 for r in every)))
+    _finish(ax, xlabel="ranks p", ylabel="parallel efficiency", title="Parallel efficiency")
+    return fig
 
 
-def seconds_per_epoch_plot(batch_rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """Seconds per epoch against effective (global) batch size, one line per (ranks, nodes)."""
-    fig, ax = _figure()
-    if not batch_rows:
+def seconds_per_epoch_figure(batch: Series) -> Figure:
+    """Seconds per epoch against effective (global) batch size, one line per (key, ranks, nodes)."""
+    fig, (ax,) = _figure()
+    batch = [(label, rows) for label, rows in batch if rows]
+    if not batch:
         _no_data(ax, "no runs with timed epochs")
-        return _png(fig)
-    for (ranks, nodes), rows in _series(batch_rows, lambda r: (r["ranks"], r["nodes"])).items():
-        rows = sorted(rows, key=lambda r: r["global_batch_size"])
-        ax.plot([r["global_batch_size"] for r in rows], [r["seconds_per_epoch"] for r in rows], "o-",
-                label=f"{ranks} rank(s), {nodes} node(s)")
+        return fig
+    for label, key_rows in batch:
+        for (ranks, nodes), rows in _series(key_rows, lambda r: (r["ranks"], r["nodes"])).items():
+            rows = sorted(rows, key=lambda r: r["global_batch_size"])
+            ax.plot([r["global_batch_size"] for r in rows], [r["seconds_per_epoch"] for r in rows], "o-",
+                    label=f"{_prefix(label, len(batch) > 1)}{ranks} rank(s), {nodes} node(s)")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(PLAIN_NUMBERS)
-    return _finish(fig, ax, xlabel="effective batch size (samples per step, all ranks)", ylabel="seconds per epoch (training steps)", title="Seconds per epoch vs batch size")
+    _finish(ax, xlabel="effective batch size (samples per step, all ranks)",
+            ylabel="seconds per epoch (training steps)", title="Seconds per epoch vs batch size")
+    return fig
 
 
-def test_loss_plot(accuracy_rows: Sequence[Mapping[str, Any]]) -> bytes:
-    """Test MSE (normalised) against effective batch size, per rank count, with the persistence MSE."""
-    fig, ax = _figure()
-    rows = [r for r in accuracy_rows if r.get("test_mse") is not None]
-    if not rows:
+def test_loss_figure(per_dataset: Sequence[tuple[str, Series]]) -> Figure:
+    """Test MSE (normalised) against effective batch size with the persistence MSE: one panel per
+    dataset (normalised MSEs of different datasets are not comparable), one colour per (key, ranks)."""
+    with_mse = [(name, [(label, [r for r in rows if r.get("test_mse") is not None]) for label, rows in keys])
+                for name, keys in per_dataset]
+    per_dataset = [(name, [(label, rows) for label, rows in keys if rows]) for name, keys in with_mse]
+    per_dataset = [(name, keys) for name, keys in per_dataset if keys]
+    fig, axes = _figure(len(per_dataset))
+    if not per_dataset:
+        _no_data(axes[0], "no runs with test metrics")
+        return fig
+    for ax, (name, keys) in zip(axes, per_dataset):
+        for label, key_rows in keys:
+            for ranks, rows in _series(key_rows, lambda r: r["ranks"]).items():
+                ax.plot([r["global_batch_size"] for r in rows], [r["test_mse"] for r in rows], "o",
+                        label=f"{_prefix(label, len(keys) > 1)}{ranks} rank(s)")
+        persistence = [r for _, rows in keys for r in rows if r.get("persistence_mse") is not None]
+        if persistence:
+            ax.plot([r["global_batch_size"] for r in persistence],
+                    [r["persistence_mse"] for r in persistence], "x", color="0.4",
+                    label="persistence forecast")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(PLAIN_NUMBERS)
+        _finish(ax, xlabel="effective batch size", ylabel="test MSE (normalised)",
+                title=f"Test loss vs effective batch size: {name}")
+    return fig
+
+
+def skill_figure(per_dataset: Sequence[tuple[str, Rows]]) -> Figure:
+    """Skill (1 - MSE / persistence MSE, on the same dataset's test split) against effective batch
+    size: the one accuracy measure that may share an axis across datasets; one series per dataset."""
+    fig, (ax,) = _figure()
+    per_dataset = [(name, [r for r in rows if r.get("skill") is not None]) for name, rows in per_dataset]
+    per_dataset = [(name, rows) for name, rows in per_dataset if rows]
+    if not per_dataset:
         _no_data(ax, "no runs with test metrics")
-        return _png(fig)
-    for ranks, members in _series(rows, lambda r: r["ranks"]).items():
-        ax.plot([r["global_batch_size"] for r in members], [r["test_mse"] for r in members], "o",
-                label=f"{ranks} rank(s)")
-    persistence = [r for r in rows if r.get("persistence_mse") is not None]
-    if persistence:
-        ax.plot([r["global_batch_size"] for r in persistence], [r["persistence_mse"] for r in persistence],
-                "x", color="0.4", label="persistence forecast")
+        return fig
+    for name, rows in per_dataset:
+        rows = sorted(rows, key=lambda r: r["global_batch_size"])
+        ax.plot([r["global_batch_size"] for r in rows], [r["skill"] for r in rows], "o", label=name)
+    ax.axhline(0.0, color="0.5", linestyle=":", label="persistence (skill 0)")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(PLAIN_NUMBERS)
-    return _finish(fig, ax, xlabel="effective batch size", ylabel="test MSE (normalised)", title="Test loss vs effective batch size")
+    _finish(ax, xlabel="effective batch size", ylabel="skill vs persistence",
+            title="Skill vs effective batch size, by dataset")
+    return fig
+
+
+def figures(report: "Report") -> dict[str, Figure]:
+    """Every plot of the report, keyed like the registry's PLOTS (report/registry.py)."""
+    from .report.keys import dataset_labels
+
+    sections = report.sections
+    names = dataset_labels(s.key.dataset for s in sections)
+    datasets = list(dict.fromkeys(s.key.dataset for s in sections))  # in section order
+    per_dataset = [(names[d], [(s.label, s.accuracy) for s in sections if s.key.dataset == d])
+                   for d in datasets]
+    return {
+        "speedup": speedup_figure([(s.label, s.strong) for s in sections]),
+        "efficiency": efficiency_figure([(s.label, s.strong) for s in sections],
+                                        [(s.label, s.weak) for s in sections]),
+        "seconds_per_epoch": seconds_per_epoch_figure([(s.label, s.batch_size) for s in sections]),
+        "test_loss": test_loss_figure(per_dataset),
+        "skill": skill_figure([(name, [r for _, rows in keys for r in rows]) for name, keys in per_dataset]),
+    }
 
 
 def render_all(report: "Report") -> dict[str, bytes]:
-    """Every plot of the report as PNG bytes, keyed like report.PLOT_NAMES."""
-    return {
-        "speedup": speedup_plot(report.strong),
-        "efficiency": efficiency_plot(report.strong, report.weak),
-        "seconds_per_epoch": seconds_per_epoch_plot(report.batch_size),
-        "test_loss": test_loss_plot(report.accuracy),
-    }
+    """Every plot of the report as PNG bytes, keyed like the registry's PLOTS."""
+    return {name: png(fig) for name, fig in figures(report).items()}

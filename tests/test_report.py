@@ -56,11 +56,11 @@ def run_end(status="completed", mse=1e-4):
 
 
 def simple_run(ranks, seconds, *, nodes=None, batch=32, mode="strong", global_batch=None, mse=1e-4,
-               warmup_seconds=99.0):
-    """run_start, a slow warm-up epoch, one epoch per entry of `seconds`, run_end completed."""
+               warmup_seconds=99.0, **start):
+    """run_start (plus `start` fields), a slow warm-up epoch, one epoch per entry of `seconds`, run_end."""
     global_batch = global_batch or batch * ranks
     events = [run_start(ranks=ranks, nodes=nodes or ranks, batch=batch, mode=mode, global_batch=global_batch,
-                        epochs=len(seconds) + 1),
+                        epochs=len(seconds) + 1, **start),
               epoch(1, warmup_seconds, global_batch)]
     events += [epoch(i + 2, s, global_batch) for i, s in enumerate(seconds)]
     return events + [run_end(mse=mse)]
@@ -292,7 +292,9 @@ def test_registry_names_every_table_and_plot_once(tmp_path):
     for table in report.TABLES:
         rows = getattr(built, table.name)
         assert rows, table.name
-        assert all(list(row) == list(table.columns) for row in rows), table.name
+        assert all(list(row) == list(table.csv_columns) for row in rows), table.name
+        section_rows = getattr(built.sections[0], table.name)           # Markdown: the table's own columns
+        assert all(list(row) == list(table.columns) for row in section_rows), table.name
     files = [t.csv_file for t in report.TABLES] + [p.file for p in report.PLOTS] + [report.MARKDOWN_NAME]
     assert len(files) == len(set(files))
     assert set(plots.render_all(built)) == {p.name for p in report.PLOTS}
@@ -397,7 +399,8 @@ def test_dataset_fingerprint_follows_content_not_path(tmp_path):
     other_windows = write_sequences(tmp_path / "z.h5", windows=(41, 8, 8))
     fp = identity.dataset_fingerprint(a)
     assert len(fp) == 64 and identity.dataset_fingerprint(same) == fp
-    assert len({fp, *(identity.dataset_fingerprint(p) for p in (other_inputs, other_config, other_windows))}) == 4
+    others = {identity.dataset_fingerprint(p) for p in (other_inputs, other_config, other_windows)}
+    assert len({fp, *others}) == 4
     ident = identity.dataset_identity(a)
     assert ident == {"fingerprint": fp, "name": "seq", "windows": {"train": 40, "val": 8, "test": 8}}
     assert identity.dataset_identity(a, name="demo")["name"] == "demo"
@@ -436,3 +439,164 @@ def test_model_identity_and_run_start_optional_fields():
         timing.make_event("run_start", **required, dataset_id={"fingerprint": "ab"})
     with pytest.raises(ValueError, match="unknown"):
         timing.make_event("run_start", **required, colour="red")
+
+
+# --- reports over several datasets and model sizes (issue 17) ----------------------------------------
+
+FP_A, FP_B = "a1" * 32, "b2" * 32
+SMALL = {"lstm_units": 50, "dropout": 0.3, "dense_units": 32, "seq_len": 60, "n_features": 2}
+LARGE = {**SMALL, "lstm_units": 128}
+
+
+def keyed(fingerprint, name, model=SMALL, windows=None):
+    windows = windows or {"train": TRAIN_WINDOWS, "val": 512, "test": 512}
+    return {"dataset_id": {"fingerprint": fingerprint, "name": name, "windows": windows}, "model": model}
+
+
+def two_datasets_two_models(runs: Path) -> None:
+    """Dataset A: strong scaling at 1/2/4/8 ranks, true 8-rank speedup 31/10 = 3.10. Dataset B: three
+    times slower, one 1-rank run (pooled with A's, the 1-rank median would be 62 s and the 8-rank
+    speedup 6.2). A again with a larger model: 1 and 2 ranks, speedup 62/40 = 1.55."""
+    for ranks, seconds in ((1, 31.0), (2, 20.0), (4, 14.0), (8, 10.0)):
+        write_log(runs, f"a-small-{ranks}", simple_run(ranks, [seconds] * 3, batch=256 // ranks,
+                                                       global_batch=256, mse=1e-4, **keyed(FP_A, "A")))
+    write_log(runs, "b-small-1", simple_run(1, [93.0] * 3, batch=256, global_batch=256, mse=1.5e-4,
+                                            **keyed(FP_B, "B")))
+    write_log(runs, "a-large-1", simple_run(1, [62.0] * 3, batch=256, global_batch=256, mse=0.5e-4,
+                                            **keyed(FP_A, "A", LARGE)))
+    write_log(runs, "a-large-2", simple_run(2, [40.0] * 3, batch=128, global_batch=256, mse=0.5e-4,
+                                            **keyed(FP_A, "A", LARGE)))
+
+
+def section(built, name, lstm_units=50):
+    [match] = [s for s in built.sections
+               if s.key.dataset.name == name and dict(s.key.model)["lstm_units"] == lstm_units]
+    return match
+
+
+def test_tables_are_computed_within_one_dataset_and_model(tmp_path):
+    runs = tmp_path / "runs"
+    two_datasets_two_models(runs)
+    built = build(runs)
+    assert [(s.key.dataset.name, dict(s.key.model)["lstm_units"], len(s.runs)) for s in built.sections] == [
+        ("A", 50, 4), ("A", 128, 2), ("B", 50, 1)]
+    a = section(built, "A").strong
+    assert [r["ranks"] for r in a] == [1, 2, 4, 8]
+    assert a[3]["speedup"] == pytest.approx(3.10)
+    assert a[3]["karp_flatt"] == pytest.approx(report.karp_flatt(3.10, 8))
+    b = section(built, "B").strong
+    assert [(r["ranks"], r["seconds_per_epoch"], r["speedup"]) for r in b] == [(1, 93.0, 1.0)]
+    large = section(built, "A", 128).strong
+    assert [r["speedup"] for r in large] == [1.0, pytest.approx(62 / 40)]
+    # No ratio crosses keys: the pooled answer (62 s / 10 s) appears nowhere.
+    assert all(r["speedup"] != pytest.approx(6.2) for r in built.strong)
+    # Accuracy: each dataset's rows hold only its own runs.
+    assert [r["test_mse"] for r in section(built, "B").accuracy] == [1.5e-4]
+    assert {r["test_mse"] for r in section(built, "A").accuracy} == {1e-4}
+    assert [r["engine"] for r in built.strong] == ["horovod"] * 7
+    assert built.keys[0][1] == 4 and sum(n for _, n in built.keys) == 7
+
+
+def test_cli_sections_headers_and_key_columns(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    two_datasets_two_models(runs)
+    proc = run_cli("--runs", str(runs), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    markdown = (out / "scaling.md").read_text()
+    assert markdown.count(f"## A: 4096/512/512 windows, fingerprint {FP_A[:12]}") == 2
+    assert markdown.count(f"## B: 4096/512/512 windows, fingerprint {FP_B[:12]}") == 1
+    assert "**Comparability keys (3):**" in markdown
+    assert f"| B | 4096/512/512 | {FP_B[:12]} | lstm_units=50 dropout=0.3 dense_units=32 seq_len=60 " \
+           "n_features=2 | horovod | 1 | yes |" in markdown
+    assert "Keyed by path" not in markdown
+    strong = read_csv(out / "strong_scaling.csv")
+    header = (out / "strong_scaling.csv").read_text().splitlines()[0].split(",")
+    assert header == [*report.STRONG_COLUMNS, "dataset", "fingerprint", "windows", "model", "engine"]
+    a8 = [r for r in strong if r["dataset"] == "A" and r["ranks"] == "8"]
+    assert len(a8) == 1 and float(a8[0]["speedup"]) == pytest.approx(3.10)
+    b = [r for r in strong if r["fingerprint"] == FP_B]
+    assert [(r["ranks"], float(r["speedup"])) for r in b] == [("1", 1.0)]
+    assert (out / "skill_vs_batch.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_old_logs_are_keyed_by_path_and_windows_and_the_report_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    write_log(runs, "old-1", simple_run(1, [30.0, 30.0], batch=64, global_batch=64))
+    write_log(runs, "old-2", simple_run(2, [20.0, 20.0], batch=32, global_batch=64))
+    # Same path, regenerated with other window counts: not comparable with the two above.
+    write_log(runs, "old-regen", simple_run(1, [90.0, 90.0],
+                                            windows={"train": 8192, "val": 512, "test": 512}))
+    write_log(runs, "new", simple_run(1, [60.0, 60.0], **keyed(FP_A, "seq")))  # same path, fingerprinted
+    built = build(runs, plots=False)
+    labels = [(s.key.dataset.by_path, s.key.dataset.windows_text, len(s.runs)) for s in built.sections]
+    assert labels == [(False, "4096/512/512", 1), (True, "4096/512/512", 2), (True, "8192/512/512", 1)]
+    old = built.sections[1].strong
+    assert old[1]["speedup"] == pytest.approx(1.5)                # 30 / 20, not pooled with the 90 s run
+    markdown = report.render_markdown(built, {})
+    assert "**Keyed by path:** 3 run(s)" in markdown
+    assert "## data/seq.h5: 4096/512/512 windows, keyed by path (no fingerprint recorded)" in markdown
+
+
+def test_dataset_filter(tmp_path):
+    runs = tmp_path / "runs"
+    two_datasets_two_models(runs)
+    write_log(runs, "old", simple_run(1, [30.0, 30.0]))
+    by_name = build(runs, plots=False, dataset="A")
+    assert {s.key.dataset.fingerprint for s in by_name.sections} == {FP_A} and len(by_name.sections) == 2
+    assert len(by_name.keys) == 4 and len(by_name.runs) == 6      # the header still lists every key
+    assert "no (--dataset)" in report.render_markdown(by_name, {})
+    by_prefix = build(runs, plots=False, dataset=FP_B[:6].upper())
+    assert [s.key.dataset.name for s in by_prefix.sections] == ["B"]
+    by_path = build(runs, plots=False, dataset="data/seq.h5")
+    assert [s.key.dataset.by_path for s in by_path.sections] == [True]
+    assert len(build(runs, plots=False, dataset="").sections) == 4  # `make report DATASET=`: no filter
+    with pytest.raises(UserError, match="matches no dataset"):
+        build(runs, plots=False, dataset="C")
+    write_log(runs, "other-a", simple_run(1, [5.0, 5.0], **keyed("a9" * 32, "A")))
+    with pytest.raises(UserError, match="ambiguous"):
+        build(runs, plots=False, dataset="A")
+    assert len(build(runs, plots=False, dataset="a1").sections) == 2
+
+
+def test_cli_dataset_filter_errors_in_one_line(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    two_datasets_two_models(runs)
+    proc = run_cli("--runs", str(runs), "--out", str(out), "--no-plots", "--dataset", "nope")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "matches no dataset" in errors[0] and f"B ({FP_B[:12]})" in errors[0]
+    assert not out.exists()
+    proc = run_cli("--runs", str(runs), "--out", str(out), "--no-plots", "--dataset", "B")
+    assert proc.returncode == 0, proc.stderr
+    assert {r["dataset"] for r in read_csv(out / "accuracy.csv")} == {"B"}
+
+
+def test_plots_one_series_per_dataset_and_one_loss_panel_per_dataset(tmp_path):
+    from stockpredict import plots
+
+    runs = tmp_path / "runs"
+    two_datasets_two_models(runs)
+    figures = plots.figures(build(runs))
+    skill = figures["skill"].axes[0]
+    series = {line.get_label(): list(line.get_ydata()) for line in skill.get_lines()
+              if not line.get_label().startswith("persistence")}
+    assert sorted(series) == ["A", "B"]
+    assert series["B"] == [pytest.approx(1 - 1.5e-4 / 2e-4)]
+    assert sorted(series["A"]) == pytest.approx(sorted([1 - 1e-4 / 2e-4] * 4 + [1 - 0.5e-4 / 2e-4] * 2))
+    panels = figures["test_loss"].axes
+    assert [ax.get_title().rsplit(": ", 1)[1] for ax in panels] == ["A", "B"]
+    b_values = {y for line in panels[1].get_lines() for y in line.get_ydata()}
+    assert b_values == {1.5e-4, 2e-4}                               # B's MSE and its persistence MSE only
+    speedup_labels = [line.get_label() for line in figures["speedup"].axes[0].get_lines()]
+    assert "A, lstm_units=128: global batch 256" in speedup_labels and "B: global batch 256" in speedup_labels
+
+
+def test_malformed_or_changing_key_fields_make_the_log_corrupt():
+    bad = simple_run(1, [10.0], dataset_id={"name": "A"})
+    with pytest.raises(report.SkipLog, match="corrupt: line 1 .*fingerprint"):
+        parse(bad)
+    events = [run_start(epochs=3, **keyed(FP_A, "A")), epoch(1, 50.0), run_end("preempted"),
+              run_start(attempt=1, resumed_from_epoch=1, epochs=3, **keyed(FP_A, "A", LARGE)),
+              epoch(2, 10.0), run_end()]
+    with pytest.raises(report.SkipLog, match="changes model"):
+        parse(events)

@@ -23,16 +23,20 @@ def _parse_args(argv: Sequence[str] | None) -> ReportConfig:
     parser.add_argument("--warmup-epochs", type=int, default=defaults.warmup_epochs,
                         help="epochs excluded from timing after every run_start (default %(default)s)")
     parser.add_argument("--no-plots", dest="plots", action="store_false", help="write tables only")
+    parser.add_argument("--dataset", metavar="NAME_OR_PREFIX", default=defaults.dataset,
+                        help="report one dataset only: its name, a prefix of its fingerprint, or (logs "
+                             "without a fingerprint) its recorded path (default: every dataset)")
     args = parser.parse_args(argv)
     return ReportConfig(runs_dir=args.runs, out_dir=args.out, warmup_epochs=args.warmup_epochs,
-                        plots=args.plots)
+                        plots=args.plots, dataset=args.dataset)
 
 
 def _main(argv: Sequence[str] | None) -> int:
     config = _parse_args(argv)
     report, written = make_report(config)
-    print(f"report: {len(report.runs)} run(s) used, {len(report.skipped)} skipped; wrote "
-          f"{len(written)} files to {config.out_dir}:")
+    print(f"report: {len(report.runs)} run(s) used in {len(report.sections)} section(s) (one per dataset, "
+          f"model and engine), {len(report.skipped)} skipped; wrote {len(written)} files to "
+          f"{config.out_dir}:")
     for path in written:
         print(f"  {path}")
     return 0

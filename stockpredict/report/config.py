@@ -18,10 +18,14 @@ class ReportConfig:
     out_dir: Path = Path("results")        # where scaling.md, the CSVs and the PNGs go
     warmup_epochs: int = 1                 # epochs excluded after every run_start (graph building)
     plots: bool = True                     # False: tables only (skips importing matplotlib)
+    dataset: str | None = None             # show one dataset only: its name, a fingerprint prefix, or
+    #                                        (logs without dataset_id) its recorded path; None: all
 
     def __post_init__(self) -> None:
         if self.warmup_epochs < 0:
             raise UserError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.dataset == "":  # `make report DATASET=` with nothing after it: no filter
+            object.__setattr__(self, "dataset", None)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "ReportConfig":

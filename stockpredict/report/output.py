@@ -23,7 +23,7 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     except OSError as err:
         raise UserError(f"cannot create output directory {out_dir}: {err.strerror or err}") from None
     outputs: list[tuple[Path, bytes | str]] = [
-        (out_dir / table.csv_file, render_csv(getattr(report, table.name), table.columns))
+        (out_dir / table.csv_file, render_csv(getattr(report, table.name), table.csv_columns))
         for table in TABLES]
     plot_files: dict[str, str] = {}
     if report.config.plots:

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from .. import timing
 from ..cli import UserError
+from .keys import ComparabilityKey, run_start_key
 
 SCHEMA_VERSION = timing.SCHEMA_VERSION
 TIMING_LOG_NAME = timing.TIMING_FILE
@@ -66,6 +67,7 @@ class Run:
     epochs: tuple[EpochRecord, ...]  # each epoch once, sorted, the later record winning
     test: Mapping[str, Any] | None
     total_seconds: float | None
+    key: ComparabilityKey      # dataset fingerprint (or path), model config, engine: see keys.py
 
     @property
     def group_key(self) -> "GroupKey":
@@ -183,8 +185,12 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
             mode = event.get("mode")
             if mode is not None and mode not in MODES:
                 raise SkipLog(f"corrupt: line {lineno} has mode={mode!r}, expected one of {MODES} or null")
+            try:
+                run_start_key(event)  # a malformed dataset_id, model or engine makes the log corrupt
+            except ValueError as why:
+                raise SkipLog(f"corrupt: line {lineno} (run_start) has {why}") from None
             if starts:
-                for name in ("mode", *_RUN_START_FIELDS):
+                for name in ("mode", *_RUN_START_FIELDS, *timing.RUN_START_OPTIONAL_FIELDS):
                     if event.get(name) != starts[0].get(name):
                         raise SkipLog(f"corrupt: run_start on line {lineno} changes {name} from "
                                       f"{starts[0].get(name)!r} to {event.get(name)!r}")
@@ -222,6 +228,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         raise SkipLog(f"corrupt: run_end has unknown status {status!r}")
 
     first = starts[0]
+    key = run_start_key(first)
     test = last_end.get("test")
     total = last_end.get("total_seconds")
     run = Run(
@@ -245,6 +252,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         epochs=tuple(epochs[k] for k in sorted(epochs)),
         test=test if isinstance(test, dict) else None,
         total_seconds=total if isinstance(total, (int, float)) and not isinstance(total, bool) else None,
+        key=key,
     )
     return run, tuple(notes)
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MARKDOWN_NAME = "scaling.md"
+# Which comparability key a CSV row belongs to (keys.ComparabilityKey.columns fills them).
+KEY_COLUMNS = ("dataset", "fingerprint", "windows", "model", "engine")
 
 
 @dataclass(frozen=True)
 class PlotSpec:
-    """One PNG: `name` is the key plots.render_all returns it under."""
+    """One PNG: `name` is the key plots.render_all returns it under; `title` heads it in scaling.md."""
 
     name: str
     file: str
+    title: str
 
     @property
     def alt_text(self) -> str:
@@ -32,7 +35,13 @@ class TableSpec:
     text: str                        # what the section shows and how it is computed
     csv_file: str
     columns: tuple[str, ...]         # CSV header and Markdown columns, in order
-    plots: tuple[PlotSpec, ...] = ()  # shown under this section
+    plots: tuple[PlotSpec, ...] = ()  # drawn from this table's rows
+
+    @property
+    def csv_columns(self) -> tuple[str, ...]:
+        """The CSV header: the table's columns, then the comparability key's (added later, at the end,
+        so readers of the older files keep working)."""
+        return self.columns + KEY_COLUMNS
 
 
 TABLES: tuple[TableSpec, ...] = (
@@ -45,7 +54,8 @@ TABLES: tuple[TableSpec, ...] = (
         columns=("global_batch_size", "ranks", "nodes", "gpus_per_node", "batch_size_per_rank",
                  "seconds_per_epoch", "samples_per_second", "speedup", "efficiency", "karp_flatt",
                  "runs", "epochs"),
-        plots=(PlotSpec("speedup", "speedup.png"), PlotSpec("efficiency", "efficiency.png"))),
+        plots=(PlotSpec("speedup", "speedup.png", "Strong-scaling speedup"),
+               PlotSpec("efficiency", "efficiency.png", "Parallel efficiency"))),
     TableSpec(
         name="weak", title="Weak scaling", csv_file="weak_scaling.csv",
         text="Per-rank batch fixed. Efficiency = X_p / ((p/p0) X_p0), X = global samples/s, p0 the smallest "
@@ -60,7 +70,8 @@ TABLES: tuple[TableSpec, ...] = (
         columns=("mode", "ranks", "nodes", "gpus_per_node", "batch_size_per_rank", "global_batch_size",
                  "steps_per_epoch", "seconds_per_epoch", "seconds_per_step", "samples_per_second",
                  "runs", "epochs"),
-        plots=(PlotSpec("seconds_per_epoch", "seconds_per_epoch_vs_batch.png"),)),
+        plots=(PlotSpec("seconds_per_epoch", "seconds_per_epoch_vs_batch.png",
+                        "Seconds per epoch vs batch size"),)),
     TableSpec(
         name="accuracy", title="Accuracy", csv_file="accuracy.csv",
         text="Test split, median over runs. MSE on the normalised scale (the seed's metric); RMSE and MAE "
@@ -70,7 +81,10 @@ TABLES: tuple[TableSpec, ...] = (
         columns=("mode", "ranks", "nodes", "gpus_per_node", "batch_size_per_rank", "global_batch_size",
                  "learning_rate", "epochs", "test_mse", "rmse_price", "mae_price", "persistence_mse",
                  "persistence_rmse_price", "skill", "direction_accuracy", "runs"),
-        plots=(PlotSpec("test_loss", "test_loss_vs_batch.png"),)),
+        plots=(PlotSpec("test_loss", "test_loss_vs_batch.png",
+                        "Test loss vs effective batch size (one panel per dataset)"),
+               PlotSpec("skill", "skill_vs_batch.png",
+                        "Skill vs effective batch size (one series per dataset)"))),
     TableSpec(
         name="environment", title="Environment", csv_file="environment.csv",
         text="Hosts and software versions as each run recorded them.",

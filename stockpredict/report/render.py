@@ -9,7 +9,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from .parse import MODES, SCHEMA_VERSION, TIMING_LOG_NAME
-from .registry import TABLES
+from .registry import PLOTS, TABLES
 from .tables import Report
 
 
@@ -66,14 +66,45 @@ def render_markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[s
     return "\n".join(lines) + "\n"
 
 
+def _keys_table(report: Report) -> list[str]:
+    """The header's list of every key in the logs, with run counts and whether this report shows it."""
+    shown = {s.key for s in report.sections}
+    lines = ["| dataset | windows (train/val/test) | fingerprint | model | engine | runs | shown |",
+             "|---|---|---|---|---|---|---|"]
+    for key, count in report.keys:
+        fingerprint = key.dataset.prefix if key.dataset.fingerprint else "none recorded: keyed by path"
+        cells = (key.dataset.name, key.dataset.windows_text, fingerprint, key.model_text or "not recorded",
+                 key.engine, str(count), "yes" if key in shown else "no (--dataset)")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
+
+
+def _section_heading(section) -> list[str]:
+    key = section.key
+    dataset = key.dataset
+    if dataset.fingerprint:
+        title = f"{dataset.name}: {dataset.windows_text} windows, fingerprint {dataset.prefix}"
+    else:
+        title = f"{dataset.name}: {dataset.windows_text} windows, keyed by path (no fingerprint recorded)"
+    modes = {m: sum(1 for r in section.runs if r.mode == m) for m in (*MODES, None)}
+    return [
+        "", f"## {title}", "",
+        f"- **Model:** {key.model_text or 'not recorded'}; **engine:** {key.engine}; **runs:** "
+        f"{len(section.runs)} ({modes['strong']} strong, {modes['weak']} weak, {modes[None]} without a "
+        "mode)." + (f" Plot label: {section.label}." if section.label != dataset.name else ""),
+    ] + ([f"- **No timed epochs** (too few epochs after warm-up; accuracy only): "
+          f"{', '.join(section.untimed_runs)}."] if section.untimed_runs else [])
+
+
 def render_markdown(report: Report, plot_files: Mapping[str, str]) -> str:
-    """scaling.md: header (what, where, when, how many runs, what was skipped), tables, plots."""
+    """scaling.md: header (what, where, when, which keys, what was skipped), one section of tables per
+    comparability key, the plots, the settings."""
     runs = report.runs
     hosts = sorted({h for r in runs for h in r.hosts})
     starts = sorted(r.started for r in runs if r.started)
     modes = {m: sum(1 for r in runs if r.mode == m) for m in (*MODES, None)}
-    datasets = sorted({r.dataset for r in runs if r.dataset})
     resumed = [r.run_id for r in runs if r.attempts > 1]
+    by_path = sum(count for key, count in report.keys if key.dataset.by_path)
     w = report.config.warmup_epochs
     out = [
         "# Scaling report",
@@ -94,12 +125,20 @@ def render_markdown(report: Report, plot_files: Mapping[str, str]) -> str:
         "after a restart) and epochs flagged `resumed` are excluded; each run contributes the median over "
         "its remaining epochs, and each row is the median over its runs. `runs` and `epochs` give how "
         "many runs and timed epochs a row rests on.",
+        f"- **Comparability keys ({len(report.keys)}):** runs are compared only within one key: the same "
+        "dataset (content fingerprint), model configuration and engine. Every median, ratio and table "
+        "below is computed within one key, and each key has its own section.",
+        "",
+        *_keys_table(report),
+        "",
     ]
-    if len(datasets) > 1:
-        out.append(f"- **Warning:** the runs used {len(datasets)} different datasets: {', '.join(datasets)}.")
-    if report.untimed_runs:
-        out.append(f"- **No timed epochs** (too few epochs after warm-up; accuracy only): "
-                   f"{', '.join(report.untimed_runs)}.")
+    if report.selected is not None:
+        out.append(f"- **Filter:** `--dataset {report.config.dataset}` selects {report.selected.label()}; "
+                   f"{len(report.sections)} of {len(report.keys)} key(s) shown.")
+    if by_path:
+        out.append(f"- **Keyed by path:** {by_path} run(s) have logs without a dataset fingerprint (written "
+                   "before run_start recorded `dataset_id`); they are keyed by the recorded dataset path and "
+                   "window counts, which cannot tell a regenerated file from the old one at the same path.")
     if report.skipped:
         out.append(f"- **Skipped logs ({len(report.skipped)}):**")
         out += [f"  - `{s.path}`: {s.reason}" for s in report.skipped]
@@ -108,13 +147,18 @@ def render_markdown(report: Report, plot_files: Mapping[str, str]) -> str:
     if report.notes:
         out.append("- **Notes:** " + "; ".join(report.notes) + ".")
 
-    for table in TABLES:
-        out.extend(["", f"## {table.title}", "", table.text, "",
-                    render_markdown_table(getattr(report, table.name), table.columns).rstrip("\n"), "",
-                    f"CSV: [{table.csv_file}]({table.csv_file})"])
-        for plot in table.plots:
+    for section in report.sections:
+        out.extend(_section_heading(section))
+        for table in TABLES:
+            out.extend(["", f"### {table.title}", "", table.text, "",
+                        render_markdown_table(getattr(section, table.name), table.columns).rstrip("\n"), "",
+                        f"CSV: [{table.csv_file}]({table.csv_file})"])
+    if plot_files:
+        out.extend(["", "## Plots", "", "Every series is computed within one comparability key and labelled "
+                    "with it; test losses of different datasets never share an axis."])
+        for plot in PLOTS:
             if plot.name in plot_files:
-                out.extend(["", f"![{plot.alt_text}]({plot_files[plot.name]})"])
+                out.extend(["", f"### {plot.title}", "", f"![{plot.alt_text}]({plot_files[plot.name]})"])
     out.extend(["", "## Report settings", "", "```json", json.dumps(report.config.to_dict(), indent=2,
                                                                        sort_keys=True), "```", ""])
     return "\n".join(out)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .. import timing
 from ..cli import UserError
 from .config import ReportConfig
+from .keys import ComparabilityKey, DatasetKey, section_labels, select_dataset
 from .parse import TIMING_LOG_NAME, GroupKey, LoadedRuns, Run, SkippedLog
 
 
@@ -224,34 +225,96 @@ def environment_table(runs: Iterable[Run]) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
+class Section:
+    """The tables of one comparability key (docs/report.md): nothing here mixes keys."""
+
+    key: ComparabilityKey
+    label: str                          # tells this key apart from the report's others (plot legends)
+    runs: tuple[Run, ...]
+    strong: list[dict[str, Any]]
+    weak: list[dict[str, Any]]
+    batch_size: list[dict[str, Any]]
+    accuracy: list[dict[str, Any]]
+    environment: list[dict[str, Any]]
+    untimed_runs: tuple[str, ...]       # runs with no epoch left after warm-up exclusion
+
+
+def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int, label: str = "") -> Section:
+    """Every table of one key's runs (the caller guarantees they share the key)."""
+    groups = group_timings(runs, warmup_epochs)
+    return Section(
+        key=key, label=label or key.dataset.name, runs=tuple(runs),
+        strong=strong_scaling_table(groups), weak=weak_scaling_table(groups),
+        batch_size=batch_size_table(groups), accuracy=accuracy_table(runs),
+        environment=environment_table(runs),
+        untimed_runs=tuple(r.run_id for r in runs if run_timing(r, warmup_epochs) is None),
+    )
+
+
+@dataclass(frozen=True)
 class Report:
-    """Everything scaling.md, the CSVs and the plots show, as plain data."""
+    """Everything scaling.md, the CSVs and the plots show, as plain data.
+
+    `sections` hold the tables, one section per comparability key. The table attributes (`strong`,
+    `weak`, ...) are every section's rows one after another, each with the key columns appended: what
+    the CSV files hold.
+    """
 
     config: ReportConfig
-    runs: tuple[Run, ...]
+    runs: tuple[Run, ...]               # the runs shown (after --dataset)
     skipped: tuple[SkippedLog, ...]
     notes: tuple[str, ...]
-    strong: list[dict[str, Any]] = field(default_factory=list)
-    weak: list[dict[str, Any]] = field(default_factory=list)
-    batch_size: list[dict[str, Any]] = field(default_factory=list)
-    accuracy: list[dict[str, Any]] = field(default_factory=list)
-    environment: list[dict[str, Any]] = field(default_factory=list)
-    untimed_runs: tuple[str, ...] = ()  # runs with no epoch left after warm-up exclusion
+    sections: tuple[Section, ...] = ()
+    keys: tuple[tuple[ComparabilityKey, int], ...] = ()  # every key in the logs and its run count
+    selected: DatasetKey | None = None  # the dataset --dataset chose, or None
+
+    def _rows(self, table: str) -> list[dict[str, Any]]:
+        return [{**row, **s.key.columns()} for s in self.sections for row in getattr(s, table)]
+
+    @property
+    def strong(self) -> list[dict[str, Any]]:
+        return self._rows("strong")
+
+    @property
+    def weak(self) -> list[dict[str, Any]]:
+        return self._rows("weak")
+
+    @property
+    def batch_size(self) -> list[dict[str, Any]]:
+        return self._rows("batch_size")
+
+    @property
+    def accuracy(self) -> list[dict[str, Any]]:
+        return self._rows("accuracy")
+
+    @property
+    def environment(self) -> list[dict[str, Any]]:
+        return self._rows("environment")
+
+    @property
+    def untimed_runs(self) -> tuple[str, ...]:
+        return tuple(run_id for s in self.sections for run_id in s.untimed_runs)
 
 
 def build_report(loaded: LoadedRuns, config: ReportConfig) -> Report:
-    """All tables from the parsed runs. Raises UserError when no log is usable."""
+    """All tables from the parsed runs, one section per comparability key. Raises UserError when no
+    log is usable, or when `config.dataset` names no dataset or more than one."""
     if not loaded.runs:
         if loaded.skipped:
             raise UserError(f"no usable timing logs in {config.runs_dir}: all {len(loaded.skipped)} "
                             f"were skipped (warnings above say why)")
         raise UserError(f"no timing logs in {config.runs_dir} (expected {config.runs_dir}/<run-id>/"
                         f"{TIMING_LOG_NAME}; submit runs first: make sweep, or make demo)")
-    groups = group_timings(loaded.runs, config.warmup_epochs)
-    untimed = tuple(r.run_id for r in loaded.runs if run_timing(r, config.warmup_epochs) is None)
+    per_key: dict[ComparabilityKey, list[Run]] = {}
+    for run in loaded.runs:
+        per_key.setdefault(run.key, []).append(run)
+    ordered = sorted(per_key, key=ComparabilityKey.sort_key)
+    selected = select_dataset(ordered, config.dataset) if config.dataset else None
+    shown = [k for k in ordered if selected is None or k.dataset == selected]
+    labels = section_labels(shown)
+    sections = tuple(build_section(k, per_key[k], config.warmup_epochs, labels[k]) for k in shown)
     return Report(
-        config=config, runs=loaded.runs, skipped=loaded.skipped, notes=loaded.notes,
-        strong=strong_scaling_table(groups), weak=weak_scaling_table(groups),
-        batch_size=batch_size_table(groups), accuracy=accuracy_table(loaded.runs),
-        environment=environment_table(loaded.runs), untimed_runs=untimed,
+        config=config, runs=tuple(r for s in sections for r in s.runs), skipped=loaded.skipped,
+        notes=loaded.notes, sections=sections, keys=tuple((k, len(per_key[k])) for k in ordered),
+        selected=selected,
     )

@@ -4,7 +4,7 @@
 
 Reads every `<runs>/*/timing.jsonl` (schema 1, written by stockpredict.train; the contract is
 stockpredict/timing.py) and writes into `--out`: `scaling.md`, one CSV per table beside it
-(strong_scaling.csv, weak_scaling.csv, batch_size.csv, accuracy.csv, environment.csv) and four PNG plots.
+(strong_scaling.csv, weak_scaling.csv, batch_size.csv, accuracy.csv, environment.csv) and five PNG plots.
 
 The package is a pure core and a thin shell, like the other stages, one module per step:
 
@@ -14,6 +14,7 @@ The package is a pure core and a thin shell, like the other stages, one module p
     render.py    render_csv / render_markdown      (text only)
     output.py    write_report(report, out_dir)     (Markdown, CSV, PNG; each file written atomically)
     command.py   main(argv)                        (the CLI)
+    keys.py      the comparability key (dataset fingerprint or path, model config, engine)
     registry.py  every table and plot named once: columns, CSV file, plot file, section title
     config.py    ReportConfig
 
@@ -28,8 +29,11 @@ Rules (docs/report.md explains them):
 - A resumed run logs some epochs twice; each epoch counts once and the later record wins.
 - Warm-up: the first epoch logged after EVERY `run_start` (graph building happens again after a
   restart) and epochs flagged `resumed` are excluded from timing statistics.
-- Rows group runs by (mode, ranks, nodes, gpus_per_node, batch_size_per_rank). A row's value is the
-  median over its runs of each run's median over its timed epochs.
+- Runs are compared only within one comparability key: the same dataset (content fingerprint from
+  run_start.dataset_id; logs without it: the recorded path and window counts, and the report says so),
+  model configuration and engine. Each key gets its own section; every CSV row carries its key columns.
+- Within a key, rows group runs by (mode, ranks, nodes, gpus_per_node, batch_size_per_rank). A row's
+  value is the median over its runs of each run's median over its timed epochs.
 - Runs with mode null (single `make submit` jobs) are not in the strong or weak tables, since nothing
   says what was held fixed between them; they are in the batch-size and accuracy tables.
 """
@@ -37,21 +41,24 @@ Rules (docs/report.md explains them):
 from .command import main
 from .config import ReportConfig
 from .output import make_report, write_report
+from .keys import ComparabilityKey, DatasetKey, run_start_key
 from .parse import (MODES, SCHEMA_VERSION, TIMING_LOG_NAME, EpochRecord, GroupKey, LoadedRuns, Run, SkipLog,
                     SkippedLog, load_runs, parse_timing_log)
-from .registry import (ACCURACY_COLUMNS, BATCH_COLUMNS, CSV_NAMES, ENVIRONMENT_COLUMNS, MARKDOWN_NAME,
-                       PLOT_NAMES, PLOTS, STRONG_COLUMNS, TABLES, WEAK_COLUMNS, PlotSpec, TableSpec)
+from .registry import (ACCURACY_COLUMNS, BATCH_COLUMNS, CSV_NAMES, ENVIRONMENT_COLUMNS, KEY_COLUMNS,
+                       MARKDOWN_NAME, PLOT_NAMES, PLOTS, STRONG_COLUMNS, TABLES, WEAK_COLUMNS, PlotSpec,
+                       TableSpec)
 from .render import render_csv, render_markdown, render_markdown_table
-from .tables import (GroupTiming, Report, RunTiming, accuracy_table, batch_size_table, build_report,
-                     environment_table, group_timings, karp_flatt, parallel_efficiency, run_timing, speedup,
-                     strong_scaling_table, weak_scaling_table)
+from .tables import (GroupTiming, Report, RunTiming, Section, accuracy_table, batch_size_table, build_report,
+                     build_section, environment_table, group_timings, karp_flatt, parallel_efficiency,
+                     run_timing, speedup, strong_scaling_table, weak_scaling_table)
 
 __all__ = [
-    "ACCURACY_COLUMNS", "BATCH_COLUMNS", "CSV_NAMES", "ENVIRONMENT_COLUMNS", "MARKDOWN_NAME", "MODES",
-    "PLOTS", "PLOT_NAMES", "SCHEMA_VERSION", "STRONG_COLUMNS", "TABLES", "TIMING_LOG_NAME", "WEAK_COLUMNS",
-    "EpochRecord", "GroupKey", "GroupTiming", "LoadedRuns", "PlotSpec", "Report", "ReportConfig", "Run",
-    "RunTiming", "SkipLog", "SkippedLog", "TableSpec", "accuracy_table", "batch_size_table", "build_report",
-    "environment_table", "group_timings", "karp_flatt", "load_runs", "main", "make_report",
-    "parallel_efficiency", "parse_timing_log", "render_csv", "render_markdown", "render_markdown_table",
+    "ACCURACY_COLUMNS", "BATCH_COLUMNS", "CSV_NAMES", "ENVIRONMENT_COLUMNS", "KEY_COLUMNS", "MARKDOWN_NAME",
+    "MODES", "PLOTS", "PLOT_NAMES", "SCHEMA_VERSION", "STRONG_COLUMNS", "TABLES", "TIMING_LOG_NAME",
+    "WEAK_COLUMNS", "ComparabilityKey", "DatasetKey", "EpochRecord", "GroupKey", "GroupTiming", "LoadedRuns",
+    "PlotSpec", "Report", "ReportConfig", "Run", "RunTiming", "Section", "SkipLog", "SkippedLog", "TableSpec",
+    "accuracy_table", "batch_size_table", "build_report", "build_section", "environment_table",
+    "group_timings", "karp_flatt", "load_runs", "main", "make_report", "parallel_efficiency",
+    "parse_timing_log", "render_csv", "render_markdown", "render_markdown_table", "run_start_key",
     "run_timing", "speedup", "strong_scaling_table", "weak_scaling_table", "write_report",
 ]

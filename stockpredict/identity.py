@@ -90,11 +90,16 @@ def fingerprint_basis(h5: h5py.File) -> dict[str, Any]:
             "sample_sha256": _sample_digest(h5)}
 
 
+def fingerprint_basis_of(path: str | Path) -> dict[str, Any]:
+    """fingerprint_basis of the file at `path` (to see what a fingerprint rests on)."""
+    with _open(path) as h5:
+        return fingerprint_basis(h5)
+
+
 def dataset_identity(path: str | Path, name: str | None = None) -> dict[str, Any]:
     """`run_start.dataset_id`: {"fingerprint", "name", "windows"}. `name` (a short human label)
     defaults to the file name without its suffix; only the fingerprint decides comparability."""
-    with _open(path) as h5:
-        basis = fingerprint_basis(h5)
+    basis = fingerprint_basis_of(path)
     digest = hashlib.sha256(json.dumps(basis, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return {"fingerprint": digest, "name": name or Path(path).stem, "windows": basis["windows"]}
 

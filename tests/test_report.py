@@ -600,3 +600,26 @@ def test_malformed_or_changing_key_fields_make_the_log_corrupt():
               epoch(2, 10.0), run_end()]
     with pytest.raises(report.SkipLog, match="changes model"):
         parse(events)
+
+
+def test_identity_of_a_preprocessed_file_round_trips_through_run_start(tiny_dataset, tmp_path):
+    # The real pipeline's file: fingerprinted from its recorded attributes, written the way the trainer
+    # will write it (timing.make_event), and read back as the report's key.
+    import shutil
+
+    from stockpredict import identity, timing
+
+    copy = tmp_path / "elsewhere.h5"
+    shutil.copy(tiny_dataset, copy)
+    dataset_id = identity.dataset_identity(tiny_dataset, name="tiny")
+    assert identity.fingerprint_basis_of(tiny_dataset)["source"] == "attrs"
+    assert identity.dataset_fingerprint(copy) == dataset_id["fingerprint"]
+    fields = {**run_start(hardware=None), "dataset_id": dataset_id,
+              "model": identity.model_identity(SMALL, 60, 2)}
+    start = timing.make_event("run_start", **{k: v for k, v in fields.items()
+                                              if k not in ("schema", "event")})
+    run, _ = parse([start, epoch(1, 9.0), epoch(2, 10.0), run_end()])
+    assert run.key.dataset.fingerprint == dataset_id["fingerprint"] and run.key.dataset.name == "tiny"
+    windows = dataset_id["windows"]
+    assert run.key.dataset.windows_text == f"{windows['train']}/{windows['val']}/{windows['test']}"
+    assert dict(run.key.model) == SMALL and run.key.engine == "horovod"

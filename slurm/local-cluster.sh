@@ -100,7 +100,8 @@ KillWait=5
 InactiveLimit=0
 MinJobAge=600
 SchedulerParameters=sched_interval=2
-NodeName=node[1-$n] NodeHostname=$host Port=[$((SLURMD_BASE_PORT + 1))-$((SLURMD_BASE_PORT + n))] CPUs=$(cpus_per_node "$n") Gres=gpu:1 State=UNKNOWN
+NodeName=node[1-$n] NodeHostname=$host Port=[$((SLURMD_BASE_PORT + 1))-$((SLURMD_BASE_PORT + n))] CPUs=$(cpus_per_node "$n") \
+    Gres=gpu:1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=node[1-$n] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
     # Fake GPUs: File=/dev/null makes the configured count match what slurmd "finds".
@@ -157,7 +158,8 @@ cmd_up() {
     slurmctld -i
     for ((k = 1; k <= n; k++)); do
         # The node's tasks inherit this affinity (TaskPlugin=task/none leaves it alone).
-        pid_alive "$CLUSTER_DIR/run/slurmd-node$k.pid" || taskset -c "$(node_cpus "$k" "$n")" slurmd -N "node$k"
+        pid_alive "$CLUSTER_DIR/run/slurmd-node$k.pid" \
+            || taskset -c "$(node_cpus "$k" "$n")" slurmd -N "node$k"
     done
     wait_for_nodes "$n"
     say "up: $n nodes, partition '$PARTITION', cores per node: $(paste -sd' ' "$CLUSTER_DIR/etc/node-cpus")"

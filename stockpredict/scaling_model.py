@@ -417,7 +417,8 @@ def held_out_check(points: Iterable[MeasuredPoint], network: str | None = None) 
     try:
         fit = fit_model(kept, network)
     except ModelError as err:
-        return HeldOut(largest, None, reason=f"without the {largest}-rank runs the model cannot be fitted: {err}")
+        return HeldOut(largest, None,
+                       reason=f"without the {largest}-rank runs the model cannot be fitted: {err}")
     held = tuple(HeldOutPoint(p, fit.point_seconds_per_epoch(p))
                  for p in points if p.kind == "train" and p.ranks == largest)
     return HeldOut(largest, fit, held)

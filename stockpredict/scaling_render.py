@@ -70,7 +70,8 @@ def render_markdown(analysis: ScalingAnalysis) -> str:
     lines += [f"- Note: {note}" for note in fit.notes]
     if analysis.predict_network:
         lines.append(f"- Predictions below are for network `{analysis.predict_network}`: the fitted compute "
-                     f"with that preset's latency and bandwidth (the held-out check uses the fitted network).")
+                     f"with that preset's latency and bandwidth (the held-out check uses the fitted "
+                     f"network).")
     lines += ["", "**Held-out check.** "]
     if held.points:
         lines[-1] += (f"Refitted without the {held.ranks}-rank runs, the model predicts them as follows "
@@ -131,7 +132,8 @@ def plot_prediction(analysis: ScalingAnalysis) -> bytes:
             continue
         color = f"C{index % 10}"
         ranks = [r["ranks"] for r in rows]
-        ax_time.plot(ranks, [r["predicted_seconds_per_epoch"] for r in rows], color=color, label=f"{name} (model)")
+        ax_time.plot(ranks, [r["predicted_seconds_per_epoch"] for r in rows], color=color,
+                     label=f"{name} (model)")
         ax_speed.plot(ranks, [r["predicted_speedup"] for r in rows], color=color, label=f"{name} (model)")
         measured = [r for r in rows if r["measured_seconds_per_epoch"] is not None]
         base = next((r["measured_seconds_per_epoch"] for r in measured if r["ranks"] == 1),

@@ -28,7 +28,8 @@ def _world(overhead, per_sample, latency, bandwidth, compute_extra=lambda b: 0.0
                 + 2 * (ranks - 1) / ranks * S / bandwidth)
         step *= 1.0 + noise * rng.uniform(-1.0, 1.0)
         steps = W // (ranks * batch)
-        return sm.MeasuredPoint(ranks, batch, steps * step, S, windows=W, mode=mode, label=f"p{ranks}-b{batch}")
+        return sm.MeasuredPoint(ranks, batch, steps * step, S, windows=W, mode=mode,
+                                label=f"p{ranks}-b{batch}")
     return run
 
 
@@ -95,7 +96,8 @@ def test_held_out_refits_without_the_largest_rank_count_and_reports_its_error():
     points = [run(1, 32), run(1, 128)] + [run(p, 32, "weak") for p in (2, 4, 8, 16)]
     # Make the 16-rank run 20 % slower than the world: the held-out check must see exactly that error.
     slow = points[-1]
-    points[-1] = sm.MeasuredPoint(16, 32, slow.seconds_per_epoch * 1.2, S, windows=W, mode="weak", label="slow")
+    points[-1] = sm.MeasuredPoint(16, 32, slow.seconds_per_epoch * 1.2, S, windows=W, mode="weak",
+                                  label="slow")
     held = sm.held_out_check(points)
     assert held.ranks == 16 and [p.point.label for p in held.points] == ["slow"]
     assert held.points[0].error == pytest.approx(1 / 1.2 - 1, abs=0.01)
@@ -130,7 +132,8 @@ def test_cost_columns_bill_gpus_or_whole_nodes():
 
 def test_predictions_cover_the_grid_per_series_with_costs():
     run = _world(overhead=1e-3, per_sample=20e-6, latency=100e-6, bandwidth=1e9)
-    points = [run(1, 256, "strong"), run(1, 32), run(2, 128, "strong"), run(3, 32, "weak"), run(4, 32, "weak")]
+    points = [run(1, 256, "strong"), run(1, 32), run(2, 128, "strong"),
+              run(3, 32, "weak"), run(4, 32, "weak")]
     analysis = sm.analyse(points, network="10gbe", pricing=sm.Pricing(2.0, target_epochs=3))
     series = {(s.mode, s.batch) for s in analysis.series}
     assert series == {("strong", 256), ("weak", 32)}
@@ -143,7 +146,8 @@ def test_predictions_cover_the_grid_per_series_with_costs():
     for r in analysis.rows:
         assert r["predicted_efficiency"] == pytest.approx(r["predicted_speedup"] / r["ranks"])
         assert r["cost_to_target"] == pytest.approx(3 * r["cost_per_epoch"])
-        assert r["cost_per_epoch"] == pytest.approx(r["predicted_seconds_per_epoch"] / 3600 * r["ranks"] * 2.0)
+        expected = r["predicted_seconds_per_epoch"] / 3600 * r["ranks"] * 2.0
+        assert r["cost_per_epoch"] == pytest.approx(expected)
     assert strong[0]["predicted_speedup"] == 1.0 and strong[0]["measured_seconds_per_epoch"] is not None
     assert [r["ranks"] for r in weak if r["measured_seconds_per_epoch"] is not None] == [1, 3, 4]
     text = write_prediction_csv(analysis)
@@ -203,6 +207,7 @@ def test_markdown_and_plot_render_the_analysis():
 
 
 def test_last_worthwhile_doubling():
-    rows = [{"ranks": r, "predicted_speedup": s} for r, s in ((1, 1.0), (2, 1.9), (4, 3.0), (8, 3.2), (16, 3.0))]
+    speedups = ((1, 1.0), (2, 1.9), (4, 3.0), (8, 3.2), (16, 3.0))
+    rows = [{"ranks": r, "predicted_speedup": s} for r, s in speedups]
     assert last_worthwhile_doubling(rows) == 4
     assert last_worthwhile_doubling([]) is None

@@ -1,6 +1,7 @@
 """A few Horovod training steps of the seed's model on random data, to record a HOROVOD_TIMELINE.
 
-    HOROVOD_TIMELINE=/tmp/t.json horovodrun -np 2 -H localhost:2 --gloo python tests/programs/timeline_train.py [STEPS]
+    HOROVOD_TIMELINE=/tmp/t.json horovodrun -np 2 -H localhost:2 --gloo \
+        python tests/programs/timeline_train.py [STEPS]
 
 Each step: forward, backward, one DistributedGradientTape allreduce of the ~49.9 KB of gradients.
 """
@@ -17,8 +18,9 @@ steps = int(sys.argv[1]) if len(sys.argv) > 1 else 30
 rng = np.random.default_rng(hvd.rank())
 x = tf.constant(rng.random((32, 60, 2), dtype=np.float32))
 y = tf.constant(rng.random((32, 1), dtype=np.float32))
-model = tf.keras.Sequential([tf.keras.Input((60, 2)), tf.keras.layers.LSTM(50), tf.keras.layers.Dropout(0.3),
-                             tf.keras.layers.Dense(32, activation="relu"), tf.keras.layers.Dense(1, activation="relu")])
+layers = tf.keras.layers
+model = tf.keras.Sequential([tf.keras.Input((60, 2)), layers.LSTM(50), layers.Dropout(0.3),
+                             layers.Dense(32, activation="relu"), layers.Dense(1, activation="relu")])
 optimizer = tf.keras.optimizers.Adam(1e-3)
 
 

@@ -1,14 +1,15 @@
 """`make demo`: the whole scaling study on this machine, end to end, with the commands it stands for.
 
-    python -m stockpredict.demo [--tickers 60 --days 15 --epochs 4 --global-batch 256 --nodes-list "1 2 4"]
+    python -m stockpredict.demo [--tickers 60 --days 15 --epochs 4 --global-batch 256 --nodes-list "1 2"]
 
 1. a synthetic S&P 500-like universe        (make data)        -> data/demo/raw/<TICKER>.csv
 2. preprocessing to windowed sequences      (make preprocess)  -> data/demo/sequences.h5
 3. the local Slurm cluster, 4 virtual nodes (make cluster-up)  -- or, when it cannot start (not root,
    no Slurm packages), Horovod ranks started with `horovodrun --gloo` on this machine
 4. a strong-scaling sweep: the same global batch on 1, 2 and 4 nodes (1 rank and 1 fake GPU per node),
-   one job at a time, because every virtual node shares this machine's cores and concurrent runs
-   would time each other
+   keeping only the node counts this machine has cores for (1 and 2 on 2 cores): each virtual node runs
+   on cores of its own (slurm/local-cluster.sh pins it), so more nodes than cores would time-share
+   instead of scale. One job at a time, so runs never share cores either.
 5. the report                               (make report)      -> results/scaling.md, CSVs, PNGs
 
 The default size finishes in about 10-15 minutes on 2 cores. Each run is an ordinary run directory in
@@ -18,7 +19,9 @@ results/runs/, so `make report` later includes the demo next to your own runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import report, slurmjobs
+from .hardware import cpu_affinity, usable_node_counts
 from .cli import UserError, get_logger, parse_int_list, run_cli
 from .submit import TrainArgs, new_run_dir, submit_train
 
@@ -51,15 +55,49 @@ class DemoConfig:
     # Min-max per ticker (fitted on train days): prices of different tickers share one [0, 1] scale, so
     # a small model learns the same 5-minute dynamics for all of them. `make preprocess` defaults to global.
     normalize: str = "per_ticker"
-    nodes_list: tuple[int, ...] = (1, 2, 4)
+    # None: 1, 2 and 4, keeping those with a core per virtual node on this machine (choose_node_counts)
+    nodes_list: tuple[int, ...] | None = None
     data_dir: str = "data/demo"
     results: str = "results"
     job_timeout_s: float = 1800.0         # per training job, queueing included
     force_local: bool = False             # skip Slurm and use horovodrun even when a cluster could start
 
 
+DEFAULT_NODE_COUNTS = (1, 2, 4)
+
+
 def say(step: str, message: str) -> None:
     print(f"demo [{step}] {message}", flush=True)
+
+
+def choose_node_counts(requested: tuple[int, ...] | None, cpus: int) -> tuple[tuple[int, ...], str]:
+    """The node counts to sweep and why. Each virtual node gets its own core(s), so a count above the
+    machine's cores would make nodes share cores: it measures time-sharing, not scaling. By default those
+    counts are left out; an explicit --nodes-list is kept as asked, with a warning."""
+    if requested is None:
+        fits, dropped = usable_node_counts(DEFAULT_NODE_COUNTS, cpus)
+        why = f"this machine has {cpus} core(s) and each virtual node gets its own"
+        if dropped:
+            return tuple(fits), (f"sweeping {', '.join(map(str, fits))} node(s): {why}; "
+                                 f"{', '.join(map(str, dropped))} nodes would share cores and time-share "
+                                 f"instead of scaling, so they are left out")
+        return tuple(fits), f"sweeping {', '.join(map(str, fits))} node(s): {why}"
+    _, shared = usable_node_counts(requested, cpus)
+    if shared:
+        return requested, (f"sweeping {', '.join(map(str, requested))} node(s) as asked; WARNING: with "
+                           f"{cpus} core(s), {', '.join(map(str, shared))} nodes share cores, so their "
+                           f"times show time-sharing, not scaling")
+    return requested, f"sweeping {', '.join(map(str, requested))} node(s) as asked ({cpus} core(s) here)"
+
+
+def cores_per_node(slurm_conf: str | Path) -> int | None:
+    """CPUs of one virtual node in the local cluster's slurm.conf (the cores it is pinned to)."""
+    try:
+        text = Path(slurm_conf).read_text()
+    except OSError:
+        return None
+    match = re.search(r"^NodeName=.*\bCPUs=(\d+)", text, re.MULTILINE)
+    return int(match.group(1)) if match else None
 
 
 def make_dataset(config: DemoConfig) -> Path:
@@ -100,11 +138,14 @@ def start_cluster(nodes: int) -> dict | None:
 def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
     """Step 4 on Slurm: one job per node count, each waited for before the next is submitted."""
     os.environ.update(SLURM_CONF=env["SLURM_CONF"])
+    # One intra-op thread per core a virtual node owns (the profile's default is 1).
+    cpus = cores_per_node(env["SLURM_CONF"])
     run_dirs = []
     for nodes in config.nodes_list:
         per_rank = config.global_batch // nodes
         args = TrainArgs(data=str(data), batch_size=per_rank, epochs=config.epochs, lr=config.lr, mode="strong")
-        sub = submit_train(args, profile="local", results=REPO / config.results, nodes=nodes, gpus_per_node=1)
+        sub = submit_train(args, profile="local", results=REPO / config.results, nodes=nodes, gpus_per_node=1,
+                           cpus_per_task=cpus)
         say("train", f"{nodes} node(s), batch {per_rank}/rank: Submitted batch job {sub.job_id} -> {sub.run_dir} "
                      f"(make submit NODES={nodes} GPUS=1 BATCH={per_rank} EPOCHS={config.epochs}, --lr {config.lr})")
         state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s)[sub.job_id]
@@ -136,6 +177,9 @@ def run_with_horovodrun(config: DemoConfig, data: Path) -> list[Path]:
 
 def run_demo(config: DemoConfig) -> list[Path]:
     """The whole study; returns the report's files."""
+    nodes_list, why = choose_node_counts(config.nodes_list, len(cpu_affinity()))
+    config = dataclasses.replace(config, nodes_list=nodes_list)
+    say("nodes", why)
     for nodes in config.nodes_list:
         if config.global_batch % nodes:
             raise UserError(f"global batch {config.global_batch} does not divide over {nodes} nodes")
@@ -159,14 +203,16 @@ def _main(argv: Sequence[str] | None) -> int:
     for f in fields(DemoConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.name == "nodes_list":
-            parser.add_argument(flag, default=" ".join(map(str, defaults.nodes_list)), help='e.g. "1 2 4"')
+            parser.add_argument(flag, default=None,
+                                help='e.g. "1 2 4" (default: 1, 2, 4 where this machine has a core per node)')
         elif f.name == "force_local":
             parser.add_argument(flag, action="store_true", help="use horovodrun even if Slurm could start")
         else:
             parser.add_argument(flag, type=type(getattr(defaults, f.name)), default=getattr(defaults, f.name))
     ns = parser.parse_args(argv)
-    ns.nodes_list = tuple(parse_int_list(ns.nodes_list, "--nodes-list"))
-    if min(ns.nodes_list) < 1:
+    if ns.nodes_list is not None:
+        ns.nodes_list = tuple(parse_int_list(ns.nodes_list, "--nodes-list"))
+    if ns.nodes_list is not None and min(ns.nodes_list) < 1:
         raise UserError(f"--nodes-list must hold positive integers, got {ns.nodes_list}")
     for name in ("tickers", "days", "epochs", "global_batch"):
         if getattr(ns, name) < 1:

@@ -44,3 +44,25 @@ def test_demo_rejects_a_batch_that_does_not_divide(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: global batch 100 does not divide over 3 nodes"]
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("requested, cpus, expected", [
+    (None, 2, (1, 2)), (None, 3, (1, 2)), (None, 4, (1, 2, 4)), (None, 1, (1,)),
+    ((1, 4), 2, (1, 4)),                      # asked for explicitly: kept, with a warning
+])
+def test_the_demo_sweeps_node_counts_this_machine_has_cores_for(requested, cpus, expected):
+    from stockpredict.demo import choose_node_counts
+
+    counts, why = choose_node_counts(requested, cpus)
+    assert counts == expected
+    assert f"{cpus} core(s)" in why
+    assert ("share cores" in why) == (max(requested or (1, 2, 4)) > cpus)
+
+
+def test_cores_per_node_reads_the_local_clusters_node_line(tmp_path):
+    from stockpredict.demo import cores_per_node
+
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("CpuFreqDef=x CPUs=9\nNodeName=node[1-2] NodeHostname=h Port=[1-2] CPUs=3 Gres=gpu:1\n")
+    assert cores_per_node(conf) == 3
+    assert cores_per_node(tmp_path / "missing.conf") is None

@@ -102,3 +102,39 @@ def test_cluster_script_refuses_to_run_without_root():
     assert proc.returncode == 1
     assert proc.stderr.strip() == "local-cluster: must run as root (slurmd runs jobs as their owner); " \
                                   "try: sudo make cluster-up"
+
+
+@pytest.mark.cluster
+def test_virtual_nodes_run_their_tasks_on_cores_of_their_own(slurm_cluster, job_dir):
+    """The local cluster pins each slurmd to its own core(s) (etc/node-cpus) and tasks inherit it: the
+    tasks of a job on as many nodes as this machine has cores (at most 4) get disjoint CPU affinities."""
+    from conftest import CLUSTER_DIR
+    from stockpredict.hardware import cpu_affinity
+
+    nodes = max(2, min(4, len(cpu_affinity())))
+    probe = "import json, os; from stockpredict.hardware import affinity_summary; " \
+            "print(json.dumps(dict(node=os.environ['SLURMD_NODENAME'], **affinity_summary())))"
+    script = job_dir / "affinity.sbatch"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --nodes={nodes}
+        #SBATCH --ntasks-per-node=1
+        #SBATCH --output={job_dir}/slurm-%j.out
+        #SBATCH --time=00:05:00
+        set -euo pipefail
+        srun --kill-on-bad-exit=1 {sys.executable} -c "{probe}"
+        """))
+    job_id = slurm_cluster.sbatch(script)
+    state = slurm_cluster.wait(job_id, timeout_s=120)
+    output = (job_dir / f"slurm-{job_id}.out").read_text()
+    assert state == "COMPLETED", output
+    tasks = read_json_lines(job_dir / f"slurm-{job_id}.out")
+    assert len({t["node"] for t in tasks}) == nodes, output
+    cpu_sets = [set(t["cpu_affinity"]) for t in tasks]
+    assert all(cpus for cpus in cpu_sets) and sum(map(len, cpu_sets)) == len(set().union(*cpu_sets)), tasks
+    # The same layout the cluster script wrote for those nodes.
+    layout = dict(line.split() for line in (CLUSTER_DIR / "etc" / "node-cpus").read_text().splitlines())
+    for task in tasks:
+        expected = layout[task["node"]]
+        first, _, last = expected.partition("-")
+        assert task["cpu_affinity"] == list(range(int(first), int(last or first) + 1)), (task, expected)

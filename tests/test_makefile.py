@@ -50,7 +50,8 @@ def test_make_data_and_preprocess_take_hostile_paths_as_they_are(tmp_path, canar
     proc = _make("data", f"RAW={raw}", "TICKERS=2", "DAYS=2", "SEED=3")
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.suffix for p in raw.iterdir()) == [".csv", ".csv"]
-    proc = _make("preprocess", f"RAW={raw}", f"OUT={out}", "PREPROCESS_ARGS=--workers 1 --tz 'America/New_York'")
+    proc = _make("preprocess", f"RAW={raw}", f"OUT={out}",
+                 "PREPROCESS_ARGS=--workers 1 --tz 'America/New_York'")
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and out.stat().st_size > 0
     argv = _echoed(proc.stdout, "preprocess")

@@ -38,8 +38,8 @@ def installed(tmp_path_factory) -> Path:
     src = tmp / "src"
     shutil.copytree(REPO, src, symlinks=True, ignore=_NOT_SOURCE)  # build/ and egg-info land in the copy
     wheels, target = tmp / "wheels", tmp / "site"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
-             str(src)]
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+             "-w", str(wheels), str(src)]
     proc = subprocess.run(build, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (wheel,) = wheels.glob("stockpredict-*.whl")
@@ -51,9 +51,9 @@ def installed(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_an_installed_wheel_renders_the_golden_scripts_and_every_profile(installed, tmp_path):
+    env = {"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-c", _RENDER], input=json.dumps(CASES), capture_output=True,
-                          text=True, cwd=tmp_path, env={"PYTHONPATH": str(installed), "PATH": "/usr/bin:/bin"},
-                          timeout=120)
+                          text=True, cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert Path(out["module"]).is_relative_to(installed)   # the installed copy, not this checkout

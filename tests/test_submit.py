@@ -20,8 +20,8 @@ from stockpredict.cli import UserError
 # `-o .venv/.setup-done`: run the Makefile's real submit/sweep lines without re-running `make setup`.
 MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.setup-done"]
 # The same without any setup step: the venv running this test, SETUP_DONE= (see the Makefile).
-MAKE_NO_SETUP = ["make", "--no-print-directory", "-C", str(REPO), f"VENV={Path(sys.executable).parent.parent}",
-                 "SETUP_DONE="]
+MAKE_NO_SETUP = ["make", "--no-print-directory", "-C", str(REPO), "SETUP_DONE=",
+                 f"VENV={Path(sys.executable).parent.parent}"]
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-\d{3}-n(\d+)-g(\d+)-b(\d+)$")
 
 

@@ -223,8 +223,8 @@ def _render_and_submit(spec: JobSpec, run_dir: Path, extra: dict, sbatch_args: l
 def _announce(sub: Submission) -> None:
     if sub.job_id is None:
         print(sub.script, end="")
-        print(f"dry run: nothing submitted; the script is kept in {sub.run_dir / SCRIPT_NAME}. "
-              f"Submit with the same command without the dry run (it renders into a new run directory).")
+        print(f"dry run: nothing submitted; script kept in {sub.run_dir / SCRIPT_NAME}; "
+              f"to submit, run the same command without the dry run")
         return
     # This first line is a contract: it is exactly what sbatch prints, so scripts can parse the job id.
     print(f"Submitted batch job {sub.job_id}")

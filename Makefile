@@ -45,6 +45,7 @@ raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
 $(foreach v,$(USER_VARS),$(eval export SP_$(v) := $$($(v))))
 PY := $(VENV)/bin/python
+override PY := $(call raw,PY)
 export SP_PY := $(PY)
 
 # $(call words_of,NAME,array): the words of $$SP_NAME in the bash array `array`, split as the shell splits

@@ -6,8 +6,10 @@ SHELL := bash
 
 PYTHON_SYS ?= python3
 VENV       ?= .venv
-PY         := $(VENV)/bin/python
-SETUP_DONE := $(VENV)/.setup-done
+# The setup sentinel: `make setup` runs again when pyproject.toml or constraints.txt are newer.
+# SETUP_DONE= (empty) means "use VENV as it is and never run setup": the tests run make this way
+# (make ... VENV=<the venv running pytest> SETUP_DONE=), so a test can never reinstall the environment.
+SETUP_DONE  = $(VENV)/.setup-done
 
 # TensorFlow build: `cpu` (default) or `gpu` (CUDA build, for GPU clusters).
 TF_EXTRA   ?= cpu
@@ -25,6 +27,33 @@ TICKERS ?= 503
 DAYS    ?= 21
 SEED    ?= 0
 RESULTS ?= results
+
+# --- how user values reach the programs ------------------------------------------------------------
+# Every value a user can set (paths, numbers, lists) reaches the programs byte for byte: a path may hold
+# spaces, quotes, `;`, `$(...)` or backticks and nothing in it is ever executed. Two rules make this so:
+#   1. make never expands a value typed on the command line or taken from the environment: `raw` returns
+#      it as typed ($(value ...)); only the Makefile's own defaults (DATA ?= $(OUT)) are expanded.
+#      `override` also stops make from exporting (and so expanding) the command-line value itself.
+#   2. recipes never paste a value into a shell line: each one is exported as SP_<NAME> (a prefix, so
+#      names like TIME or RUN cannot change other programs' behaviour) and read as "$$SP_<NAME>", always
+#      in double quotes, passed as --flag="$$SP_X" so a value starting with '-' stays a value.
+# The extra-argument lists (PREPROCESS_ARGS, PYTEST_ARGS) are split into words by `words_of` below.
+# VENV names a make target too, so it cannot contain spaces (a make limitation).
+USER_VARS := PYTHON_SYS VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
+             BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS
+raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
+$(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
+$(foreach v,$(USER_VARS),$(eval export SP_$(v) := $$($(v))))
+PY := $(VENV)/bin/python
+override PY := $(call raw,PY)
+export SP_PY := $(PY)
+
+# $(call words_of,NAME,array): the words of $$SP_NAME in the bash array `array`, split as the shell splits
+# words ('a b' and "a b" stay one word) by xargs, which expands and executes nothing; a stray quote fails.
+words_of = mapfile -d '' $(2) < <(printf '%s' "$$SP_$(1)" | xargs -r printf '%s\0'); wait $$!
+# $(show) prog args...: print the command with its arguments shell-quoted (as the program receives
+# them), then run it. The recipes using it start with @, so this line replaces make's own echo.
+show = show() { local q; q=$$(printf '%q ' "$$@"); echo "$${q% }"; "$$@"; }; show
 
 # Point Slurm clients at the local test cluster when it is running and no SLURM_CONF is set.
 LOCAL_SLURM_CONF := $(CURDIR)/.cluster/etc/slurm.conf
@@ -55,28 +84,30 @@ system-deps: ## Install Slurm, munge, Open MPI, cmake, g++ (apt-get, as root on 
 .PHONY: setup
 setup: $(SETUP_DONE) ## Create .venv, install pinned dependencies, build and check Horovod
 
+ifneq ($(SETUP_DONE),)
 $(SETUP_DONE): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
-	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
-	$(PY) -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
-	$(PY) -m pip install -q -c constraints.txt -e '.[$(TF_EXTRA),test]'
-	@if ! $(PY) -c 'import horovod.tensorflow' 2>/dev/null; then \
+	@if [[ ! -x "$$SP_PY" ]]; then $(show) "$$SP_PYTHON_SYS" -m venv "$$SP_VENV"; fi
+	@$(show) "$$SP_PY" -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	@$(show) "$$SP_PY" -m pip install -q -c constraints.txt -e ".[$$SP_TF_EXTRA,test]"
+	@if ! "$$SP_PY" -c 'import horovod.tensorflow' 2>/dev/null; then \
 		echo "setup: building horovod 0.28.1 against TensorFlow (about 3 minutes on 2 cores)"; \
-		env $(HOROVOD_BUILD_ENV) $(PY) -m pip install -q --no-build-isolation --no-cache-dir \
+		env $(HOROVOD_BUILD_ENV) "$$SP_PY" -m pip install -q --no-build-isolation --no-cache-dir \
 			-c constraints.txt horovod==0.28.1; \
 	fi
-	@TF_CPP_MIN_LOG_LEVEL=2 $(VENV)/bin/horovodrun --check-build | tee $(VENV)/horovod-check-build.txt
+	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_VENV/bin/horovodrun" --check-build | tee "$$SP_VENV/horovod-check-build.txt"
 	@for want in TensorFlow MPI Gloo; do \
-		grep -qE "\[X\] $$want" $(VENV)/horovod-check-build.txt \
+		grep -qE "\[X\] $$want" "$$SP_VENV/horovod-check-build.txt" \
 			|| { echo "setup: horovod was built without $$want (see above)" >&2; exit 1; }; done
-	@touch $@
+	@touch "$$SP_SETUP_DONE"
 	@echo "setup: done"
+endif
 
 # --- local Slurm cluster -------------------------------------------------------------------------
 
 .PHONY: cluster-up cluster-down cluster-status
 cluster-up: ## Start the local test cluster: NODES virtual nodes (default 4), 1 fake GPU each
-	@bash slurm/local-cluster.sh up $(or $(NODES),4)
+	@bash slurm/local-cluster.sh up "$${SP_NODES:-4}"
 
 cluster-down: ## Stop the daemons the local cluster started
 	@bash slurm/local-cluster.sh down
@@ -86,60 +117,73 @@ cluster-status: ## Show sinfo and squeue of the local cluster
 
 # --- tests ---------------------------------------------------------------------------------------
 
-.PHONY: test
+.PHONY: test test-fast lint
 test: setup ## Run the whole test suite (starts the local cluster itself); what CI runs
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" "$${args[@]}"
+
+test-fast: setup ## The suite without the cluster and slow tests: the edit-test loop [PYTEST_ARGS=]
+	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" -m "not cluster and not slow" "$${args[@]}"
+
+# Not run by `make test` yet: the code base still has violations (see README, Tests).
+lint: setup ## Check the code with ruff (rules and line length: [tool.ruff] in pyproject.toml)
+	@$(show) "$$SP_VENV/bin/ruff" check .
 
 # --- the study -----------------------------------------------------------------------------------
 
 .PHONY: data
 data: setup ## Write a synthetic S&P 500 universe [RAW=data/raw TICKERS=503 DAYS=21 SEED=0]
-	$(PY) -m preprocess.synthetic --out $(RAW) --tickers $(TICKERS) --days $(DAYS) --seed $(SEED)
+	@$(show) "$$SP_PY" -m preprocess.synthetic --out="$$SP_RAW" --tickers="$$SP_TICKERS" --days="$$SP_DAYS" \
+		--seed="$$SP_SEED"
 
 .PHONY: preprocess
 preprocess: setup ## Raw minute bars -> windowed HDF5 [RAW=data/raw OUT=data/processed/sequences.h5]
-	$(PY) -m preprocess --raw $(RAW) --out $(OUT) $(PREPROCESS_ARGS)
+	@$(call words_of,PREPROCESS_ARGS,extra); \
+	$(show) "$$SP_PY" -m preprocess --raw="$$SP_RAW" --out="$$SP_OUT" "$${extra[@]}"
 
 # --- training jobs (stockpredict.submit) ---------------------------------------------------------
 # NODES, GPUS (per node; 0 = CPU only), EPOCHS, BATCH (per rank), DATA, PROFILE, DRY_RUN=1, TIME.
-# Unset variables fall back to the profile's and the trainer's defaults.
-SUBMIT_FLAGS = $(if $(NODES),--nodes $(NODES)) $(if $(GPUS),--gpus-per-node $(GPUS)) \
-               $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(BATCH),--batch-size $(BATCH)) \
-               --data $(DATA) $(if $(PROFILE),--profile $(PROFILE)) $(if $(TIME),--time $(TIME)) \
-               $(if $(filter 1 yes true,$(DRY_RUN)),--dry-run) --results $(RESULTS)
+# Unset variables fall back to the profile's and the trainer's defaults. SUBMIT_FLAGS is shell code that
+# fills the bash array `flags` from the SP_* variables (see "how user values reach the programs").
+flag = [[ -z "$$SP_$(1)" ]] || flags+=("$(2)=$$SP_$(1)");
+SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-node) \
+               $(call flag,EPOCHS,--epochs) $(call flag,BATCH,--batch-size) flags+=("--data=$$SP_DATA"); \
+               $(call flag,PROFILE,--profile) $(call flag,TIME,--time) \
+               $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) flags+=("--results=$$SP_RESULTS")
 
 .PHONY: submit sweep status logs
 submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1]
-	@$(PY) -m stockpredict.submit train $(SUBMIT_FLAGS)
+	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
 sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1]
-	@$(PY) -m stockpredict.submit sweep $(SUBMIT_FLAGS) --nodes-list "$(or $(NODES_LIST),1 2 4)" \
-		--batch-list "$(or $(BATCH_LIST),32 64 128 256)" --mode $(or $(MODE),strong) --repeats $(or $(REPEATS),1)
+	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit sweep "$${flags[@]}" \
+		--nodes-list="$${SP_NODES_LIST:-1 2 4}" --batch-list="$${SP_BATCH_LIST:-32 64 128 256}" \
+		--mode="$${SP_MODE:-strong}" --repeats="$${SP_REPEATS:-1}"
 
-status: ## Show this toolkit's jobs in the Slurm queue
-	@$(PY) -m stockpredict.submit status --results $(RESULTS)
+status: ## Show this toolkit's jobs in the Slurm queue (found by the job ids in RESULTS)
+	@"$$SP_PY" -m stockpredict.submit status --results="$$SP_RESULTS"
 
 logs: ## Show a run's Slurm output and training log [RUN=<run-id>]
-	@$(PY) -m stockpredict.submit logs $(RUN) --results $(RESULTS)
+	@"$$SP_PY" -m stockpredict.submit logs --results="$$SP_RESULTS" $${SP_RUN:+-- "$$SP_RUN"}
 
 # --- report and demo -----------------------------------------------------------------------------
 
 .PHONY: report demo
 report: setup ## Scaling tables (Markdown, CSV) and plots from results/runs/*/timing.jsonl
-	$(PY) -m stockpredict.report --runs $(RESULTS)/runs --out $(RESULTS)
+	@$(show) "$$SP_PY" -m stockpredict.report --runs="$$SP_RESULTS/runs" --out="$$SP_RESULTS"
 
 demo: setup ## The whole study on this machine: data, preprocess, local cluster, 1/2/4-node sweep, report
-	$(PY) -m stockpredict.demo
+	@$(show) "$$SP_PY" -m stockpredict.demo
 
 # --- benchmarks (numbers go in the README; never run by `make test`) -----------------------------
 
 .PHONY: bench-preprocess bench-train
 bench-preprocess: setup ## Preprocessing at full S&P scale vs the seed's windowing
-	$(PY) benchmarks/bench_preprocess.py
+	@$(show) "$$SP_PY" benchmarks/bench_preprocess.py
 
 bench-train: setup ## Trainer throughput: HDF5 streaming vs in-memory fit, 1 vs 2 ranks, peak RSS
-	$(PY) benchmarks/bench_train.py
+	@$(show) "$$SP_PY" benchmarks/bench_train.py
 
 .PHONY: clean
 clean: ## Remove processed data, the demo's data and run outputs (keeps data/raw, .venv, the cluster)
-	rm -rf data/processed data/demo $(RESULTS)/runs $(RESULTS)/jobs $(RESULTS)/scaling.md $(RESULTS)/*.csv $(RESULTS)/*.png
+	@$(show) rm -rf -- data/processed data/demo "$$SP_RESULTS/runs" "$$SP_RESULTS/jobs" "$$SP_RESULTS/dry-runs" \
+		"$$SP_RESULTS/scaling.md" "$$SP_RESULTS"/*.csv "$$SP_RESULTS"/*.png

@@ -32,8 +32,12 @@ else:  # pragma: no cover - Python 3.9/3.10
     import tomli as tomllib
 
 REPO = Path(__file__).resolve().parents[1]
-TEMPLATE_DIR = REPO / "templates"
-PROFILE_DIR = REPO / "slurm" / "profiles"
+# Package data, so that a non-editable install renders the same scripts as the checkout. In the checkout
+# these are symbolic links to the top-level templates/ and slurm/profiles/ (where users read and add
+# them); a wheel holds copies (pyproject.toml, [tool.setuptools.package-data]).
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATE_DIR = PACKAGE_DIR / "templates"
+PROFILE_DIR = PACKAGE_DIR / "profiles"
 
 JOB_KINDS = ("train", "preprocess", "report")
 # How ranks are started. srun-* use Slurm's PMI plugins (no ssh, no host file); mpirun reads the

@@ -12,6 +12,12 @@ the rendered `job.sbatch`, `submit.json` (the resolved job parameters and the jo
 `slurm-<jobid>.out` and everything the trainer writes there (`--run-dir`): timing.jsonl, checkpoints, model.
 The run id reads `<YYYYmmdd-HHMMSS-mmm>-n<nodes>-g<gpus per node>-b<batch per rank>`.
 
+A dry run (`--dry-run`, `make submit DRY_RUN=1`) renders without submitting and creates nothing under
+`results/runs/` (which holds only real runs, so the report's warnings about unfinished runs mean
+something): the printed script is the one a real submission would write, with the run directory it would
+use, and a copy is kept in `results/dry-runs/<run-id>/` (job.sbatch, submit.json). A missing data file is
+only a warning then, so the script can be read before the data exists.
+
 From Python, `submit_training(...)` runs the same trainer through submitit (Slurm when sbatch is on PATH,
 submitit's local executor otherwise) and writes the same kind of run directory.
 """
@@ -41,6 +47,7 @@ log = get_logger("stockpredict.submit")
 
 RUNS_SUBDIR = "runs"   # results/runs/<run-id>/: one training run each (what `make report` reads)
 JOBS_SUBDIR = "jobs"   # results/jobs/<id>/: preprocess and report jobs
+DRY_RUNS_SUBDIR = "dry-runs"  # results/dry-runs/<id>/: what a dry run rendered (never read by the report)
 SCRIPT_NAME = "job.sbatch"
 RECORD_NAME = "submit.json"
 OUTPUT_PATTERN = "slurm-%j.out"
@@ -78,8 +85,22 @@ def _check_train_args(args: TrainArgs) -> None:
         raise UserError(f"epochs must be an integer >= 1, got {args.epochs!r}")
     if args.mode not in (None, "strong", "weak"):
         raise UserError(f"mode must be strong or weak, got {args.mode!r}")
-    if not Path(args.data).is_file():
-        raise UserError(f"data file {args.data} not found; build it with `make preprocess` (or pass DATA=)")
+
+
+_warned_missing: set[str] = set()
+
+
+def _check_data(data: str, dry_run: bool) -> None:
+    """A missing data file stops a submission; a dry run only warns (once per file), so a newcomer can
+    read the script before preprocessing."""
+    if Path(data).is_file():
+        return
+    if not dry_run:
+        raise UserError(f"data file {data} not found; build it with `make preprocess` (or pass DATA=)")
+    if data not in _warned_missing:
+        _warned_missing.add(data)
+        log.warning("data file %s not found; rendering anyway (dry run). Build it with `make preprocess` "
+                    "(or pass DATA=) before submitting", data)
 
 
 # --- run directories ------------------------------------------------------------------------------
@@ -126,9 +147,11 @@ class Submission:
 
 def submit_train(args: TrainArgs, profile: str = "local", results: str | Path = "results",
                  dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
-    """Render one training job into a fresh run directory and sbatch it (unless `dry_run`)."""
+    """Render one training job into a fresh run directory and sbatch it (unless `dry_run`: see the module
+    docstring for where a dry run keeps its script)."""
     args = dataclasses.replace(args, data=str(Path(args.data).resolve()))
     _check_train_args(args)
+    _check_data(args.data, dry_run)
     if not dry_run:
         slurmjobs.require_sbatch()
     sbatch_args = _dependency_args(after)
@@ -138,9 +161,17 @@ def submit_train(args: TrainArgs, profile: str = "local", results: str | Path = 
         gpus = load_profile(profile).get("gpus_per_node", JobSpec.gpus_per_node)
     # Validate before creating anything, so bad input leaves no empty run directory behind.
     train_spec(profile, Path("/nonexistent/run"), args, **overrides)
-    run_dir = new_run_dir(Path(results).resolve() / RUNS_SUBDIR, f"n{nodes}-g{gpus}-b{args.batch_size}")
-    spec = train_spec(profile, run_dir, args, **overrides)
+    run_dir, target = _job_dir(results, RUNS_SUBDIR, f"n{nodes}-g{gpus}-b{args.batch_size}", dry_run)
+    spec = train_spec(profile, target, args, **overrides)
     return _render_and_submit(spec, run_dir, {"train": dataclasses.asdict(args)}, sbatch_args, dry_run)
+
+
+def _job_dir(results: str | Path, subdir: str, suffix: str, dry_run: bool) -> tuple[Path, Path]:
+    """(directory created for the script and record, directory the job runs in). The same for a real
+    submission; a dry run keeps its files under dry-runs/ and renders the path a real run would get."""
+    root = Path(results).resolve()
+    made = new_run_dir(root / (DRY_RUNS_SUBDIR if dry_run else subdir), suffix)
+    return made, root / subdir / made.name
 
 
 def submit_aux(kind: str, command: list[str], profile: str = "local", results: str | Path = "results",
@@ -154,8 +185,8 @@ def submit_aux(kind: str, command: list[str], profile: str = "local", results: s
     values.update(kind=kind, nodes=1, tasks_per_node=1, gpus_per_node=0, launcher="none",
                   job_name=f"stockpredict-{kind}", command=["python", "-m", *command])
     validate(make_spec(dict(values, output="/nonexistent/x")))
-    job_dir = new_run_dir(Path(results).resolve() / JOBS_SUBDIR, kind)
-    spec = validate(make_spec(dict(values, output=str(job_dir / OUTPUT_PATTERN))))
+    job_dir, target = _job_dir(results, JOBS_SUBDIR, kind, dry_run)
+    spec = validate(make_spec(dict(values, output=str(target / OUTPUT_PATTERN))))
     return _render_and_submit(spec, job_dir, {}, sbatch_args, dry_run)
 
 
@@ -192,7 +223,8 @@ def _render_and_submit(spec: JobSpec, run_dir: Path, extra: dict, sbatch_args: l
 def _announce(sub: Submission) -> None:
     if sub.job_id is None:
         print(sub.script, end="")
-        print(f"dry run: wrote {sub.run_dir / SCRIPT_NAME}; submit it with: sbatch {sub.run_dir / SCRIPT_NAME}")
+        print(f"dry run: nothing submitted; script kept in {sub.run_dir / SCRIPT_NAME}; "
+              f"to submit, run the same command without the dry run")
         return
     # This first line is a contract: it is exactly what sbatch prints, so scripts can parse the job id.
     print(f"Submitted batch job {sub.job_id}")
@@ -233,29 +265,51 @@ def sweep_grid(nodes_list: Sequence[int], batch_list: Sequence[int], mode: str, 
 # --- status and logs --------------------------------------------------------------------------------
 
 def _runs_by_job(results: Path) -> dict[str, str]:
+    """{job id: run id} of every submission recorded under results/runs/ and results/jobs/."""
     found = {}
     for sub in (RUNS_SUBDIR, JOBS_SUBDIR):
         for record in (results / sub).glob(f"*/{RECORD_NAME}"):
             try:
                 job_id = json.loads(record.read_text()).get("job_id")
-            except (OSError, json.JSONDecodeError):
+            except (OSError, json.JSONDecodeError, AttributeError):
                 continue
             if job_id:
                 found[str(job_id)] = record.parent.name
     return found
 
 
+SQUEUE_FORMAT = "%i|%j|%T|%M|%D|%R"  # job id | name | state | elapsed | nodes | reason or node list
+
+
+def status_rows(squeue_out: str, runs: dict[str, str]) -> list[tuple[str, str, str, str, str, str]]:
+    """This toolkit's lines of `squeue -h -o SQUEUE_FORMAT`: jobs whose id a run directory records (so a
+    custom --job-name shows too), plus jobs named stockpredict* (e.g. submitted with another RESULTS).
+
+    Array and heterogeneous job ids (`41_3`, `41+0`) match the recorded id `41`. A name may contain '|'.
+    """
+    rows = []
+    for line in squeue_out.splitlines():
+        fields = line.split("|")
+        if len(fields) < 6:
+            continue
+        job_id, name = fields[0], "|".join(fields[1:-4])
+        if re.split(r"[_+]", job_id)[0] in runs or name.startswith("stockpredict"):
+            rows.append((job_id, name, *fields[-4:]))
+    return rows
+
+
 def show_status(results: Path) -> int:
     if shutil.which("squeue") is None:
         raise UserError("squeue is not on PATH: start the local cluster with `make cluster-up` or load Slurm")
-    proc = subprocess.run(["squeue", "-h", "-o", "%i|%j|%T|%M|%D|%R"], capture_output=True, text=True)
+    proc = subprocess.run(["squeue", "-h", "-o", SQUEUE_FORMAT], capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"squeue failed: {' '.join(proc.stderr.split())}")
     runs = _runs_by_job(results)
-    rows = [line.split("|") for line in proc.stdout.splitlines() if "|stockpredict" in line]
+    rows = status_rows(proc.stdout, runs)
     print(f"{'JOBID':>8}  {'STATE':<10} {'TIME':>10} {'NODES':>5}  {'NAME':<22} {'RUN':<34} REASON/NODES")
     for job_id, name, state, elapsed, nodes, reason in rows:
-        print(f"{job_id:>8}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {runs.get(job_id, '-'):<34} {reason}")
+        run = runs.get(re.split(r"[_+]", job_id)[0], "-")
+        print(f"{job_id:>8}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {run:<34} {reason}")
     if not rows:
         print("(no stockpredict jobs in the queue)")
     return 0
@@ -324,6 +378,7 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
     args = TrainArgs(data=str(Path(data).resolve()), batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
                      mode=mode)
     _check_train_args(args)
+    _check_data(args.data, dry_run=False)
     spec = train_spec(profile, Path("/nonexistent/run"), args, nodes=nodes, gpus_per_node=gpus_per_node,
                       time=time, **overrides)
     executor = submitit.AutoExecutor(folder="/nonexistent", cluster=cluster)
@@ -454,6 +509,7 @@ def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
     grid = sweep_grid(parse_int_list(ns.nodes_list, "NODES_LIST"), parse_int_list(ns.batch_list, "BATCH_LIST"),
                       ns.mode, ranks_per_node, ns.repeats)
     # Check every run of the grid before submitting the first, so a bad value never leaves half a sweep.
+    _check_data(str(Path(ns.data).resolve()), ns.dry_run)
     for run in grid:
         args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
         _check_train_args(dataclasses.replace(args, data=str(Path(args.data).resolve())))
@@ -466,6 +522,10 @@ def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
         print(f"{sub.job_id or 'dry-run':>8}  {sub.run_id:<36} {run['nodes']:>5} {run['ranks']:>5} "
               f"{run['batch_per_rank']:>10} {run['global_batch']:>7} {run['repeat']:>6}  {run['mode']}",
               flush=True)
+    if ns.dry_run:
+        print(f"dry run: nothing submitted; the {len(grid)} scripts are kept under "
+              f"{Path(ns.results).resolve() / DRY_RUNS_SUBDIR}/<run id>/")
+        return
     print(f"{len(grid)} runs under {Path(ns.results).resolve() / RUNS_SUBDIR}; follow them with `make status`")
 
 

@@ -59,6 +59,7 @@ def test_four_nodes_one_gpu_each(slurm_cluster, job_dir):
     assert [r["cuda_visible_devices"] for r in ranks] == ["0", "0", "0", "0"]
 
 
+@pytest.mark.slow
 def test_horovodrun_gloo_two_ranks():
     horovodrun = REPO / ".venv" / "bin" / "horovodrun"
     proc = subprocess.run(

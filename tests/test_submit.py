@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,9 @@ from stockpredict.cli import UserError
 
 # `-o .venv/.setup-done`: run the Makefile's real submit/sweep lines without re-running `make setup`.
 MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.setup-done"]
+# The same without any setup step: the venv running this test, SETUP_DONE= (see the Makefile).
+MAKE_NO_SETUP = ["make", "--no-print-directory", "-C", str(REPO), "SETUP_DONE=",
+                 f"VENV={Path(sys.executable).parent.parent}"]
 RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-\d{3}-n(\d+)-g(\d+)-b(\d+)$")
 
 
@@ -66,19 +70,54 @@ def test_slurm_time_to_minutes(text, minutes):
 
 # --- the command line without a cluster ------------------------------------------------------------
 
-def test_dry_run_prints_the_script_and_writes_the_run_dir(tmp_path):
+def test_dry_run_prints_the_script_and_creates_nothing_under_runs(tmp_path):
     data = tmp_path / "seq.h5"
     data.write_bytes(b"")
+    res = tmp_path / "res"
     proc = _cli("train", "--nodes", "2", "--gpus-per-node", "1", "--batch-size", "64", "--data", str(data),
-                "--dry-run", "--results", str(tmp_path / "res"))
+                "--dry-run", "--results", str(res))
     assert proc.returncode == 0, proc.stderr
-    (run_dir,) = (tmp_path / "res" / "runs").iterdir()
-    assert RUN_ID_RE.match(run_dir.name).groups() == ("2", "1", "64")
-    script = (run_dir / "job.sbatch").read_text()
+    assert not (res / "runs").exists()
+    # The copy kept in dry-runs/ is the printed script, which names the run directory a real run gets.
+    (kept,) = (res / "dry-runs").iterdir()
+    assert RUN_ID_RE.match(kept.name).groups() == ("2", "1", "64")
+    script = (kept / "job.sbatch").read_text()
     assert proc.stdout.startswith(script) and "Submitted batch job" not in proc.stdout
-    assert f"--run-dir {run_dir} --resume --batch-size 64" in script
-    record = json.loads((run_dir / "submit.json").read_text())
+    assert f"--run-dir {res / 'runs' / kept.name} --resume --batch-size 64" in script
+    assert f"#SBATCH --output={res / 'runs' / kept.name}/slurm-%j.out" in script
+    record = json.loads((kept / "submit.json").read_text())
     assert record["job"]["nodes"] == 2 and record["train"]["batch_size"] == 64 and record["job_id"] is None
+    assert record["dry_run"] is True
+
+
+def test_dry_run_renders_without_the_data_file_with_a_one_line_warning(tmp_path):
+    missing = tmp_path / "not yet" / "seq.h5"
+    proc = _cli("train", "--data", str(missing), "--dry-run", "--results", str(tmp_path / "res"))
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "WARNING" in warnings[0] and f"data file {missing} not found" in warnings[0]
+    assert f"--data {shlex.quote(str(missing))}" in proc.stdout
+    assert not (tmp_path / "res" / "runs").exists()
+
+
+def test_sweep_dry_run_keeps_its_scripts_outside_runs_and_warns_once(tmp_path):
+    res = tmp_path / "res"
+    proc = _cli("sweep", "--data", str(tmp_path / "missing.h5"), "--nodes-list", "1 2", "--batch-list", "64",
+                "--dry-run", "--results", str(res))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("not found") == 1
+    assert not (res / "runs").exists()
+    kept = sorted(p.name for p in (res / "dry-runs").iterdir())
+    rows = [line.split() for line in proc.stdout.splitlines() if line.lstrip().startswith("dry-run")]
+    assert [row[1] for row in rows] == kept and len(kept) == 2
+    assert "nothing submitted" in proc.stdout
+
+
+def test_missing_data_file_stops_a_real_submission(tmp_path):
+    proc = _cli("train", "--data", "/no/such/file.h5", "--results", str(tmp_path / "res"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "data file /no/such/file.h5 not found" in proc.stderr
+    assert not (tmp_path / "res").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -87,7 +126,6 @@ def test_dry_run_prints_the_script_and_writes_the_run_dir(tmp_path):
     (["--partition", "debug; rm -rf ~"], "partition"),
     (["--job-name", "x$(touch CANARY)"], "job name"),
     (["--profile", "nope"], "no profile 'nope'"),
-    (["--data", "/no/such/file.h5"], "data file /no/such/file.h5 not found"),
     (["--launcher", "ssh"], "launcher 'ssh'"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path, argv, message):
@@ -107,7 +145,7 @@ def test_sweep_rejects_indivisible_grid_before_submitting_anything(tmp_path):
     proc = _cli("sweep", "--data", str(data), "--nodes-list", "1 3", "--batch-list", "64", "--dry-run",
                 "--results", str(tmp_path / "res"))
     assert proc.returncode == 2 and "does not divide evenly over 3 ranks" in proc.stderr
-    assert not (tmp_path / "res" / "runs").exists() or not list((tmp_path / "res" / "runs").iterdir())
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("job.sbatch"))
 
 
 def test_without_sbatch_the_message_points_to_cluster_up_or_dry_run(tmp_path):
@@ -119,6 +157,49 @@ def test_without_sbatch_the_message_points_to_cluster_up_or_dry_run(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "make cluster-up" in proc.stderr and "DRY_RUN=1" in proc.stderr
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("job.sbatch"))
+
+
+def _record(results: Path, sub: str, run_id: str, job_id: str | None) -> None:
+    (results / sub / run_id).mkdir(parents=True)
+    (results / sub / run_id / "submit.json").write_text(json.dumps({"run_id": run_id, "job_id": job_id}))
+
+
+QUEUE = ("41|my-own-name|RUNNING|1:02|2|node[1-2]\n"
+         "42_3|stockpredict-report|PENDING|0:00|1|(Dependency)\n"
+         "43|stockpredict-train|PENDING|0:00|1|(Resources)\n"
+         "44|someone-else|RUNNING|9:00|1|node3\n"
+         "45|a|b|RUNNING|0:01|1|node4\n")
+
+
+def test_status_finds_jobs_by_the_recorded_ids_whatever_their_name(tmp_path):
+    _record(tmp_path, "runs", "20261126-143012-417-n2-g1-b32", "41")
+    _record(tmp_path, "jobs", "20261126-143013-000-report", "42")
+    _record(tmp_path, "runs", "20261126-143014-000-n1-g0-b32", None)   # a dry run of old: no job id
+    _record(tmp_path, "runs", "20261126-143015-000-n1-g0-b32", "45")
+    rows = submit.status_rows(QUEUE, submit._runs_by_job(tmp_path))
+    assert [(r[0], r[1], r[2]) for r in rows] == [("41", "my-own-name", "RUNNING"),
+                                                  ("42_3", "stockpredict-report", "PENDING"),
+                                                  ("43", "stockpredict-train", "PENDING"),
+                                                  ("45", "a|b", "RUNNING")]
+
+
+def test_make_status_shows_a_custom_job_name_with_its_run(tmp_path):
+    # A real squeue needs the cluster; this one is an executable on PATH that prints a fixed queue.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f"#!/bin/bash\nprintf '%s' {shlex.quote(QUEUE)}\n")
+    (bin_dir / "squeue").chmod(0o755)
+    results = tmp_path / "results"
+    _record(results, "runs", "20261126-143012-417-n2-g1-b32", "41")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    proc = subprocess.run([*MAKE_NO_SETUP, "status", f"RESULTS={results}"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["JOBID", "STATE", "TIME", "NODES", "NAME", "RUN", "REASON/NODES"]
+    assert lines[1].split() == ["41", "RUNNING", "1:02", "2", "my-own-name", "20261126-143012-417-n2-g1-b32",
+                                "node[1-2]"]
+    assert [line.split()[0] for line in lines[1:]] == ["41", "42_3", "43"]
 
 
 def test_logs_of_an_unknown_run_says_how_to_ask(tmp_path):

@@ -69,6 +69,7 @@ def small_dataset(tiny_dataset, tmp_path_factory) -> Path:
     return derive(tiny_dataset, tmp_path_factory.mktemp("small") / "small.h5", train_rows=2500)
 
 
+@pytest.mark.slow
 def test_single_process_learns_and_beats_persistence(tiny_dataset, tmp_path):
     run = tmp_path / "run"
     assert run_main("--data", tiny_dataset, "--run-dir", run, "--epochs", "3", "--batch-size", "128",
@@ -110,6 +111,7 @@ def _send_stop_after_first_epoch(run_dir: Path, pid: int, delay_s: float = 0.0) 
     return thread
 
 
+@pytest.mark.slow
 def test_resumed_runs_end_like_an_uninterrupted_one(small_dataset, tmp_path):
     common = ["--data", small_dataset, "--batch-size", "32", "--lr", "1e-3", "--seed", "7",
               "--stop-check-steps", "1"]
@@ -198,6 +200,7 @@ def _horovodrun(*args, **kwargs):
     return [str(HOROVODRUN), "-np", "2", "-H", "localhost:2", "--gloo", *TRAIN_CMD, *map(str, args)]
 
 
+@pytest.mark.slow
 def test_horovodrun_two_ranks_preempted_by_usr1_then_resumed(tiny_dataset, tmp_path):
     data = derive(tiny_dataset, tmp_path / "data.h5", train_rows=8000)
     run = tmp_path / "run"
@@ -236,6 +239,7 @@ def test_horovodrun_two_ranks_preempted_by_usr1_then_resumed(tiny_dataset, tmp_p
     assert len(checksums) == 2 and checksums[0] == checksums[1]
 
 
+@pytest.mark.slow
 def test_horovodrun_bad_input_every_rank_exits_nonzero_with_one_message(small_dataset, tmp_path):
     started = time.monotonic()
     proc = subprocess.run(_horovodrun("--data", small_dataset, "--run-dir", tmp_path / "run",

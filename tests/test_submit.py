@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import pytest
 from conftest import REPO, read_json_lines
 from stockpredict import submit
 from stockpredict.cli import UserError
+from stockpredict.config import parse_args
 
 # `-o .venv/.setup-done`: run the Makefile's real submit/sweep lines without re-running `make setup`.
 MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.setup-done"]
@@ -79,6 +81,40 @@ def test_dry_run_prints_the_script_and_writes_the_run_dir(tmp_path):
     assert f"--run-dir {run_dir} --resume --batch-size 64" in script
     record = json.loads((run_dir / "submit.json").read_text())
     assert record["job"]["nodes"] == 2 and record["train"]["batch_size"] == 64 and record["job_id"] is None
+
+
+def test_fractional_warmup_and_every_trainer_flag_reach_the_job_script(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"), "--epochs", "3",
+                "--warmup-epochs", "0.5", "--lr", "0.002", "--seed", "4", "--cpus-per-task", "2")
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "res" / "runs").iterdir()
+    line = next(line for line in (run_dir / "job.sbatch").read_text().splitlines() if "stockpredict.train" in line)
+    argv = line.split("-m stockpredict.train ", 1)[1].removesuffix(" &").split()
+    # the job's trainer parses exactly the config that submit.json records
+    record = json.loads((run_dir / "submit.json").read_text())["train"]
+    assert dataclasses.asdict(parse_args(argv)) == record
+    assert record["warmup_epochs"] == 0.5 and record["resume"] and record["threads"] == 2
+    assert record["run_dir"] == str(run_dir) and record["data"] == str(data.resolve())
+
+
+def test_the_control_side_imports_neither_tensorflow_nor_horovod():
+    modules = ["stockpredict.submit", "stockpredict.report", "stockpredict.demo", "stockpredict.config",
+               "stockpredict.layout", "stockpredict.checkpoints", "stockpredict.preemption", "preprocess.store"]
+    code = ("import importlib, json, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'horovod',"
+            " 'keras'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    # the check is able to fail: the trainer's loop does import them
+    code = code.replace(repr(modules), repr(["stockpredict.loop"]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert "tensorflow" in json.loads(proc.stdout), proc.stderr
 
 
 @pytest.mark.parametrize("argv, message", [

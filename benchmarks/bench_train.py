@@ -35,7 +35,7 @@ import h5py
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script from a checkout: the repo's stockpredict, not an installed one
+sys.path.insert(0, str(REPO))  # run as a script: this checkout's stockpredict
 from stockpredict import layout  # noqa: E402 -- after the path line; h5py/numpy only, no TensorFlow
 PYTHON = sys.executable
 HOROVODRUN = str(Path(PYTHON).parent / "horovodrun")
@@ -66,7 +66,8 @@ def write_random_sequences(path: Path, windows: dict, seed: int = 0) -> Path:
                 y[a:b] = walk[:, -1].astype(np.float32)
                 ticker[a:b] = rng.integers(0, n_tickers, m, dtype=np.int32)
                 end[a:b] = np.arange(a, b, dtype=np.int64) * 60
-        handle.create_dataset(layout.TICKERS, data=np.array([f"T{i:03d}" for i in range(n_tickers)], dtype=object),
+        names = np.array([f"T{i:03d}" for i in range(n_tickers)], dtype=object)
+        handle.create_dataset(layout.TICKERS, data=names,
                               dtype=h5py.string_dtype("utf-8"))
         attrs = handle.attrs
         attrs[layout.ATTR_SCHEMA_VERSION] = layout.SCHEMA_VERSION

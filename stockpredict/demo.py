@@ -104,9 +104,10 @@ def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
     run_dirs = []
     for nodes in config.nodes_list:
         per_rank = config.global_batch // nodes
-        train = TrainConfig(data=str(data), run_dir="", batch_size=per_rank, epochs=config.epochs, lr=config.lr,
-                            mode="strong")
-        sub = submit_train(train, profile="local", results=REPO / config.results, nodes=nodes, gpus_per_node=1)
+        train = TrainConfig(data=str(data), run_dir="", batch_size=per_rank, epochs=config.epochs,
+                            lr=config.lr, mode="strong")
+        sub = submit_train(train, profile="local", results=REPO / config.results, nodes=nodes,
+                           gpus_per_node=1)
         say("train", f"{nodes} node(s), batch {per_rank}/rank: Submitted batch job {sub.job_id} -> {sub.run_dir} "
                      f"(make submit NODES={nodes} GPUS=1 BATCH={per_rank} EPOCHS={config.epochs}, --lr {config.lr})")
         state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s)[sub.job_id]

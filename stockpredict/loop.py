@@ -474,7 +474,8 @@ def hardware_summary(gpu_devices: Sequence[str], environ: Mapping[str, str] = os
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                       cpu)
     except OSError:
         pass
     try:

@@ -319,7 +319,8 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
         raise UserError(f"submitit's {executor.cluster} executor runs one task; asked for {spec.ranks} ranks "
                         f"(start the cluster with `make cluster-up` for multi-rank runs)")
     run_dir = new_run_dir(Path(results).resolve() / RUNS_SUBDIR, f"n{nodes}-g{gpus_per_node}-b{batch_size}")
-    spec = train_spec(profile, run_dir, config, nodes=nodes, gpus_per_node=gpus_per_node, time=time, **overrides)
+    spec = train_spec(profile, run_dir, config, nodes=nodes, gpus_per_node=gpus_per_node, time=time,
+                      **overrides)
     executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=cluster)
     launcher = {"srun-pmix": ["--mpi=pmix"], "srun-pmi2": ["--mpi=pmi2"]}.get(spec.launcher)
     if launcher is None:
@@ -378,7 +379,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(ns, k) for k in _SPEC_FLAGS if getattr(ns, k, None) is not None}
 
 
-def _train_args(ns: argparse.Namespace, batch_size: int | None = None, mode: str | None = None) -> TrainConfig:
+def _train_args(ns: argparse.Namespace, batch_size: int | None = None,
+                mode: str | None = None) -> TrainConfig:
     """The TrainConfig of the trainer flags given on the command line (run_dir is set per run)."""
     values = {name: getattr(ns, name) for name in TRAIN_FLAGS if hasattr(ns, name)}
     if batch_size is not None:

@@ -86,11 +86,13 @@ def test_dry_run_prints_the_script_and_writes_the_run_dir(tmp_path):
 def test_fractional_warmup_and_every_trainer_flag_reach_the_job_script(tmp_path):
     data = tmp_path / "seq.h5"
     data.write_bytes(b"")
-    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"), "--epochs", "3",
-                "--warmup-epochs", "0.5", "--lr", "0.002", "--seed", "4", "--cpus-per-task", "2")
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"),
+                "--epochs", "3", "--warmup-epochs", "0.5", "--lr", "0.002", "--seed", "4",
+                "--cpus-per-task", "2")
     assert proc.returncode == 0, proc.stderr
     (run_dir,) = (tmp_path / "res" / "runs").iterdir()
-    line = next(line for line in (run_dir / "job.sbatch").read_text().splitlines() if "stockpredict.train" in line)
+    script = (run_dir / "job.sbatch").read_text()
+    line = next(line for line in script.splitlines() if "stockpredict.train" in line)
     argv = line.split("-m stockpredict.train ", 1)[1].removesuffix(" &").split()
     # the job's trainer parses exactly the config that submit.json records
     record = json.loads((run_dir / "submit.json").read_text())["train"]
@@ -101,7 +103,8 @@ def test_fractional_warmup_and_every_trainer_flag_reach_the_job_script(tmp_path)
 
 def test_the_control_side_imports_neither_tensorflow_nor_horovod():
     modules = ["stockpredict.submit", "stockpredict.report", "stockpredict.demo", "stockpredict.config",
-               "stockpredict.layout", "stockpredict.checkpoints", "stockpredict.preemption", "preprocess.store"]
+               "stockpredict.layout", "stockpredict.checkpoints", "stockpredict.preemption",
+               "preprocess.store"]
     code = ("import importlib, json, sys\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'horovod',"

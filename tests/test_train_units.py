@@ -106,7 +106,7 @@ def test_train_config_rejects_unknown_keys_and_bad_values():
 
 
 @pytest.mark.parametrize("values", [
-    {},                                                     # every default: only --data, --run-dir, --batch-size
+    {},  # every default: only --data, --run-dir, --batch-size
     {"warmup_epochs": 0.5, "lr": 3e-4, "resume": True, "threads": 2, "mode": "weak"},
     {"epochs": 1, "batch_size": 7, "lstm_units": 8, "dropout": 0.0, "dense_units": 4, "seed": 12,
      "stop_check_steps": 3, "max_steps": 9, "warmup_epochs": 2.0, "lr": 1.0},

@@ -21,9 +21,7 @@ import h5py
 import numpy as np
 
 from stockpredict.cli import UserError
-
-SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
+from stockpredict.layout import SCHEMA_VERSION as SCHEMA_VERSION, SPLITS  # re-exported for the pipeline
 TEMP_SUFFIX = ".tmp"
 # gzip (deflate) is in every HDF5 build, so any HDF5 reader opens the file; level 4 measured best on
 # size and chunk-aligned read speed at an affordable write cost (docs/data.md, "HDF5 codecs").

@@ -6,8 +6,9 @@ as one per-sample read, so per-sample (fancy-index) reads would starve the model
 
 Shuffling is two-level and fully determined by (seed, epoch, rank): the shard's blocks are visited in
 a random order, a few blocks at a time are read into a buffer, and the buffer's rows are permuted.
-The whole file is never held in memory; peak memory is about one buffer (BLOCK_WINDOWS *
-BLOCKS_PER_BUFFER windows) plus the prefetched batches.
+Blocks are the file's own HDF5 chunks (SequencesInfo.block_windows, read from /train/x), so every
+read decompresses whole chunks once. The whole file is never held in memory; peak memory is about
+one buffer (block_windows * BLOCKS_PER_BUFFER windows) plus the prefetched batches.
 
 File layout (schema_version 1, written by `preprocess`): `/{train,val,test}/{x,y,ticker,window_end}`,
 root attrs `features`, `target_feature`, `seq_len`, `normalization`, `norm_min`, `norm_max`, ...
@@ -24,13 +25,14 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from . import layout
 from .cli import UserError
+from .layout import SCHEMA_VERSION, SPLITS
 
-SCHEMA_VERSION = 1
-SPLITS = ("train", "val", "test")
-# 2,048 windows of 60 x 2 float32 = 1 MB per read; 16 blocks = a 16 MB shuffle buffer of 32,768
-# windows drawn from 16 random places of the shard.
-BLOCK_WINDOWS = 2048
+# Block length of a file without chunks (the default chunk: 2,048 windows of 60 x 2 float32 = 1 MB
+# per read); a chunked file's blocks are its chunk length. 16 blocks = a 16 MB shuffle buffer of
+# 32,768 windows drawn from 16 random places of the shard.
+BLOCK_WINDOWS = layout.DEFAULT_CHUNK_WINDOWS
 BLOCKS_PER_BUFFER = 16
 # Batches handed from Python to tf.data at once.
 GROUP_BATCHES = 32
@@ -52,6 +54,7 @@ class SequencesInfo:
     normalization: str        # "global" or "per_ticker"
     norm_min: np.ndarray      # (n_features,) or (n_tickers, n_features), float64
     norm_max: np.ndarray
+    block_windows: int = BLOCK_WINDOWS  # /train/x chunk length: the trainer's aligned read unit
 
 
 def _text(value) -> str:
@@ -102,6 +105,7 @@ def read_sequences_info(path: str | Path) -> SequencesInfo:
             windows=windows, normalization=_text(attrs.get("normalization", "global")),
             norm_min=np.asarray(attrs["norm_min"], np.float64),
             norm_max=np.asarray(attrs["norm_max"], np.float64),
+            block_windows=layout.chunk_windows(handle["train/x"], BLOCK_WINDOWS),
         )
 
 
@@ -193,7 +197,7 @@ def train_dataset(info: SequencesInfo, batch_size: int, steps: int, seed: int, e
         # from_generator pays a Python round trip per element: hand over GROUP_BATCHES batches at
         # a time and let unbatch() (C++) split them.
         batches = iter_train_batches(info.path, start, stop, batch_size, steps, seed, epoch, rank,
-                                     skip_steps)
+                                     skip_steps, block=info.block_windows)
         while chunk := list(itertools.islice(batches, GROUP_BATCHES)):
             yield np.stack([x for x, _ in chunk]), np.stack([y for _, y in chunk])
 

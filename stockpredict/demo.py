@@ -32,7 +32,8 @@ from typing import Sequence
 from . import report, slurmjobs
 from .hardware import cpu_affinity, usable_node_counts
 from .cli import UserError, get_logger, parse_int_list, run_cli
-from .submit import TrainArgs, new_run_dir, submit_train
+from .config import TrainConfig
+from .submit import new_run_dir, submit_train
 
 log = get_logger("stockpredict.demo")
 REPO = Path(__file__).resolve().parents[1]
@@ -143,9 +144,10 @@ def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
     run_dirs = []
     for nodes in config.nodes_list:
         per_rank = config.global_batch // nodes
-        args = TrainArgs(data=str(data), batch_size=per_rank, epochs=config.epochs, lr=config.lr, mode="strong")
-        sub = submit_train(args, profile="local", results=REPO / config.results, nodes=nodes, gpus_per_node=1,
-                           cpus_per_task=cpus)
+        train = TrainConfig(data=str(data), run_dir="", batch_size=per_rank, epochs=config.epochs,
+                            lr=config.lr, mode="strong")
+        sub = submit_train(train, profile="local", results=REPO / config.results, nodes=nodes,
+                           gpus_per_node=1, cpus_per_task=cpus)
         say("train", f"{nodes} node(s), batch {per_rank}/rank: Submitted batch job {sub.job_id} -> {sub.run_dir} "
                      f"(make submit NODES={nodes} GPUS=1 BATCH={per_rank} EPOCHS={config.epochs}, --lr {config.lr})")
         state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s)[sub.job_id]
@@ -162,10 +164,10 @@ def run_with_horovodrun(config: DemoConfig, data: Path) -> list[Path]:
     for ranks in config.nodes_list:
         per_rank = config.global_batch // ranks
         run_dir = new_run_dir(REPO / config.results / "runs", f"n1-g0-b{per_rank}-local{ranks}")
+        train = TrainConfig(data=str(data), run_dir=str(run_dir), batch_size=per_rank, epochs=config.epochs,
+                            lr=config.lr, mode="strong", threads=1)
         cmd = [str(horovodrun), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
-               sys.executable, "-m", "stockpredict.train", "--data", str(data), "--run-dir", str(run_dir),
-               "--batch-size", str(per_rank), "--epochs", str(config.epochs), "--lr", str(config.lr), "--mode", "strong",
-               "--threads", "1"]
+               sys.executable, "-m", "stockpredict.train", *train.to_argv()]
         say("train", f"{ranks} rank(s), batch {per_rank}/rank: {' '.join(cmd[:6])} ... -> {run_dir}")
         with open(run_dir / "horovodrun.out", "w") as out:
             status = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO).returncode

@@ -40,6 +40,7 @@ from typing import Any, Sequence
 
 from . import slurmjobs
 from .cli import UserError, get_logger, parse_int_list, run_cli
+from .config import TrainConfig, add_train_arguments
 from .files import write_atomic
 from .render import JobSpec, load_profile, make_spec, render_job, validate
 
@@ -51,40 +52,15 @@ DRY_RUNS_SUBDIR = "dry-runs"  # results/dry-runs/<id>/: what a dry run rendered 
 SCRIPT_NAME = "job.sbatch"
 RECORD_NAME = "submit.json"
 OUTPUT_PATTERN = "slurm-%j.out"
-DEFAULT_BATCH = 32     # per rank; the seed's baseline
+DEFAULT_BATCH = TrainConfig.batch_size  # per rank; the seed's baseline
+# The trainer flags `submit train` and `submit sweep` take (typed once, in stockpredict/config.py).
+TRAIN_FLAGS = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "seed")
 
 
-@dataclass(frozen=True)
-class TrainArgs:
-    """What the trainer is asked to do (`python -m stockpredict.train`); None = the trainer's default."""
-
-    data: str                        # HDF5 file from preprocessing (made absolute before submission)
-    batch_size: int = DEFAULT_BATCH  # per rank; global batch = batch_size x ranks
-    epochs: int | None = None
-    lr: float | None = None          # base learning rate, scaled by the trainer with the rank count
-    warmup_epochs: int | None = None
-    seed: int | None = None
-    mode: str | None = None          # "strong" or "weak" when part of a sweep; recorded in timing.jsonl
-
-
-def trainer_argv(args: TrainArgs, run_dir: Path, threads: int) -> list[str]:
-    """The trainer's command line. --resume always: a requeued job continues from its checkpoint."""
-    argv = ["--data", args.data, "--run-dir", str(run_dir), "--resume",
-            "--batch-size", str(args.batch_size), "--threads", str(threads)]
-    for flag, value in (("--epochs", args.epochs), ("--lr", args.lr),
-                        ("--warmup-epochs", args.warmup_epochs), ("--seed", args.seed), ("--mode", args.mode)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
-
-
-def _check_train_args(args: TrainArgs) -> None:
-    if isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1:
-        raise UserError(f"batch size must be an integer >= 1, got {args.batch_size!r}")
-    if args.epochs is not None and (not isinstance(args.epochs, int) or args.epochs < 1):
-        raise UserError(f"epochs must be an integer >= 1, got {args.epochs!r}")
-    if args.mode not in (None, "strong", "weak"):
-        raise UserError(f"mode must be strong or weak, got {args.mode!r}")
+def job_config(config: TrainConfig, run_dir: Path, threads: int) -> TrainConfig:
+    """What a job's trainer runs: `config` in `run_dir`, with one thread per allocated CPU, and
+    --resume always, so a requeued job continues from its checkpoint."""
+    return dataclasses.replace(config, run_dir=str(run_dir), resume=True, threads=threads)
 
 
 _warned_missing: set[str] = set()
@@ -126,14 +102,14 @@ def new_run_dir(parent: Path, suffix: str) -> Path:
 
 # --- building and submitting jobs -------------------------------------------------------------------
 
-def train_spec(profile: str, run_dir: Path, args: TrainArgs, **overrides: Any) -> JobSpec:
+def train_spec(profile: str, run_dir: Path, config: TrainConfig, **overrides: Any) -> JobSpec:
     """The JobSpec of one training run: profile defaults, then `overrides` (None values are ignored)."""
     values: dict[str, Any] = dict(load_profile(profile))
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.update(kind="train", requeue=True, run_dir=str(run_dir), output=str(run_dir / OUTPUT_PATTERN),
                   job_name=values.get("job_name") or "stockpredict-train")
     cpus = values.get("cpus_per_task", JobSpec.cpus_per_task)
-    values["command"] = ["python", "-m", "stockpredict.train", *trainer_argv(args, run_dir, cpus)]
+    values["command"] = ["python", "-m", "stockpredict.train", *job_config(config, run_dir, cpus).to_argv()]
     return validate(make_spec(values))
 
 
@@ -145,13 +121,15 @@ class Submission:
     script: str
 
 
-def submit_train(args: TrainArgs, profile: str = "local", results: str | Path = "results",
+def submit_train(config: TrainConfig, profile: str = "local", results: str | Path = "results",
                  dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
     """Render one training job into a fresh run directory and sbatch it (unless `dry_run`: see the module
-    docstring for where a dry run keeps its script)."""
-    args = dataclasses.replace(args, data=str(Path(args.data).resolve()))
-    _check_train_args(args)
-    _check_data(args.data, dry_run)
+    docstring for where a dry run keeps its script).
+
+    `config.run_dir`, `resume` and `threads` are set here (see job_config); pass run_dir="".
+    """
+    config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
+    _check_data(config.data, dry_run)
     if not dry_run:
         slurmjobs.require_sbatch()
     sbatch_args = _dependency_args(after)
@@ -160,10 +138,11 @@ def submit_train(args: TrainArgs, profile: str = "local", results: str | Path = 
     if gpus is None:
         gpus = load_profile(profile).get("gpus_per_node", JobSpec.gpus_per_node)
     # Validate before creating anything, so bad input leaves no empty run directory behind.
-    train_spec(profile, Path("/nonexistent/run"), args, **overrides)
-    run_dir, target = _job_dir(results, RUNS_SUBDIR, f"n{nodes}-g{gpus}-b{args.batch_size}", dry_run)
-    spec = train_spec(profile, target, args, **overrides)
-    return _render_and_submit(spec, run_dir, {"train": dataclasses.asdict(args)}, sbatch_args, dry_run)
+    train_spec(profile, Path("/nonexistent/run"), config, **overrides)
+    run_dir, target = _job_dir(results, RUNS_SUBDIR, f"n{nodes}-g{gpus}-b{config.batch_size}", dry_run)
+    spec = train_spec(profile, target, config, **overrides)
+    train = dataclasses.asdict(job_config(config, target, spec.cpus_per_task))
+    return _render_and_submit(spec, run_dir, {"train": train}, sbatch_args, dry_run)
 
 
 def _job_dir(results: str | Path, subdir: str, suffix: str, dry_run: bool) -> tuple[Path, Path]:
@@ -366,27 +345,31 @@ def _import_submitit():
 def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs: int | None = None,
                     batch_size: int = DEFAULT_BATCH, profile: str = "local", results: str | Path = "results",
                     time: str | None = None, mode: str | None = None, lr: float | None = None,
-                    seed: int | None = None, cluster: str | None = None, **overrides: Any):
+                    seed: int | None = None, warmup_epochs: float | None = None, cluster: str | None = None,
+                    config: TrainConfig | None = None, **overrides: Any):
     """Submit one training run with submitit and return its `submitit.Job` (one result per rank).
 
     Slurm when sbatch is on PATH (srun --mpi=pmix, the profile's partition and setup lines), submitit's
     local executor otherwise (one task; nodes must then be 1). `cluster` forces "slurm", "local" or
     "debug". The run directory `results/runs/<run-id>/` gets the trainer's outputs, `submit.json`, and
     submitit's own logs in `submitit/`. `time` is a Slurm time limit (minutes are rounded up).
+    `config` (a TrainConfig) sets any other trainer field; the keyword arguments given win over it.
     """
     submitit, TrainerCall = _import_submitit()
-    args = TrainArgs(data=str(Path(data).resolve()), batch_size=batch_size, epochs=epochs, lr=lr, seed=seed,
-                     mode=mode)
-    _check_train_args(args)
-    _check_data(args.data, dry_run=False)
-    spec = train_spec(profile, Path("/nonexistent/run"), args, nodes=nodes, gpus_per_node=gpus_per_node,
+    given = dict(epochs=epochs, lr=lr, seed=seed, mode=mode, warmup_epochs=warmup_epochs)
+    base = config or TrainConfig(data=data, run_dir="")
+    config = dataclasses.replace(base, data=str(Path(data).resolve()), batch_size=batch_size,
+                                 **{k: v for k, v in given.items() if v is not None})
+    _check_data(config.data, dry_run=False)
+    spec = train_spec(profile, Path("/nonexistent/run"), config, nodes=nodes, gpus_per_node=gpus_per_node,
                       time=time, **overrides)
     executor = submitit.AutoExecutor(folder="/nonexistent", cluster=cluster)
     if executor.cluster != "slurm" and spec.ranks != 1:
         raise UserError(f"submitit's {executor.cluster} executor runs one task; asked for {spec.ranks} ranks "
                         f"(start the cluster with `make cluster-up` for multi-rank runs)")
     run_dir = new_run_dir(Path(results).resolve() / RUNS_SUBDIR, f"n{nodes}-g{gpus_per_node}-b{batch_size}")
-    spec = train_spec(profile, run_dir, args, nodes=nodes, gpus_per_node=gpus_per_node, time=time, **overrides)
+    spec = train_spec(profile, run_dir, config, nodes=nodes, gpus_per_node=gpus_per_node, time=time,
+                      **overrides)
     executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=cluster)
     launcher = {"srun-pmix": ["--mpi=pmix"], "srun-pmi2": ["--mpi=pmi2"]}.get(spec.launcher)
     if launcher is None:
@@ -401,9 +384,9 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
         if getattr(spec, key) is not None:
             params[f"slurm_{key}"] = getattr(spec, key)
     executor.update_parameters(**params)
-    argv = trainer_argv(args, run_dir, spec.cpus_per_task)
-    job = executor.submit(TrainerCall(), argv)
-    record = {"run_id": run_dir.name, "job": dataclasses.asdict(spec), "train": dataclasses.asdict(args),
+    trainer = job_config(config, run_dir, spec.cpus_per_task)
+    job = executor.submit(TrainerCall(), trainer.to_argv())
+    record = {"run_id": run_dir.name, "job": dataclasses.asdict(spec), "train": dataclasses.asdict(trainer),
               "job_id": str(job.job_id), "submitit": {"cluster": executor.cluster, "parameters": params}}
     write_atomic(run_dir / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     log.info("submitted run %s as job %s (%s)", run_dir.name, job.job_id, executor.cluster)
@@ -433,12 +416,8 @@ def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
         parser.add_argument("--launcher", help="srun-pmix (default), srun-pmi2, mpirun, horovodrun-gloo")
         parser.add_argument("--signal-seconds", type=int, help="SIGUSR1 this long before the time limit")
         parser.add_argument("--job-name")
-        parser.add_argument("--data", required=True, help="HDF5 sequences file from preprocessing")
-        parser.add_argument("--epochs", type=int)
-        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="per rank (default 32)")
-        parser.add_argument("--lr", type=float, help="base learning rate (scaled by the rank count)")
-        parser.add_argument("--warmup-epochs", type=int)
-        parser.add_argument("--seed", type=int)
+        # Unset trainer flags stay out of the namespace: TrainConfig's defaults apply.
+        add_train_arguments(parser, TRAIN_FLAGS, suppress_defaults=True)
 
 
 _SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
@@ -449,9 +428,15 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     return {k: getattr(ns, k) for k in _SPEC_FLAGS if getattr(ns, k, None) is not None}
 
 
-def _train_args(ns: argparse.Namespace, batch_size: int | None = None, mode: str | None = None) -> TrainArgs:
-    return TrainArgs(data=ns.data, batch_size=batch_size or ns.batch_size, epochs=ns.epochs, lr=ns.lr,
-                     warmup_epochs=ns.warmup_epochs, seed=ns.seed, mode=mode)
+def _train_args(ns: argparse.Namespace, batch_size: int | None = None,
+                mode: str | None = None) -> TrainConfig:
+    """The TrainConfig of the trainer flags given on the command line (run_dir is set per run)."""
+    values = {name: getattr(ns, name) for name in TRAIN_FLAGS if hasattr(ns, name)}
+    if batch_size is not None:
+        values["batch_size"] = batch_size
+    if mode is not None:
+        values["mode"] = mode
+    return TrainConfig.from_mapping(dict(values, run_dir=""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -512,7 +497,6 @@ def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
     _check_data(str(Path(ns.data).resolve()), ns.dry_run)
     for run in grid:
         args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
-        _check_train_args(dataclasses.replace(args, data=str(Path(args.data).resolve())))
         train_spec(ns.profile, Path("/nonexistent/run"), args, **dict(overrides, nodes=run["nodes"]))
     header = f"{'job_id':>8}  {'run_id':<36} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} {'global':>7} {'repeat':>6}  mode"
     print(header)

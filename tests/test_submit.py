@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,6 +17,7 @@ import pytest
 from conftest import REPO, read_json_lines
 from stockpredict import submit
 from stockpredict.cli import UserError
+from stockpredict.config import parse_args
 
 # `-o .venv/.setup-done`: run the Makefile's real submit/sweep lines without re-running `make setup`.
 MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.setup-done"]
@@ -118,6 +120,45 @@ def test_missing_data_file_stops_a_real_submission(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "data file /no/such/file.h5 not found" in proc.stderr
     assert not (tmp_path / "res").exists()
+
+
+def test_fractional_warmup_and_every_trainer_flag_reach_the_job_script(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"),
+                "--epochs", "3", "--warmup-epochs", "0.5", "--lr", "0.002", "--seed", "4",
+                "--cpus-per-task", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "res" / "runs").exists()  # a dry run keeps its files under dry-runs/
+    (kept,) = (tmp_path / "res" / "dry-runs").iterdir()
+    run_dir = tmp_path / "res" / "runs" / kept.name  # where the job would run
+    script = (kept / "job.sbatch").read_text()
+    line = next(line for line in script.splitlines() if "stockpredict.train" in line)
+    argv = line.split("-m stockpredict.train ", 1)[1].removesuffix(" &").split()
+    # the job's trainer parses exactly the config that submit.json records
+    record = json.loads((kept / "submit.json").read_text())["train"]
+    assert dataclasses.asdict(parse_args(argv)) == record
+    assert record["warmup_epochs"] == 0.5 and record["resume"] and record["threads"] == 2
+    assert record["run_dir"] == str(run_dir) and record["data"] == str(data.resolve())
+
+
+def test_the_control_side_imports_neither_tensorflow_nor_horovod():
+    modules = ["stockpredict.submit", "stockpredict.report", "stockpredict.demo", "stockpredict.config",
+               "stockpredict.layout", "stockpredict.checkpoints", "stockpredict.preemption",
+               "preprocess.store"]
+    code = ("import importlib, json, sys\n"
+            f"for name in {modules!r}: importlib.import_module(name)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'horovod',"
+            " 'keras'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
+    # the check is able to fail: the trainer's loop does import them
+    code = code.replace(repr(modules), repr(["stockpredict.loop"]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert "tensorflow" in json.loads(proc.stdout), proc.stderr
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, wait_until
-from stockpredict import timing
+from stockpredict import checkpoints, loop, preemption, timing
 from stockpredict import train as train_module
 
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
@@ -49,7 +49,7 @@ def derive(src: Path, dst: Path, train_rows: int | None = None, features: int | 
 
 
 def run_main(*args: str) -> int:
-    train_module._stop_requested = False
+    preemption.clear_stop()
     return train_module.main([str(a) for a in args], exit_now_when_preempted=False)
 
 
@@ -60,7 +60,7 @@ def events(run_dir: Path) -> list[dict]:
 def final_weights(run_dir: Path) -> list[np.ndarray]:
     import tensorflow as tf
 
-    return tf.keras.models.load_model(run_dir / train_module.MODEL_FILE).get_weights()
+    return tf.keras.models.load_model(run_dir / loop.MODEL_FILE).get_weights()
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_resumed_runs_end_like_an_uninterrupted_one(small_dataset, tmp_path):
     watcher = _send_stop_after_first_epoch(preempted, os.getpid(), delay_s=epoch_2_seconds / 4)
     assert run_main(*common, "--run-dir", preempted, "--epochs", "3") == train_module.EXIT_PREEMPTED
     watcher.join()
-    (epochs_done, step, _), = train_module.list_checkpoints(preempted)[-1:]
+    (epochs_done, step, _), = checkpoints.list_checkpoints(preempted)[-1:]
     assert epochs_done == 1 and 0 < step < 2500 // 32, "the stop should land inside epoch 2"
     assert run_main(*common, "--run-dir", preempted, "--epochs", "3", "--resume") == 0
 
@@ -224,7 +224,7 @@ def test_horovodrun_two_ranks_preempted_by_usr1_then_resumed(tiny_dataset, tmp_p
     assert proc.returncode != 0
     assert f"exit with status code {train_module.EXIT_PREEMPTED}." in out, out
     assert events(run)[-1]["status"] == "preempted"
-    assert train_module.list_checkpoints(run)[-1][0] >= 1
+    assert checkpoints.list_checkpoints(run)[-1][0] >= 1
 
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr

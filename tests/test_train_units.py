@@ -9,9 +9,10 @@ import h5py
 import numpy as np
 import pytest
 
-from stockpredict import data, metrics, timing
+from stockpredict import data, layout, metrics, timing
 from stockpredict.cli import UserError
-from stockpredict.train import TrainConfig, WarmupSchedule, choose_gpu, resolve_config
+from stockpredict.config import TrainConfig, parse_args, resolve_config
+from stockpredict.loop import WarmupSchedule, choose_gpu
 
 
 @pytest.mark.parametrize("visible, local_rank, expected", [
@@ -102,6 +103,75 @@ def test_train_config_rejects_unknown_keys_and_bad_values():
         TrainConfig(data="d", run_dir="r", batch_size=0)
     with pytest.raises(UserError, match="--dropout"):
         TrainConfig(data="d", run_dir="r", dropout=1.0)
+
+
+@pytest.mark.parametrize("values", [
+    {},  # every default: only --data, --run-dir, --batch-size
+    {"warmup_epochs": 0.5, "lr": 3e-4, "resume": True, "threads": 2, "mode": "weak"},
+    {"epochs": 1, "batch_size": 7, "lstm_units": 8, "dropout": 0.0, "dense_units": 4, "seed": 12,
+     "stop_check_steps": 3, "max_steps": 9, "warmup_epochs": 2.0, "lr": 1.0},
+    {"data": "/data/my data/seq.h5", "run_dir": "/r/run 1", "warmup_epochs": 0.0},
+])
+def test_to_argv_round_trips_through_the_trainers_parser(values):
+    config = TrainConfig.from_mapping({"data": "d.h5", "run_dir": "r", **values})
+    argv = config.to_argv()
+    assert parse_args(argv) == config
+    assert argv[:4] == ["--data", config.data, "--run-dir", config.run_dir]
+    # defaults stay off the command line (except the batch size, which job scripts always show)
+    assert ("--seed" in argv) == (config.seed != 0) and "--batch-size" in argv
+
+
+def test_to_argv_keeps_the_job_script_order_and_writes_whole_floats_as_integers():
+    config = TrainConfig(data="d", run_dir="r", resume=True, batch_size=64, threads=2, epochs=3,
+                         warmup_epochs=5.0, mode="strong")
+    assert config.to_argv() == ["--data", "d", "--run-dir", "r", "--resume", "--batch-size", "64",
+                                "--threads", "2", "--epochs", "3", "--warmup-epochs", "5", "--mode", "strong"]
+
+
+def test_fractional_warmup_is_parsed_as_a_float_and_negative_is_refused():
+    assert parse_args(["--data", "d", "--run-dir", "r", "--warmup-epochs", "0.5"]).warmup_epochs == 0.5
+    with pytest.raises(UserError, match="--warmup-epochs must be >= 0"):
+        TrainConfig(data="d", run_dir="r", warmup_epochs=-0.5)
+
+
+@pytest.fixture(scope="module")
+def chunk_1000_file(tmp_path_factory):
+    """The tiny synthetic universe preprocessed with --chunk-windows 1000 (not the default 2,048)."""
+    from preprocess.config import PreprocessConfig
+    from preprocess.pipeline import build_dataset
+    from preprocess.synthetic import TINY_UNIVERSE, write_universe
+
+    root = tmp_path_factory.mktemp("chunk1000")
+    write_universe(root / "raw", **TINY_UNIVERSE)
+    out = root / "sequences.h5"
+    build_dataset(root / "raw", out, PreprocessConfig(chunk_windows=1000), workers=1, progress=False)
+    return out
+
+
+def test_reads_follow_the_files_chunk_length(chunk_1000_file, monkeypatch):
+    info = data.read_sequences_info(chunk_1000_file)
+    assert info.block_windows == 1000 != data.BLOCK_WINDOWS
+    with h5py.File(chunk_1000_file) as handle:
+        assert layout.chunk_windows(handle["train/x"]) == 1000
+    n = info.windows["train"]
+    assert n > 3 * 1000
+    start, stop = data.shard_range(n, 1, 3)
+    plan = data.epoch_buffers(start, stop, seed=0, epoch=1, rank=1, block=info.block_windows)
+    blocks = [block for chosen, _ in plan for block in chosen]
+    # every read lies inside one chunk of the file, and together they cover the shard once
+    assert all(a // 1000 == (b - 1) // 1000 for a, b in blocks)
+    assert sorted(blocks)[0][0] == start and sum(b - a for a, b in blocks) == stop - start
+    # and the trainer's input pipeline asks for exactly those blocks
+    seen = []
+    real = data.iter_train_batches
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("block"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "iter_train_batches", spy)
+    batches = list(data.train_dataset(info, 32, 3, seed=0, epoch=1, rank=1, size=3).take(2))
+    assert seen == [1000] and len(batches) == 2
 
 
 def test_metrics_from_shard_sums_match_direct_computation_per_ticker():

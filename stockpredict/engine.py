@@ -1,0 +1,125 @@
+"""The distributed operations the trainer needs, behind one small interface (`Engine`).
+
+The epoch loop (stockpredict/loop.py), checkpoints, the preemption protocol, metrics and timing call
+only these methods, so another engine (e.g. tf.distribute's MultiWorkerMirroredStrategy) can run the
+same loop. `HorovodEngine` is the implementation in use; every Horovod-specific line in it is marked
+`# Horovod:`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+
+class Engine(Protocol):
+    """What a rank knows about the job and the collectives it may call (all ranks call each one)."""
+
+    name: str
+
+    def init(self) -> None:
+        """Join the job: after this, rank/size/local_rank are known. Call before TensorFlow's first op."""
+
+    @property
+    def rank(self) -> int:
+        """This process's index among the ranks, 0 .. size-1 (rank 0 writes the files)."""
+
+    @property
+    def size(self) -> int:
+        """The number of ranks."""
+
+    @property
+    def local_rank(self) -> int:
+        """This process's index among the ranks on its node (GPU pinning)."""
+
+    def initialized_rank(self) -> int | None:
+        """The rank if init() succeeded, else None (for error reporting before or after init)."""
+
+    def gradient_tape(self, tape: Any) -> Any:
+        """Wrap a tf.GradientTape so that tape.gradient() returns gradients averaged over the ranks."""
+
+    def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
+        """Overwrite every rank's `variables` with root_rank's values."""
+
+    def allreduce_sum(self, values: Sequence[float]) -> np.ndarray:
+        """Element-wise sum of a small float64 vector over all ranks."""
+
+    def allgather_object(self, obj: Any) -> list:
+        """Every rank's picklable `obj`, in rank order, on every rank."""
+
+    def barrier(self) -> None:
+        """Return once every rank has arrived."""
+
+    def versions(self) -> dict[str, str | None]:
+        """The timing log's engine entries of run_start.versions: {"horovod": ..., "mpi": ...}."""
+
+
+class HorovodEngine:
+    """Horovod ring-allreduce: ranks from horovodrun (Gloo) or srun/mpirun (MPI)."""
+
+    name = "horovod"
+
+    def __init__(self):
+        import horovod.tensorflow as hvd  # Horovod: imported here so `import stockpredict.engine` stays light
+        import tensorflow as tf
+
+        self.hvd, self.tf = hvd, tf
+
+    def init(self) -> None:
+        self.hvd.init()  # Horovod: rank and size come from horovodrun (Gloo) or srun/PMIx (MPI)
+
+    @property
+    def rank(self) -> int:
+        return self.hvd.rank()  # Horovod: this rank
+
+    @property
+    def size(self) -> int:
+        return self.hvd.size()  # Horovod: the number of ranks
+
+    @property
+    def local_rank(self) -> int:
+        return self.hvd.local_rank()  # Horovod: the rank among this node's ranks
+
+    def initialized_rank(self) -> int | None:
+        try:
+            return self.hvd.rank()  # Horovod: raises ValueError before hvd.init()
+        except ValueError:
+            return None
+
+    def gradient_tape(self, tape: Any) -> Any:
+        # Horovod: average the gradients over all ranks (ring-allreduce).
+        return self.hvd.DistributedGradientTape(tape)
+
+    def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
+        self.hvd.broadcast_variables(variables, root_rank=root_rank)  # Horovod: rank 0's values everywhere
+
+    def allreduce_sum(self, values: Sequence[float]) -> np.ndarray:
+        tensor = self.tf.constant(np.asarray(values, np.float64))
+        return self.hvd.allreduce(tensor, op=self.hvd.Sum, name=None).numpy()  # Horovod: sum over ranks
+
+    def allgather_object(self, obj: Any) -> list:
+        return self.hvd.allgather_object(obj)  # Horovod: pickled objects of every rank
+
+    def barrier(self) -> None:
+        # Horovod: a one-scalar allreduce as the barrier, as the trainer has always used (Gloo and MPI).
+        self.allreduce_sum([0.0])
+
+    def versions(self) -> dict[str, str | None]:
+        import horovod
+
+        # Horovod: the MPI library's version when Horovod runs on MPI (rank 0 asks; others report None).
+        mpi = mpi_version() if self.hvd.mpi_enabled() and self.rank == 0 else None
+        return {"horovod": horovod.__version__, "mpi": mpi}
+
+
+def mpi_version() -> str | None:
+    """The MPI library's name and version ("Open MPI 4.1.4"), from `mpirun --version`; None if unknown."""
+    try:
+        out = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"\(([^)]+)\)\s+(\S+)", out)
+    return f"{match.group(1)} {match.group(2)}" if match else (out.splitlines() or [None])[0]

@@ -1,0 +1,56 @@
+"""The HDF5 sequences file's contract: names, schema version, attribute keys, chunk length.
+
+One definition for the writer (preprocess/store.py, preprocess/pipeline.py), the reader
+(stockpredict/data.py) and the benchmarks' synthetic files (benchmarks/bench_train.py). h5py and
+numpy only, no TensorFlow, so preprocessing imports it freely. docs/data.md describes the layout:
+
+    /<split>/x           float32 (n, seq_len, n_features)   normalised inputs
+    /<split>/y           float32 (n,)                       normalised close at e + horizon
+    /<split>/ticker      int32   (n,)                       index into /tickers
+    /<split>/window_end  int64   (n,)                       UTC epoch seconds of minute e
+    /tickers             variable-length UTF-8 strings
+    root attributes      ATTRS below
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_VERSION = 1                  # bump on any change a reader must know about
+SPLITS = ("train", "val", "test")   # a split may hold n = 0 windows; its datasets still exist
+
+# Datasets of each split group, and the file-level ticker names.
+X, Y, TICKER, WINDOW_END = "x", "y", "ticker", "window_end"
+SPLIT_DATASETS = (X, Y, TICKER, WINDOW_END)
+TICKERS = "tickers"
+
+# Root attribute keys.
+ATTR_SCHEMA_VERSION = "schema_version"  # int, == SCHEMA_VERSION
+ATTR_CONFIG = "config"                  # JSON of the PreprocessConfig that wrote the file
+ATTR_FEATURES = "features"              # UTF-8 strings: the columns of x, in order
+ATTR_TARGET_FEATURE = "target_feature"  # the feature y predicts (one of features)
+ATTR_NORMALIZATION = "normalization"    # "global" or "per_ticker" min-max
+ATTR_NORM_MIN = "norm_min"              # (n_features,) or (n_tickers, n_features), float64
+ATTR_NORM_MAX = "norm_max"
+ATTR_SEQ_LEN = "seq_len"                # minutes per window
+ATTR_HORIZON = "horizon"                # minutes from a window's last minute to its target
+ATTR_WINDOW_COUNTS = "window_counts"    # JSON {"train": n, "val": n, "test": n}
+
+# Windows per HDF5 chunk along n when the writer is not told otherwise (preprocess --chunk-windows).
+# 2,048 windows of 60 x 2 float32 = 1 MB: one chunk-aligned read is about as cheap as a single-window read.
+DEFAULT_CHUNK_WINDOWS = 2048
+
+
+def dataset_path(split: str, name: str) -> str:
+    """"train", "x" -> "train/x"."""
+    return f"{split}/{name}"
+
+
+def chunk_windows(dataset: Any, default: int = DEFAULT_CHUNK_WINDOWS) -> int:
+    """Windows per chunk of an h5py dataset chunked along its first axis; `default` if contiguous.
+
+    Readers align their block reads to this, so a file written with `--chunk-windows 1000` is still
+    read one whole chunk at a time.
+    """
+    chunks = getattr(dataset, "chunks", None)
+    return int(chunks[0]) if chunks else default

@@ -1,0 +1,500 @@
+"""One rank's training run: plan, build, restore, the epoch loop, then preempt or finish.
+
+Each step is a function returning what the next one needs (RunPlan -> Replica -> Position -> exit
+status). Nothing here names the distributed framework: every collective goes through an
+`engine.Engine` (stockpredict/engine.py), so another engine runs the same loop, checkpoints,
+preemption protocol, metrics and timing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from . import checkpoints, preemption, timing
+from .checkpoints import ResumePoint
+from .cli import LOG_LEVEL_ENV, UserError, get_logger
+from .config import TrainConfig, resolve_config
+from .data import SequencesInfo
+from .engine import Engine
+from .files import write_json_atomic
+
+MODEL_FILE = "model.keras"
+
+log = get_logger("stockpredict.train")
+
+
+# --- 1. plan: everything that can fail because of user input --------------------------------------
+
+@dataclass(frozen=True)
+class RunPlan:
+    """A validated run on a known number of ranks."""
+
+    config: TrainConfig           # resolved: warm-up and threads filled in
+    info: SequencesInfo
+    steps: int                    # steps per epoch, the same on every rank
+    warmup_steps: int
+    resume: ResumePoint | None    # the checkpoint to continue from, or None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+
+def plan_run(config: TrainConfig, ranks: int) -> RunPlan:
+    """Validate `config` against the data file and the run directory.
+
+    Runs identically on every rank and before the first collective, so all ranks fail together
+    with one message from rank 0.
+    """
+    from .data import read_sequences_info, steps_per_epoch
+
+    info = read_sequences_info(config.data)
+    n_train = info.windows["train"]
+    steps = steps_per_epoch(n_train, config.batch_size, ranks)
+    if steps == 0:
+        raise UserError(f"--batch-size {config.batch_size} x {ranks} ranks = global batch "
+                        f"{config.batch_size * ranks} exceeds the {n_train} training windows "
+                        f"(each rank's shard holds about {n_train // ranks}); use a smaller batch")
+    if config.max_steps is not None:
+        steps = min(steps, config.max_steps)
+    resume = checkpoints.find_resume(config, info.seq_len, info.features)
+    return RunPlan(config=config, info=info, steps=steps, resume=resume,
+                   warmup_steps=int(round(config.warmup_epochs * steps)))
+
+
+# --- 2. build: model, optimizer, compiled steps ------------------------------------------------------
+
+class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """lr(step) = base_lr * (1 + (ranks - 1) * min(step / warmup_steps, 1)): from the one-rank rate
+    to ranks x that rate, linearly over the warm-up (Goyal et al. 2017, gradual warm-up). Driven by
+    the optimizer's step counter, which checkpoints restore."""
+
+    def __init__(self, base_lr: float, ranks: int, warmup_steps: int):
+        self.base_lr, self.ranks, self.warmup_steps = float(base_lr), int(ranks), int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        progress = 1.0 if self.warmup_steps <= 0 else tf.minimum(step / self.warmup_steps, 1.0)
+        return self.base_lr * (1.0 + (self.ranks - 1) * progress)
+
+    def get_config(self):
+        return {"base_lr": self.base_lr, "ranks": self.ranks, "warmup_steps": self.warmup_steps}
+
+
+@dataclass(frozen=True)
+class Replica:
+    """This rank's copy of the model and what trains and scores it."""
+
+    model: Any                     # tf.keras.Model
+    optimizer: Any                 # tf.keras.optimizers.Adam on a WarmupSchedule
+    checkpoint: Any                # tf.train.Checkpoint(model, optimizer)
+    dropout_rngs: list             # tf.random.Generator per dropout layer, checkpointed per rank
+    loss_sum: Any                  # tf.Variable: this rank's loss sum of the current epoch
+    train_steps: Callable          # (iterator, n_steps) -> None, n steps inside one graph call
+    predict: Callable              # x -> predictions (n,)
+
+
+def build_replica(plan: RunPlan, engine: Engine) -> Replica:
+    """A fresh model and optimizer (same seed on every rank) and the compiled train/predict steps."""
+    from .model import build_model, dropout_generators
+
+    cfg = plan.config
+    # Same seed on every rank: identical initial weights (the broadcast makes sure anyway) and a
+    # reproducible run; the dropout generators are then re-seeded per rank below.
+    tf.keras.utils.set_random_seed(cfg.seed)
+    model = build_model(plan.info.seq_len, plan.info.n_features, cfg.lstm_units, cfg.dropout, cfg.dense_units)
+    dropout_rngs = dropout_generators(model)
+    for i, rng in enumerate(dropout_rngs):
+        # Independent dropout masks per rank, reproducible from --seed.
+        rng.reset_from_seed(cfg.seed * 1_000_003 + engine.rank * 101 + i)
+    # The learning rate scales with the number of ranks (Goyal et al. 2017), after a warm-up.
+    optimizer = tf.keras.optimizers.Adam(learning_rate=WarmupSchedule(cfg.lr, engine.size, plan.warmup_steps))
+    optimizer.build(model.trainable_variables)  # create slots now so they can be broadcast
+    loss_fn = tf.keras.losses.MeanSquaredError()
+    loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+
+    # Several steps per call, looping inside the graph (like Keras' steps_per_execution): Python
+    # runs once per --stop-check-steps steps, not once per step.
+    @tf.function
+    def train_steps(iterator, n_steps):
+        for _ in tf.range(n_steps):
+            x, y = next(iterator)
+            with tf.GradientTape() as tape:
+                pred = model(x, training=True)
+                loss = loss_fn(y[:, None], pred)
+            tape = engine.gradient_tape(tape)  # gradients averaged over all ranks
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            loss_sum.assign_add(tf.cast(loss, tf.float64))
+
+    @tf.function
+    def predict(x):
+        return model(x, training=False)[:, 0]
+
+    return Replica(model=model, optimizer=optimizer, dropout_rngs=dropout_rngs, loss_sum=loss_sum,
+                   checkpoint=tf.train.Checkpoint(model=model, optimizer=optimizer),
+                   train_steps=train_steps, predict=predict)
+
+
+# --- 3. restore: where this attempt starts ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Position:
+    """Where the epoch loop starts: after `epochs_done` epochs plus `skip_steps` steps of the next."""
+
+    epochs_done: int = 0
+    skip_steps: int = 0
+    carried_loss_sum: float = 0.0  # all ranks' loss sum of the steps skipped (from the checkpoint)
+
+
+def restore(plan: RunPlan, replica: Replica, engine: Engine) -> Position:
+    """Load the resume checkpoint if any, then start every rank from rank 0's weights and optimizer."""
+    position = Position()
+    if plan.resume is not None:
+        state = plan.resume.state
+        replica.checkpoint.read(plan.resume.weights).expect_partial()
+        position = Position(state["epochs_done"], state["step"], state["partial_loss_sum"])
+        if state["ranks"] == engine.size:
+            for rng, rng_state in zip(replica.dropout_rngs, state["dropout_rng_states"][engine.rank]):
+                rng.state.assign(np.asarray(rng_state, np.int64))
+        else:
+            log.warning("checkpoint %s was written by %d ranks, this run has %d: the data order and "
+                        "dropout masks differ from an uninterrupted run", plan.resume.dir.name,
+                        state["ranks"], engine.size)
+            if position.skip_steps:
+                done = position.skip_steps * state["batch_size"] * state["ranks"]
+                skip = min(plan.steps, -(-done // (plan.config.batch_size * engine.size)))
+                position = dataclasses.replace(position, skip_steps=skip)
+    engine.broadcast_variables(replica.model.variables, root_rank=0)
+    engine.broadcast_variables(replica.optimizer.variables, root_rank=0)
+    return position
+
+
+# --- 4. the epoch loop ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Run:
+    """What every step of the loop reads: the plan, this rank's replica, the engine, the clock."""
+
+    plan: RunPlan
+    replica: Replica
+    engine: Engine
+    wall_start: float             # time.monotonic() when this attempt started
+
+    @property
+    def is_root(self) -> bool:
+        return self.engine.rank == 0
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.wall_start, 3)
+
+
+def stop_agreed(engine: Engine) -> bool:
+    """True on every rank if any rank got the stop signal (one tiny allreduce)."""
+    if engine.size == 1:
+        return preemption.stop_requested()  # nothing to agree on; skips a ~1 ms collective
+    return bool(engine.allreduce_sum([1.0 if preemption.stop_requested() else 0.0])[0] > 0)
+
+
+def train_epochs(run: Run, position: Position) -> int:
+    """The epoch loop from `position`; returns the process exit status (0, or EXIT_PREEMPTED)."""
+    from .data import train_dataset
+
+    plan, replica, engine, cfg = run.plan, run.replica, run.engine, run.plan.config
+    size, steps = engine.size, plan.steps
+    timing_path = plan.run_dir / timing.TIMING_FILE
+    start = run_start_record(run, position)
+    if run.is_root:  # only rank 0 writes files
+        write_json_atomic(plan.run_dir / "config.json", {
+            "train": dataclasses.asdict(cfg), "ranks": size,
+            "global_batch_size": cfg.batch_size * size, "learning_rate": cfg.lr * size,
+            "warmup_steps": plan.warmup_steps, "steps_per_epoch": steps,
+            "windows": dict(plan.info.windows)})
+        timing.append_event(timing_path, start)
+    log.info("%s %d rank(s) on %s; global batch %d, lr %.3g (warm-up %d steps), %d steps/epoch",
+             "resuming from " + plan.resume.dir.name if plan.resume else "starting fresh with",
+             size, ",".join(start["hosts"]), cfg.batch_size * size, cfg.lr * size, plan.warmup_steps, steps)
+    if cfg.resume and plan.resume is None:
+        log.info("--resume: no checkpoint in %s, starting fresh", plan.run_dir / checkpoints.CHECKPOINT_DIR)
+
+    first_epoch = True
+    for epoch in range(position.epochs_done + 1, cfg.epochs + 1):
+        skip = position.skip_steps if first_epoch else 0
+        carried = position.carried_loss_sum if first_epoch else 0.0
+        resumed = first_epoch and plan.resume is not None
+        replica.loss_sum.assign(0.0)
+        dataset = train_dataset(plan.info, cfg.batch_size, steps, cfg.seed, epoch, engine.rank, size,
+                                skip_steps=skip)
+        progress = make_progress(run.is_root, steps, skip, f"epoch {epoch}/{cfg.epochs}")
+        t0 = time.perf_counter()
+        iterator = iter(dataset)
+        step = skip
+        while step < steps:
+            # Run up to the next multiple of stop_check_steps, where the ranks check for a stop.
+            n = min(cfg.stop_check_steps - step % cfg.stop_check_steps, steps - step)
+            replica.train_steps(iterator, tf.constant(n, tf.int64))
+            step += n
+            progress.update(n)
+            if step < steps and stop_agreed(engine):
+                progress.close()
+                return preempt(run, epoch - 1, step, carried, float(replica.loss_sum.numpy()))
+        train_seconds = time.perf_counter() - t0
+        progress.close()
+        t1 = time.perf_counter()
+        val = evaluate(run, "val")
+        val_seconds = time.perf_counter() - t1
+        # Mean training loss over all ranks and steps (incl. steps before a resume).
+        total_loss = engine.allreduce_sum([float(replica.loss_sum.numpy())])[0] + carried
+        train_loss = total_loss / (steps * size)
+        val_loss = val[1] / val[0] if val[0] else None
+        steps_run = steps - skip
+        samples = steps_run * cfg.batch_size * size
+        save_checkpoint(run, epoch, 0, 0.0)
+        if run.is_root:
+            timing.append_event(timing_path, timing.make_event(
+                "epoch", epoch=epoch, train_seconds=round(train_seconds, 4),
+                val_seconds=round(val_seconds, 4), steps=steps_run, samples=samples,
+                samples_per_second=round(samples / train_seconds, 2), train_loss=train_loss,
+                val_loss=val_loss, resumed=resumed))
+        log.info("epoch %d/%d: train_loss %.6g val_loss %s, %.0f samples/s (%.1f s train, %.1f s val)",
+                 epoch, cfg.epochs, train_loss, "n/a" if val_loss is None else f"{val_loss:.6g}",
+                 samples / train_seconds, train_seconds, val_seconds)
+        first_epoch = False
+        if epoch < cfg.epochs and stop_agreed(engine):
+            return preempt(run, epoch, 0, 0.0, 0.0, checkpoint_written=True)
+    return finish(run)
+
+
+def evaluate(run: Run, split: str, with_metrics: bool = False) -> np.ndarray:
+    """A whole split scored by all ranks, each a contiguous share; returns the sums over all ranks:
+    [count, squared error] or metrics.SUM_FIELDS."""
+    from .data import iter_eval_shard
+    from .metrics import SUM_FIELDS, shard_sums
+
+    info, engine = run.plan.info, run.engine
+    sums = np.zeros(len(SUM_FIELDS) if with_metrics else 2)
+    for x, y, tickers, last_close in iter_eval_shard(info.path, split, engine.rank, engine.size,
+                                                     info.close_index):
+        pred = run.replica.predict(x).numpy()
+        if with_metrics:
+            sums += shard_sums(pred, y, last_close, tickers, info.norm_min, info.norm_max, info.close_index)
+        else:
+            sums += [y.size, float(np.sum((pred.astype(np.float64) - y) ** 2))]
+    return engine.allreduce_sum(sums)
+
+
+def save_checkpoint(run: Run, epochs_done: int, step: int, loss_sum: float) -> None:
+    """All ranks call this (it gathers every rank's dropout state); rank 0 writes the checkpoint."""
+    local_states = [rng.state.numpy().tolist() for rng in run.replica.dropout_rngs]
+    all_states = run.engine.allgather_object(local_states)  # so a resume restores each rank's masks
+    if not run.is_root:
+        return
+    plan, cfg = run.plan, run.plan.config
+    checkpoints.write_checkpoint(plan.run_dir, epochs_done, step, run.replica.checkpoint, {
+        "epochs_done": epochs_done, "step": step, "partial_loss_sum": loss_sum,
+        "steps_per_epoch": plan.steps, "ranks": run.engine.size, "batch_size": cfg.batch_size,
+        "seed": cfg.seed, "seq_len": plan.info.seq_len, "n_features": plan.info.n_features,
+        "features": list(plan.info.features), "config": dataclasses.asdict(cfg),
+        "dropout_rng_states": all_states, "time": timing.utc_now_iso(),
+    })
+
+
+# --- 5. the two ends: preempted or finished ----------------------------------------------------------
+
+def preempt(run: Run, epochs_done: int, step: int, carried: float, local_loss_sum: float,
+            checkpoint_written: bool = False) -> int:
+    """Checkpoint (unless the epoch-end one just was), log `run_end` "preempted", wait for rank 0."""
+    if not checkpoint_written:
+        # The partial epoch's loss, summed over ranks, travels in the checkpoint.
+        loss_sum = run.engine.allreduce_sum([local_loss_sum])[0] + carried
+        save_checkpoint(run, epochs_done, step, float(loss_sum))
+    log.warning("stop signal: checkpoint after %d epoch(s) + %d step(s) written; exiting %d for requeue",
+                epochs_done, step, preemption.EXIT_PREEMPTED)
+    if run.is_root:
+        timing.append_event(run.plan.run_dir / timing.TIMING_FILE, timing.make_event(
+            "run_end", status="preempted", total_seconds=run.elapsed(), test=None))
+    # srun --kill-on-bad-exit and horovodrun SIGTERM the remaining ranks as soon as the first one
+    # exits non-zero; a rank still on its way out would then end "Terminated" instead of 75 and
+    # srun's status would not say "requeue". From here on SIGTERM is ignored (Slurm's SIGKILL
+    # after KillWait still applies) and main() leaves with os._exit.
+    preemption.ignore_sigterm()
+    run.engine.barrier()  # rank 0's files are written before anyone exits
+    return preemption.EXIT_PREEMPTED
+
+
+def finish(run: Run) -> int:
+    """Test metrics, the weights-in-sync check, metrics.json, model.keras and `run_end` "completed"."""
+    from .metrics import metrics_from_sums
+
+    plan, engine = run.plan, run.engine
+    test_sums = evaluate(run, "test", with_metrics=True) if plan.info.windows["test"] else None
+    test = metrics_from_sums(test_sums) if test_sums is not None else None
+    checksums = engine.allgather_object(weights_checksum(run.replica.model))  # ranks stayed in sync?
+    peak_rss = engine.allgather_object(round(peak_rss_mb(), 1))  # for the memory goal per rank
+    if len(set(checksums)) != 1:
+        log.error("ranks ended with different weights: %s", checksums)
+    if run.is_root:  # only rank 0 writes files
+        write_json_atomic(plan.run_dir / "metrics.json", {
+            "test": test, "windows": dict(plan.info.windows), "weights_checksums": checksums,
+            "peak_rss_mb": peak_rss})
+        # Keras picks the format from the suffix, so the temporary name keeps ".keras". The model
+        # is not compiled, so no optimizer state goes in (checkpoints/ hold that).
+        tmp = plan.run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
+        run.replica.model.save(tmp)
+        os.replace(tmp, plan.run_dir / MODEL_FILE)
+        timing.append_event(plan.run_dir / timing.TIMING_FILE, timing.make_event(
+            "run_end", status="completed", total_seconds=run.elapsed(), test=test))
+    if test is not None:
+        log.info("test: mse %.6g (persistence %.6g, skill %s), rmse %.4g / mae %.4g in price units, "
+                 "direction accuracy %s", test["mse"], test["persistence_mse"],
+                 _fmt(test["skill"]), test["rmse_price"], test["mae_price"],
+                 _fmt(test["direction_accuracy"]))
+    return 0
+
+
+# --- the whole attempt ---------------------------------------------------------------------------------
+
+def run_training(config: TrainConfig, engine: Engine) -> int:
+    """Run (or continue) one training run on this rank; returns the exit status (0 or 75)."""
+    engine.init()
+    resolved = resolve_config(config, engine.size)  # the warm-up default depends on the ranks
+    configure_tensorflow(resolved, engine.local_rank)
+    tf.keras.backend.experimental.enable_tf_random_generator()  # dropout RNG state we can checkpoint
+    wall_start = time.monotonic()
+    plan = plan_run(resolved, engine.size)
+    handler = setup_logging(plan.run_dir, engine.rank == 0)
+    try:
+        replica = build_replica(plan, engine)
+        position = restore(plan, replica, engine)
+        return train_epochs(Run(plan, replica, engine, wall_start), position)
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+            handler.close()
+
+
+# --- helpers -------------------------------------------------------------------------------------------
+
+def choose_gpu(visible_gpus: int, local_rank: int) -> int | None:
+    """Index (among the visible GPUs) this rank should use, or None on a CPU-only node.
+
+    Horovod's examples use `local_rank`; but when Slurm binds one GPU per task (--gpus-per-task,
+    or one task per node with --gpus-per-node=1) each rank sees a single device, index 0.
+    """
+    if visible_gpus <= 0:
+        return None
+    if visible_gpus == 1:
+        return 0
+    return local_rank % visible_gpus
+
+
+def configure_tensorflow(config: TrainConfig, local_rank: int) -> None:
+    """Threads and GPU pinning; must run before TensorFlow executes its first op."""
+    if config.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(config.threads)
+    gpus = tf.config.list_physical_devices("GPU")
+    index = choose_gpu(len(gpus), local_rank)
+    if index is not None:
+        # One GPU per rank (device 0 when Slurm already bound one GPU to the task).
+        tf.config.set_visible_devices(gpus[index], "GPU")
+        tf.config.experimental.set_memory_growth(gpus[index], True)
+
+
+def run_start_record(run: Run, position: Position) -> dict:
+    """The timing log's run_start event (all ranks call this: it gathers every rank's node name)."""
+    plan, engine, cfg = run.plan, run.engine, run.plan.config
+    node = os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    # Virtual Slurm nodes share one hostname, so Slurm's node name (when set) tells them apart.
+    hosts = sorted(set(engine.allgather_object(node)))
+    gpu_devices = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return timing.make_event(
+        "run_start", time=timing.utc_now_iso(), job_id=os.environ.get("SLURM_JOB_ID"),
+        attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
+        resumed_from_epoch=position.epochs_done if plan.resume is not None else None,
+        ranks=engine.size, nodes=len(hosts), gpus_per_node=len(gpu_devices), hosts=hosts,
+        batch_size_per_rank=cfg.batch_size, global_batch_size=cfg.batch_size * engine.size,
+        learning_rate=cfg.lr * engine.size, epochs=cfg.epochs, mode=cfg.mode,
+        dataset=os.path.abspath(cfg.data), windows=dict(plan.info.windows),
+        versions={"python": platform.python_version(), "tensorflow": tf.__version__, **engine.versions()},
+        config=dataclasses.asdict(cfg), hardware=hardware_summary(gpu_devices))
+
+
+def weights_checksum(model) -> str:
+    """A short fingerprint of the model's weights (equal on every rank of a healthy run)."""
+    digest = hashlib.sha256()
+    for weight in model.get_weights():
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MB (Linux reports ru_maxrss in KiB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+class _NoProgress:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def make_progress(is_root: bool, total: int, initial: int, desc: str):
+    """A tqdm bar on rank 0 when stderr is a terminal; a no-op otherwise (batch logs stay clean)."""
+    if not (is_root and sys.stderr.isatty()):
+        return _NoProgress()
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False)
+
+
+def hardware_summary(gpu_devices: Sequence[str], environ: Mapping[str, str] = os.environ) -> dict:
+    """What rank 0 ran on: CPU model, logical CPUs, memory (GiB), the GPUs TensorFlow sees and the GPUs
+    Slurm bound (CUDA_VISIBLE_DEVICES). On the local test cluster Slurm binds a fake GPU while
+    TensorFlow (CPU build) sees none: both are recorded so the report never claims a GPU run."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    try:
+        memory_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        memory_gib = None
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gib": memory_gib,
+            "tensorflow_gpus": list(gpu_devices), "cuda_visible_devices": environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def setup_logging(run_dir: Path, is_root: bool) -> logging.Handler | None:
+    """Rank 0 logs INFO to stderr and run_dir/train.log; other ranks only warnings and errors."""
+    if not is_root:
+        log.setLevel(logging.WARNING)
+        return None
+    if log.level == logging.NOTSET:  # the host application configured logging (e.g. pytest)
+        log.setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    return handler

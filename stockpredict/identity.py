@@ -23,7 +23,7 @@ import numpy as np
 
 from . import timing
 from .cli import UserError
-from .data import SPLITS
+from .layout import SPLITS
 
 # Root attributes the preprocessing stage writes that fix the windows' content: the raw inputs' SHA-256
 # per file, the resolved preprocessing config, and what the config implies. Derived counts (dropped,

@@ -23,12 +23,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from . import checkpoints, preemption, timing
+from . import checkpoints, identity, preemption, timing
 from .checkpoints import ResumePoint
 from .cli import LOG_LEVEL_ENV, UserError, get_logger
 from .config import TrainConfig, resolve_config
 from .data import SequencesInfo
 from .engine import Engine
+from .hardware import affinity_summary
 from .files import write_json_atomic
 
 MODEL_FILE = "model.keras"
@@ -421,6 +422,9 @@ def run_start_record(run: Run, position: Position) -> dict:
     # Virtual Slurm nodes share one hostname, so Slurm's node name (when set) tells them apart.
     hosts = sorted(set(engine.allgather_object(node)))
     gpu_devices = [d.name for d in tf.config.list_physical_devices("GPU")]
+    hardware = hardware_summary(gpu_devices)
+    # Every rank's CPU affinity: shows whether the ranks own cores of their own (docs/scaling.md).
+    hardware["cpu_affinity_by_rank"] = engine.allgather_object(affinity_summary()["cpu_affinity"])
     return timing.make_event(
         "run_start", time=timing.utc_now_iso(), job_id=os.environ.get("SLURM_JOB_ID"),
         attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
@@ -430,7 +434,9 @@ def run_start_record(run: Run, position: Position) -> dict:
         learning_rate=cfg.lr * engine.size, epochs=cfg.epochs, mode=cfg.mode,
         dataset=os.path.abspath(cfg.data), windows=dict(plan.info.windows),
         versions={"python": platform.python_version(), "tensorflow": tf.__version__, **engine.versions()},
-        config=dataclasses.asdict(cfg), hardware=hardware_summary(gpu_devices))
+        config=dataclasses.asdict(cfg), hardware=hardware,
+        engine=engine.name, dataset_id=identity.dataset_identity(cfg.data),
+        model=identity.model_identity(dataclasses.asdict(cfg), plan.info.seq_len, plan.info.n_features))
 
 
 def weights_checksum(model) -> str:

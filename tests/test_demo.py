@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -33,6 +34,11 @@ def test_demo_runs_the_study_end_to_end(slurm_cluster, tmp_path):
     for png in ("speedup.png", "efficiency.png", "seconds_per_epoch_vs_batch.png", "test_loss_vs_batch.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((results / "runs").glob("*/model.keras"))) == 2
+    # Honest local scaling (docs/scaling.md): the two virtual nodes' ranks own different cores.
+    starts = [json.loads(p.read_text().splitlines()[0]) for p in (results / "runs").glob("*/timing.jsonl")]
+    (two_nodes,) = [s for s in starts if s["ranks"] == 2]
+    first, second = (set(cpus) for cpus in two_nodes["hardware"]["cpu_affinity_by_rank"])
+    assert first and second and not first & second
 
 
 def test_demo_rejects_a_batch_that_does_not_divide(tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, wait_until
-from stockpredict import checkpoints, loop, preemption, timing
+from stockpredict import checkpoints, identity, loop, preemption, timing
 from stockpredict import train as train_module
 
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
@@ -78,12 +78,19 @@ def test_single_process_learns_and_beats_persistence(tiny_dataset, tmp_path):
     assert [e["event"] for e in log] == ["run_start", "epoch", "epoch", "epoch", "run_end"]
     for record in log:
         assert record["schema"] == 1
-        assert list(record)[2:] == list(timing.EVENT_FIELDS[record["event"]])
+        event = record["event"]
+        assert list(record)[2:] == [*timing.EVENT_FIELDS[event],
+                                    *(f for f in timing.OPTIONAL_FIELDS[event] if f in record)]
     start, epochs, end = log[0], log[1:4], log[4]
     assert (start["ranks"], start["nodes"], start["attempt"], start["resumed_from_epoch"]) == (1, 1, 0, None)
     assert start["hardware"]["logical_cpus"] == os.cpu_count() and start["hardware"]["tensorflow_gpus"] == []
     with h5py.File(tiny_dataset) as handle:
         assert start["windows"] == {s: handle[f"{s}/y"].shape[0] for s in ("train", "val", "test")}
+    # the comparability key (docs/report.md) and the pinning record (docs/scaling.md)
+    assert start["engine"] == "horovod" and start["dataset_id"]["windows"] == start["windows"]
+    assert start["dataset_id"] == identity.dataset_identity(tiny_dataset)
+    assert start["model"]["lstm_units"] == 50 and start["model"]["seq_len"] == 60
+    assert start["hardware"]["cpu_affinity_by_rank"] == [sorted(os.sched_getaffinity(0))]
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]
     assert all(e["steps"] == start["windows"]["train"] // 128 and not e["resumed"] for e in epochs)

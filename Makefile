@@ -40,7 +40,8 @@ RESULTS ?= results
 # The extra-argument lists (PREPROCESS_ARGS, PYTEST_ARGS) are split into words by `words_of` below.
 # VENV names a make target too, so it cannot contain spaces (a make limitation).
 USER_VARS := PYTHON_SYS VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
-             BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS
+             BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
+             DATASET
 raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
 $(foreach v,$(USER_VARS),$(eval export SP_$(v) := $$($(v))))
@@ -168,8 +169,9 @@ logs: ## Show a run's Slurm output and training log [RUN=<run-id>]
 # --- report and demo -----------------------------------------------------------------------------
 
 .PHONY: report demo
-report: setup ## Scaling tables (Markdown, CSV) and plots from results/runs/*/timing.jsonl
-	@$(show) "$$SP_PY" -m stockpredict.report --runs="$$SP_RESULTS/runs" --out="$$SP_RESULTS"
+report: setup ## Scaling tables (Markdown, CSV) and plots from results/runs/*/timing.jsonl [DATASET=name|prefix]
+	@$(show) "$$SP_PY" -m stockpredict.report --runs="$$SP_RESULTS/runs" --out="$$SP_RESULTS" \
+		--dataset="$$SP_DATASET"
 
 demo: setup ## The whole study on this machine: data, preprocess, local cluster, 1/2/4-node sweep, report
 	@$(show) "$$SP_PY" -m stockpredict.demo

@@ -46,6 +46,9 @@ REQUEUE_SIGNAL = "USR1"
 # The trainer saves the final model at the very end (stockpredict.train): a train job counts as finished
 # only if it exists, since srun may exit 0 when its step failed to start.
 TRAIN_DONE_MARKER = "model.keras"
+# With JobSpec.timeline, Horovod's rank 0 records every collective here (in the run directory); the
+# report reads it into the step-time breakdown (stockpredict/timeline.py, docs/scaling.md).
+TIMELINE_FILE = "timeline.json"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_LIST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(,[A-Za-z0-9][A-Za-z0-9._-]*)*$")
@@ -82,6 +85,7 @@ class JobSpec:
     signal_seconds: int = 120                # train jobs: SIGUSR1 this many seconds before the limit
     run_dir: str | None = None               # train jobs: the trainer's --run-dir (absolute path)
     command: tuple[str, ...] = ()            # the program's argv (quoted here; run after setup)
+    timeline: bool = False                   # train jobs: export HOROVOD_TIMELINE=<run_dir>/timeline.json
     profile: str = "custom"                  # profile name, recorded in the script's header
 
     @property
@@ -98,7 +102,7 @@ class JobSpec:
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
 # Keys a profile may set: site defaults, not per-job facts like the command or the run directory.
 PROFILE_KEYS = tuple(k for k in SPEC_FIELDS if k not in {"kind", "command", "run_dir", "output", "error",
-                                                         "profile", "job_name", "requeue"})
+                                                         "profile", "job_name", "requeue", "timeline"})
 # Keys a profile may hold for the report (cost columns of the scaling model), ignored by job rendering.
 REPORT_PROFILE_KEYS = ("price_per_gpu_hour", "price_per_node_hour")
 # Directives this module writes itself; passing them through extra_directives would silently conflict.
@@ -179,6 +183,10 @@ def validate(spec: JobSpec) -> JobSpec:
     for arg in spec.command:
         if not isinstance(arg, str) or "\x00" in arg:
             raise UserError(f"command argument {arg!r} must be a string without NUL bytes")
+    if not isinstance(spec.timeline, bool):
+        raise UserError(f"timeline must be true or false, got {spec.timeline!r}")
+    if spec.timeline and spec.kind != "train":
+        raise UserError("a Horovod timeline is recorded by train jobs only")
     if spec.kind == "train" and spec.run_dir is None:
         raise UserError("train jobs need a run directory")
     if spec.launcher == "horovodrun-gloo" and spec.kind != "train":
@@ -275,6 +283,8 @@ def render_job(spec: JobSpec) -> str:
         run_dir=shlex.quote(spec.run_dir) if spec.run_dir is not None else "",
         signal=REQUEUE_SIGNAL,
         done_marker=TRAIN_DONE_MARKER,
+        timeline=spec.timeline,
+        timeline_file=TIMELINE_FILE,
     )
 
 

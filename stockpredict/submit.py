@@ -384,10 +384,13 @@ def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
         parser.add_argument("--lr", type=float, help="base learning rate (scaled by the rank count)")
         parser.add_argument("--warmup-epochs", type=int)
         parser.add_argument("--seed", type=int)
+        parser.add_argument("--timeline", action="store_true",
+                            help="record a Horovod timeline in the run directory (step-time breakdown)")
 
 
 _SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
-               "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name", "extra_directives")
+               "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name", "extra_directives",
+               "timeline")
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:

@@ -53,7 +53,8 @@ def gradient_shapes(n_features: int, lstm_units: int = 50, dense_units: int = 32
 
 def gradient_bytes(n_features: int, lstm_units: int = 50, dense_units: int = 32) -> int:
     """Bytes allreduced per training step: 4 x trainable parameters (12,265 x 4 = 49,060 for the seed)."""
-    return BYTES_PER_PARAMETER * sum(math.prod(s) for s in gradient_shapes(n_features, lstm_units, dense_units))
+    shapes = gradient_shapes(n_features, lstm_units, dense_units)
+    return BYTES_PER_PARAMETER * sum(math.prod(s) for s in shapes)
 
 
 @dataclass(frozen=True)

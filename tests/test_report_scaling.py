@@ -295,3 +295,15 @@ def test_malformed_model_fields_make_the_log_corrupt(tmp_path, field, value, rea
     loaded = report.load_runs(runs)
     assert [(s.path.split("/")[-2], s.reason.replace("\n", " ")) for s in loaded.skipped] == [
         ("bad", f"corrupt: line 1 has {reason}")]
+
+
+def test_make_event_writes_and_checks_the_model_fields():
+    from stockpredict import timing as contract
+
+    base = {k: None for k in contract.RUN_START_FIELDS}
+    event = contract.make_event("run_start", **base, gradient_bytes=GRADIENT_BYTES, kind="allreduce")
+    assert (event["gradient_bytes"], event["kind"]) == (GRADIENT_BYTES, "allreduce")
+    assert "kind" not in contract.make_event("run_start", **base)             # old writers: still valid
+    for bad in ({"gradient_bytes": 0}, {"gradient_bytes": 4.5}, {"gradient_bytes": True}, {"kind": "bench"}):
+        with pytest.raises(ValueError):
+            contract.make_event("run_start", **base, **bad)

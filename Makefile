@@ -41,7 +41,7 @@ RESULTS ?= results
 # VENV names a make target too, so it cannot contain spaces (a make limitation).
 USER_VARS := PYTHON_SYS VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
-             DATASET
+             DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS
 raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
 $(foreach v,$(USER_VARS),$(eval export SP_$(v) := $$($(v))))
@@ -149,10 +149,11 @@ flag = [[ -z "$$SP_$(1)" ]] || flags+=("$(2)=$$SP_$(1)");
 SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-node) \
                $(call flag,EPOCHS,--epochs) $(call flag,BATCH,--batch-size) flags+=("--data=$$SP_DATA"); \
                $(call flag,PROFILE,--profile) $(call flag,TIME,--time) \
+               $(if $(filter 1 yes true,$(TIMELINE)),flags+=(--timeline "--max-steps=$${SP_TIMELINE_STEPS:-200}");) \
                $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) flags+=("--results=$$SP_RESULTS")
 
 .PHONY: submit sweep status logs
-submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1]
+submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
 sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1]
@@ -169,9 +170,10 @@ logs: ## Show a run's Slurm output and training log [RUN=<run-id>]
 # --- report and demo -----------------------------------------------------------------------------
 
 .PHONY: report demo
-report: setup ## Scaling tables (Markdown, CSV) and plots from results/runs/*/timing.jsonl [DATASET=name|prefix]
+report: setup ## Tables, plots, scaling model [DATASET=name|prefix NETWORK=ib-hdr PRICE=2.5 PRICE_UNIT=gpu|node TARGET_EPOCHS=]
 	@$(show) "$$SP_PY" -m stockpredict.report --runs="$$SP_RESULTS/runs" --out="$$SP_RESULTS" \
-		--dataset="$$SP_DATASET"
+		--dataset="$$SP_DATASET" --network="$$SP_NETWORK" --price-per-hour="$$SP_PRICE" \
+		--price-unit="$${SP_PRICE_UNIT:-gpu}" --target-epochs="$$SP_TARGET_EPOCHS" --profile="$$SP_PROFILE"
 
 demo: setup ## The whole study on this machine: data, preprocess, local cluster, 1/2/4-node sweep, report
 	@$(show) "$$SP_PY" -m stockpredict.demo

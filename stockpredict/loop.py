@@ -436,6 +436,8 @@ def run_start_record(run: Run, position: Position) -> dict:
         versions={"python": platform.python_version(), "tensorflow": tf.__version__, **engine.versions()},
         config=dataclasses.asdict(cfg), hardware=hardware,
         engine=engine.name, dataset_id=identity.dataset_identity(cfg.data),
+        # What one allreduce moves per step (fp32 gradients): the scaling model's S (docs/scaling.md).
+        gradient_bytes=4 * sum(int(np.prod(v.shape)) for v in run.replica.model.trainable_variables),
         model=identity.model_identity(dataclasses.asdict(cfg), plan.info.seq_len, plan.info.n_features))
 
 

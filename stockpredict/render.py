@@ -50,6 +50,9 @@ REQUEUE_SIGNAL = "USR1"
 # The trainer saves the final model at the very end (stockpredict.train): a train job counts as finished
 # only if it exists, since srun may exit 0 when its step failed to start.
 TRAIN_DONE_MARKER = "model.keras"
+# With JobSpec.timeline, Horovod's rank 0 records every collective here (in the run directory); the
+# report reads it into the step-time breakdown (stockpredict/timeline.py, docs/scaling.md).
+TIMELINE_FILE = "timeline.json"
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _NAME_LIST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(,[A-Za-z0-9][A-Za-z0-9._-]*)*$")
@@ -86,6 +89,7 @@ class JobSpec:
     signal_seconds: int = 120                # train jobs: SIGUSR1 this many seconds before the limit
     run_dir: str | None = None               # train jobs: the trainer's --run-dir (absolute path)
     command: tuple[str, ...] = ()            # the program's argv (quoted here; run after setup)
+    timeline: bool = False                   # train jobs: export HOROVOD_TIMELINE=<run_dir>/timeline.json
     profile: str = "custom"                  # profile name, recorded in the script's header
 
     @property
@@ -102,7 +106,9 @@ class JobSpec:
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
 # Keys a profile may set: site defaults, not per-job facts like the command or the run directory.
 PROFILE_KEYS = tuple(k for k in SPEC_FIELDS if k not in {"kind", "command", "run_dir", "output", "error",
-                                                         "profile", "job_name", "requeue"})
+                                                         "profile", "job_name", "requeue", "timeline"})
+# Keys a profile may hold for the report (cost columns of the scaling model), ignored by job rendering.
+REPORT_PROFILE_KEYS = ("price_per_gpu_hour", "price_per_node_hour")
 # Directives this module writes itself; passing them through extra_directives would silently conflict.
 _MANAGED_DIRECTIVES = {"nodes", "ntasks-per-node", "ntasks", "cpus-per-task", "gpus-per-node", "time",
                        "partition", "account", "qos", "constraint", "mem", "job-name", "output", "error",
@@ -181,6 +187,10 @@ def validate(spec: JobSpec) -> JobSpec:
     for arg in spec.command:
         if not isinstance(arg, str) or "\x00" in arg:
             raise UserError(f"command argument {arg!r} must be a string without NUL bytes")
+    if not isinstance(spec.timeline, bool):
+        raise UserError(f"timeline must be true or false, got {spec.timeline!r}")
+    if spec.timeline and spec.kind != "train":
+        raise UserError("a Horovod timeline is recorded by train jobs only")
     if spec.kind == "train" and spec.run_dir is None:
         raise UserError("train jobs need a run directory")
     if spec.launcher == "horovodrun-gloo" and spec.kind != "train":
@@ -277,6 +287,8 @@ def render_job(spec: JobSpec) -> str:
         run_dir=shlex.quote(spec.run_dir) if spec.run_dir is not None else "",
         signal=REQUEUE_SIGNAL,
         done_marker=TRAIN_DONE_MARKER,
+        timeline=spec.timeline,
+        timeline_file=TIMELINE_FILE,
     )
 
 
@@ -286,12 +298,8 @@ def available_profiles(profile_dir: Path = PROFILE_DIR) -> list[str]:
     return sorted(p.stem for p in profile_dir.glob("*.toml"))
 
 
-def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
-    """A profile's settings as JobSpec keyword arguments. `{repo}` in setup lines becomes the repo path.
-
-    A name containing '/' or ending in .toml is read as a file path, so a user can keep a site profile
-    outside the repository.
-    """
+def _read_profile(name: str, profile_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The profile's file path and its parsed TOML (UserError if missing or not TOML)."""
     if "/" in name or name.endswith(".toml"):
         path = Path(name)
     else:
@@ -301,14 +309,42 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
         raise UserError(f"no profile {name!r} (looked for {path}); available: "
                         f"{', '.join(available_profiles(profile_dir))}")
     try:
-        data = tomllib.loads(path.read_text())
+        return path, tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"profile {path} is not valid TOML: {err}") from None
+
+
+def profile_prices(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
+    """What the report's cost columns take from a profile: `price_per_gpu_hour` and/or
+    `price_per_node_hour` (numbers >= 0, only those present) and `ranks_per_node` (the profile's ranks
+    per node: tasks_per_node, else gpus_per_node, else 1)."""
+    path, data = _read_profile(name, profile_dir)
+    prices = {}
+    for key in REPORT_PROFILE_KEYS:
+        value = data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise UserError(f"profile {path}: {key} must be a number >= 0, got {value!r}")
+        prices[key] = float(value)
+    ranks = data.get("tasks_per_node") or data.get("gpus_per_node") or 1
+    return {**prices, "ranks_per_node": ranks if isinstance(ranks, int) and ranks >= 1 else 1}
+
+
+def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
+    """A profile's settings as JobSpec keyword arguments. `{repo}` in setup lines becomes the repo path.
+
+    A name containing '/' or ending in .toml is read as a file path, so a user can keep a site profile
+    outside the repository.
+    """
+    path, data = _read_profile(name, profile_dir)
     data.pop("description", None)
+    for key in REPORT_PROFILE_KEYS:  # read by the report (profile_prices), not part of the job
+        data.pop(key, None)
     unknown = sorted(set(data) - set(PROFILE_KEYS))
     if unknown:
         raise UserError(f"profile {path}: unknown key(s) {', '.join(unknown)}; valid: "
-                        f"description, {', '.join(PROFILE_KEYS)}")
+                        f"description, {', '.join(PROFILE_KEYS + REPORT_PROFILE_KEYS)}")
     repo = shlex.quote(str(REPO))
     if "setup" in data:
         data["setup"] = [str(line).replace("{repo}", repo) for line in data["setup"]]

@@ -23,6 +23,7 @@ WORTHWHILE_GAIN = 0.10
 
 
 def _ms(seconds: float) -> str:
+    seconds = float(f"{seconds:.3g}")  # round first: a fitted 0.99999 ms is "1 ms", not "1e+03 us"
     return f"{seconds * 1e3:.3g} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.3g} us"
 
 

@@ -54,7 +54,7 @@ RECORD_NAME = "submit.json"
 OUTPUT_PATTERN = "slurm-%j.out"
 DEFAULT_BATCH = TrainConfig.batch_size  # per rank; the seed's baseline
 # The trainer flags `submit train` and `submit sweep` take (typed once, in stockpredict/config.py).
-TRAIN_FLAGS = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "seed")
+TRAIN_FLAGS = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps")
 
 
 def job_config(config: TrainConfig, run_dir: Path, threads: int) -> TrainConfig:
@@ -418,10 +418,13 @@ def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
         parser.add_argument("--job-name")
         # Unset trainer flags stay out of the namespace: TrainConfig's defaults apply.
         add_train_arguments(parser, TRAIN_FLAGS, suppress_defaults=True)
+        parser.add_argument("--timeline", action="store_true",
+                            help="record a Horovod timeline in the run directory (step-time breakdown)")
 
 
 _SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
-               "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name", "extra_directives")
+               "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name", "extra_directives",
+               "timeline")
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:

@@ -47,12 +47,16 @@ RUN_START_OPTIONAL_FIELDS = (
     "engine",      # the training engine; absent = DEFAULT_ENGINE
     "dataset_id",  # {"fingerprint", "name", "windows"}: stockpredict.identity.dataset_identity(path)
     "model",       # MODEL_FIELDS the config has, plus seq_len and n_features: identity.model_identity
+    # The scaling model (docs/scaling.md): bytes allreduced per step, 4 x trainable parameters (fp32).
+    "gradient_bytes",
+    "kind",        # what the log times: absent = "train"; "allreduce" = stockpredict.allreduce_bench
 )
 OPTIONAL_FIELDS = {"run_start": RUN_START_OPTIONAL_FIELDS, "epoch": (), "run_end": ()}
 DEFAULT_ENGINE = "horovod"
 DATASET_ID_FIELDS = ("fingerprint", "name", "windows")
 MODEL_FIELDS = ("lstm_units", "dropout", "dense_units", "representation", "target")
 RUN_STATUSES = ("completed", "failed", "preempted")
+RUN_KINDS = ("train", "allreduce")  # run_start `kind`; absent = "train"
 MODES = ("strong", "weak")  # run_start `mode`: what a sweep held fixed; null for a single job
 
 # The types readers rely on (the report checks them and skips a log that breaks them). bool is not
@@ -92,6 +96,12 @@ def make_event(event: str, **fields: Any) -> dict:
         raise ValueError("run_start model must be a dict")
     if "engine" in extra and not (isinstance(extra["engine"], str) and extra["engine"]):
         raise ValueError("run_start engine must be a non-empty string")
+    if "gradient_bytes" in extra and (isinstance(extra["gradient_bytes"], bool)
+                                      or not isinstance(extra["gradient_bytes"], int)
+                                      or extra["gradient_bytes"] < 1):
+        raise ValueError("run_start gradient_bytes must be a positive integer")
+    if "kind" in extra and extra["kind"] not in RUN_KINDS:
+        raise ValueError(f"run_start kind must be one of {RUN_KINDS}")
     if event == "run_end":
         if fields["status"] not in RUN_STATUSES:
             raise ValueError(f"run_end status must be one of {RUN_STATUSES}, not {fields['status']!r}")

@@ -76,15 +76,31 @@ def test_make_submit_dry_run_renders_hostile_paths_quoted_without_the_data_file(
     assert bash.returncode == 0, bash.stderr
 
 
+def test_make_submit_timeline_records_a_bounded_horovod_timeline(tmp_path):
+    results = tmp_path / "res"
+    plain = _make("submit", "DRY_RUN=1", f"DATA={tmp_path / 'seq.h5'}", f"RESULTS={results}", "NODES=2")
+    timed = _make("submit", "DRY_RUN=1", f"DATA={tmp_path / 'seq.h5'}", f"RESULTS={results}", "NODES=2",
+                  "TIMELINE=1", "TIMELINE_STEPS=50")
+    assert plain.returncode == 0 and timed.returncode == 0, plain.stderr + timed.stderr
+    assert "HOROVOD_TIMELINE" not in plain.stdout and "--max-steps" not in plain.stdout
+    assert 'export HOROVOD_TIMELINE="$RUN_DIR"/timeline.json' in timed.stdout
+    (launch,) = [line for line in timed.stdout.splitlines() if " -m stockpredict.train " in line]
+    argv = shlex.split(launch.rstrip(" &"))
+    assert argv[argv.index("--max-steps") + 1] == "50"
+
+
 def test_make_report_takes_a_hostile_results_path(tmp_path, canary):
     results = tmp_path / "res" / _hostile(canary)
     (results / "runs").mkdir(parents=True)
-    proc = _make("report", f"RESULTS={results}")
+    dataset = _hostile(canary, double_quote=False)
+    proc = _make("report", f"RESULTS={results}", f"DATASET={dataset}", "NETWORK=ib-hdr", "PRICE=2.5")
     # No logs yet: the one-line error names the directory exactly as given.
     assert proc.returncode != 0
     assert f"error: no timing logs in {results / 'runs'} (expected" in proc.stderr
     argv = _echoed(proc.stdout, "stockpredict.report")
-    assert argv[1:] == ["-m", "stockpredict.report", f"--runs={results}/runs", f"--out={results}"]
+    assert argv[1:] == ["-m", "stockpredict.report", f"--runs={results}/runs", f"--out={results}",
+                        f"--dataset={dataset}", "--network=ib-hdr", "--price-per-hour=2.5", "--price-unit=gpu",
+                        "--target-epochs=", "--profile="]
 
 
 def test_extra_arguments_split_like_shell_words_and_a_stray_quote_fails(tmp_path, canary):

@@ -38,6 +38,10 @@ CASES = {
     "train_cpu_horovodrun_n2_t2": dict(nodes=2, gpus_per_node=0, tasks_per_node=2, launcher="horovodrun-gloo",
                                        requeue=True, time="90", run_dir="/results/runs/r3",
                                        output="/results/runs/r3/slurm-%j.out", setup=SETUP, command=TRAIN_CMD),
+    # make submit TIMELINE=1: the default case plus the HOROVOD_TIMELINE export.
+    "train_local_n2_g1_timeline": dict(nodes=2, gpus_per_node=1, partition="debug", requeue=True,
+                                       run_dir="/results/runs/r1", output="/results/runs/r1/slurm-%j.out",
+                                       setup=SETUP, command=TRAIN_CMD, profile="local", timeline=True),
     "preprocess": dict(kind="preprocess", job_name="stockpredict-preprocess", launcher="none", time="02:00:00",
                        output="/results/jobs/p/slurm-%j.out", setup=SETUP,
                        command=("python", "-m", "preprocess", "--raw", "/data/raw", "--out", "/data/seq.h5")),
@@ -228,3 +232,50 @@ def test_profile_with_unknown_key_lists_valid_keys(tmp_path):
 def test_missing_profile_lists_available():
     with pytest.raises(UserError, match="available: .*local"):
         load_profile("nope")
+
+
+def test_timeline_only_when_asked_and_only_for_train_jobs(tmp_path):
+    default = render_job(make_spec(CASES["train_local_n2_g1"]))
+    assert "HOROVOD_TIMELINE" not in default
+    with pytest.raises(UserError, match="train jobs only"):
+        render_job(make_spec(dict(CASES["report"], timeline=True)))
+    with pytest.raises(UserError, match="timeline must be true or false"):
+        render_job(make_spec(dict(CASES["train_local_n2_g1"], timeline="yes")))
+    profile = tmp_path / "p.toml"
+    profile.write_text("timeline = true\n")                      # a per-job choice, not a site default
+    with pytest.raises(UserError, match="unknown key"):
+        load_profile(str(profile))
+
+
+def test_submit_timeline_exports_the_file_in_the_run_directory(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "stockpredict.submit", "train", "--data", str(data),
+                           "--timeline", "--dry-run", "--results", str(tmp_path / "res")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = (tmp_path / "res" / "runs").iterdir()
+    script = (run_dir / "job.sbatch").read_text()
+    # The export sits before the launch line, and RUN_DIR is this run's directory.
+    export = 'export HOROVOD_TIMELINE="$RUN_DIR"/timeline.json HOROVOD_TIMELINE_MARK_CYCLES=1'
+    assert script.index(export) < script.index("python -m stockpredict.train")
+    assert f"RUN_DIR={run_dir}\n" in script
+    assert json.loads((run_dir / "submit.json").read_text())["job"]["timeline"] is True
+    # Run the export line as the job would: the variable names the run directory's timeline.json.
+    out = subprocess.run(["bash", "-c", f"RUN_DIR={run_dir}; {export}; echo $HOROVOD_TIMELINE"],
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == f"{run_dir}/timeline.json"
+
+
+def test_profile_prices_for_the_report(tmp_path):
+    from stockpredict.render import profile_prices
+
+    profile = tmp_path / "site.toml"
+    profile.write_text('gpus_per_node = 8\nprice_per_node_hour = 20\nprice_per_gpu_hour = 3.5\n')
+    assert profile_prices(str(profile)) == {"price_per_gpu_hour": 3.5, "price_per_node_hour": 20.0,
+                                            "ranks_per_node": 8}
+    assert load_profile(str(profile))["gpus_per_node"] == 8      # job rendering ignores the prices
+    profile.write_text('price_per_gpu_hour = "cheap"\n')
+    with pytest.raises(UserError, match="price_per_gpu_hour must be a number >= 0"):
+        profile_prices(str(profile))
+    assert profile_prices("local") == {"ranks_per_node": 1}

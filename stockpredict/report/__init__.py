@@ -4,7 +4,9 @@
 
 Reads every `<runs>/*/timing.jsonl` (schema 1, written by stockpredict.train; the contract is
 stockpredict/timing.py) and writes into `--out`: `scaling.md`, one CSV per table beside it
-(strong_scaling.csv, weak_scaling.csv, batch_size.csv, accuracy.csv, environment.csv) and five PNG plots.
+(strong_scaling.csv, weak_scaling.csv, batch_size.csv, accuracy.csv, environment.csv) and five PNG plots,
+plus the scaling model per key (scaling_prediction.csv and .png, docs/scaling.md) and the step-time
+breakdown of any Horovod timeline.json in a run directory (step_breakdown.csv).
 
 The package is a pure core and a thin shell, like the other stages, one module per step:
 
@@ -17,6 +19,7 @@ The package is a pure core and a thin shell, like the other stages, one module p
     keys.py      the comparability key (dataset fingerprint or path, model config, engine)
     registry.py  every table and plot named once: columns, CSV file, plot file, section title
     config.py    ReportConfig
+    scaling.py   key_scaling(runs, benchmarks, config) -> KeyScaling; step_breakdown_table (per key)
 
 The log's contract (schema version, file name, fields) is imported from stockpredict/timing.py.
 
@@ -47,13 +50,16 @@ from .parse import (MODES, SCHEMA_VERSION, TIMING_LOG_NAME, EpochRecord, GroupKe
 from .registry import (ACCURACY_COLUMNS, BATCH_COLUMNS, CSV_NAMES, ENVIRONMENT_COLUMNS, KEY_COLUMNS,
                        MARKDOWN_NAME, PLOT_NAMES, PLOTS, STRONG_COLUMNS, TABLES, WEAK_COLUMNS, PlotSpec,
                        TableSpec)
+from .registry import MODEL_TABLES, SCALING, STEP_BREAKDOWN
 from .render import render_csv, render_markdown, render_markdown_table
+from .scaling import KeyScaling, key_scaling, step_breakdown_table
 from .tables import (GroupTiming, Report, RunTiming, Section, accuracy_table, batch_size_table, build_report,
                      build_section, environment_table, group_timings, karp_flatt, parallel_efficiency,
                      run_timing, speedup, strong_scaling_table, weak_scaling_table)
 
 __all__ = [
     "ACCURACY_COLUMNS", "BATCH_COLUMNS", "CSV_NAMES", "ENVIRONMENT_COLUMNS", "KEY_COLUMNS", "MARKDOWN_NAME",
+    "MODEL_TABLES", "SCALING", "STEP_BREAKDOWN", "KeyScaling", "key_scaling", "step_breakdown_table",
     "MODES", "PLOTS", "PLOT_NAMES", "SCHEMA_VERSION", "STRONG_COLUMNS", "TABLES", "TIMING_LOG_NAME",
     "WEAK_COLUMNS", "ComparabilityKey", "DatasetKey", "EpochRecord", "GroupKey", "GroupTiming", "LoadedRuns",
     "PlotSpec", "Report", "ReportConfig", "Run", "RunTiming", "Section", "SkipLog", "SkippedLog", "TableSpec",

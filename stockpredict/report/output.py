@@ -8,7 +8,7 @@ from ..cli import UserError, get_logger
 from ..files import write_atomic
 from .config import ReportConfig
 from .parse import load_runs
-from .registry import MARKDOWN_NAME, PLOTS, TABLES
+from .registry import MARKDOWN_NAME, PLOTS, SCALING, STEP_BREAKDOWN, TABLES, scaling_plot_file
 from .render import render_csv, render_markdown
 from .tables import Report, build_report
 
@@ -25,7 +25,12 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     outputs: list[tuple[Path, bytes | str]] = [
         (out_dir / table.csv_file, render_csv(getattr(report, table.name), table.csv_columns))
         for table in TABLES]
+    outputs.append((out_dir / SCALING.csv_file,
+                    render_csv(report.scaling_prediction, report.scaling_columns)))
+    outputs.append((out_dir / STEP_BREAKDOWN.csv_file,
+                    render_csv(report.step_breakdown, STEP_BREAKDOWN.csv_columns)))
     plot_files: dict[str, str] = {}
+    scaling_plots: dict[int, str] = {}
     if report.config.plots:
         from .. import plots  # matplotlib is imported only when plots are wanted
 
@@ -33,8 +38,15 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
         for plot in PLOTS:
             outputs.append((out_dir / plot.file, pngs[plot.name]))
             plot_files[plot.name] = plot.file
+        from ..scaling_render import plot_prediction
+
+        fitted = [(i, s.scaling.analysis) for i, s in enumerate(report.sections)
+                  if s.scaling is not None and s.scaling.analysis is not None]
+        for number, (index, analysis) in enumerate(fitted, start=1):
+            scaling_plots[index] = scaling_plot_file(number)
+            outputs.append((out_dir / scaling_plots[index], plot_prediction(analysis)))
     # scaling.md last: once it is there, every file it links to is too.
-    outputs.append((out_dir / MARKDOWN_NAME, render_markdown(report, plot_files)))
+    outputs.append((out_dir / MARKDOWN_NAME, render_markdown(report, plot_files, scaling_plots)))
     for path, data in outputs:
         try:
             write_atomic(path, data)

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
 from .. import timing
 from ..cli import UserError
+from ..timeline import StepBreakdown, TimelineError, read_timeline
 from .keys import ComparabilityKey, run_start_key
 
 SCHEMA_VERSION = timing.SCHEMA_VERSION
 TIMING_LOG_NAME = timing.TIMING_FILE
 MODES = timing.MODES
+# A Horovod timeline in a run directory (`make submit TIMELINE=1` sets HOROVOD_TIMELINE to it).
+TIMELINE_NAME = "timeline.json"
 
 
 # --- records parsed from the logs ----------------------------------------------------------------
@@ -68,6 +71,10 @@ class Run:
     test: Mapping[str, Any] | None
     total_seconds: float | None
     key: ComparabilityKey      # dataset fingerprint (or path), model config, engine: see keys.py
+    kind: str = "train"        # run_start `kind`: "train", or "allreduce" (stockpredict.allreduce_bench)
+    gradient_bytes: int | None = None  # run_start `gradient_bytes`; None in logs written before it
+    timeline: StepBreakdown | None = None  # from TIMELINE_NAME in the run directory, if readable
+    timeline_recorded: bool = False        # the run directory holds TIMELINE_NAME (readable or not)
 
     @property
     def group_key(self) -> "GroupKey":
@@ -189,6 +196,13 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
                 run_start_key(event)  # a malformed dataset_id, model or engine makes the log corrupt
             except ValueError as why:
                 raise SkipLog(f"corrupt: line {lineno} (run_start) has {why}") from None
+            size, run_kind = event.get("gradient_bytes"), event.get("kind")
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+                raise SkipLog(f"corrupt: line {lineno} has gradient_bytes={size!r}, expected a positive "
+                              f"integer")
+            if run_kind is not None and run_kind not in timing.RUN_KINDS:
+                raise SkipLog(f"corrupt: line {lineno} has kind={run_kind!r}, expected one of "
+                              f"{timing.RUN_KINDS}")
             if starts:
                 for name in ("mode", *_RUN_START_FIELDS, *timing.RUN_START_OPTIONAL_FIELDS):
                     if event.get(name) != starts[0].get(name):
@@ -253,6 +267,8 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         test=test if isinstance(test, dict) else None,
         total_seconds=total if isinstance(total, (int, float)) and not isinstance(total, bool) else None,
         key=key,
+        kind=first.get("kind") or "train",
+        gradient_bytes=first.get("gradient_bytes"),
     )
     return run, tuple(notes)
 
@@ -279,6 +295,13 @@ def load_runs(runs_dir: Path) -> LoadedRuns:
         except OSError as err:
             skipped.append(SkippedLog(str(path), f"unreadable: {err.strerror or err}"))
             continue
+        timeline = run_dir / TIMELINE_NAME
+        if timeline.exists():
+            try:
+                run = replace(run, timeline=read_timeline(timeline), timeline_recorded=True)
+            except TimelineError as why:  # the run still counts; only its step-time breakdown is missing
+                run = replace(run, timeline_recorded=True)
+                notes.append(f"no step-time breakdown from {why}")
         runs.append(run)
         notes.extend(f"{path}: {note}" for note in run_notes)
     return LoadedRuns(tuple(runs), tuple(skipped), tuple(notes))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..scaling_model import COST_COLUMNS, PREDICTION_COLUMNS
+
 MARKDOWN_NAME = "scaling.md"
 # Which comparability key a CSV row belongs to (keys.ComparabilityKey.columns fills them).
 KEY_COLUMNS = ("dataset", "fingerprint", "windows", "model", "engine")
@@ -91,6 +93,37 @@ TABLES: tuple[TableSpec, ...] = (
         columns=("hosts", "python", "tensorflow", "horovod", "mpi", "hardware", "runs", "first_start",
                  "last_start")),
 )
+
+# The scaling model and the step-time breakdown (docs/scaling.md): also one per comparability key, but
+# not drawn by plots.py and not rendered as plain tables, so kept apart from TABLES.
+SCALING_PLOT = PlotSpec("scaling_prediction", "scaling_prediction.png",
+                        "Scaling model: measured runs against the prediction")
+SCALING = TableSpec(
+    name="scaling_prediction", title="Scaling model", csv_file="scaling_prediction.csv",
+    text="t(p, b) = overhead + per_sample x b + 2(p-1) x latency + 2(p-1)/p x S / bandwidth, fitted to "
+         "this key's runs (docs/scaling.md).",
+    # `network`: the preset the predictions use (--network), or "fitted".
+    columns=PREDICTION_COLUMNS + ("network",), plots=(SCALING_PLOT,))
+SCALING_COST_COLUMNS = COST_COLUMNS  # inserted before `network` when a price is given
+
+
+def scaling_plot_file(number: int) -> str:
+    """The PNG of the `number`-th key (1-based, in section order) that has a scaling model:
+    scaling_prediction.png, then scaling_prediction_2.png, ..."""
+    stem, suffix = SCALING_PLOT.file.rsplit(".", 1)
+    return SCALING_PLOT.file if number == 1 else f"{stem}_{number}.{suffix}"
+
+
+STEP_BREAKDOWN = TableSpec(
+    name="step_breakdown", title="Step-time breakdown", csv_file="step_breakdown.csv",
+    text="From the Horovod timeline (timeline.json, rank 0's clock) of each run that recorded one, per "
+         "rank count: the share of a step spent computing (no Horovod op pending), negotiating (waiting "
+         "until every rank has a gradient ready, which includes waiting for slower ranks) and inside "
+         "allreduce; shares weighted by each run's recorded time. `model communication share` is the "
+         "fitted model's allreduce time over its step time, to set against negotiate + allreduce.",
+    columns=("ranks", "nodes", "gpus_per_node", "batch_size_per_rank", "runs", "steps", "seconds_per_step",
+             "compute_share", "negotiate_share", "allreduce_share", "model_communication_share"))
+MODEL_TABLES: tuple[TableSpec, ...] = (SCALING, STEP_BREAKDOWN)
 
 TABLES_BY_NAME = {t.name: t for t in TABLES}
 PLOTS: tuple[PlotSpec, ...] = tuple(p for t in TABLES for p in t.plots)

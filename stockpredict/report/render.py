@@ -8,9 +8,10 @@ import json
 import math
 from typing import Any, Mapping, Sequence
 
+from .. import scaling_render
 from .parse import MODES, SCHEMA_VERSION, TIMING_LOG_NAME
-from .registry import PLOTS, TABLES
-from .tables import Report
+from .registry import PLOTS, SCALING, SCALING_PLOT, STEP_BREAKDOWN, TABLES
+from .tables import Report, Section
 
 
 def _csv_value(value: Any) -> str:
@@ -36,7 +37,8 @@ _FORMATS = {
     "speedup": "{:.2f}", "throughput_ratio": "{:.2f}", "efficiency": "{:.0%}", "karp_flatt": "{:.3f}",
     "steps_per_epoch": "{:g}", "learning_rate": "{:.3g}", "test_mse": "{:.3e}", "persistence_mse": "{:.3e}",
     "rmse_price": "{:.4f}", "mae_price": "{:.4f}", "persistence_rmse_price": "{:.4f}", "skill": "{:.3f}",
-    "direction_accuracy": "{:.1%}",
+    "direction_accuracy": "{:.1%}", "compute_share": "{:.1%}", "negotiate_share": "{:.1%}",
+    "allreduce_share": "{:.1%}", "model_communication_share": "{:.1%}",
 }
 _HEADINGS = {
     "global_batch_size": "global batch", "batch_size_per_rank": "batch/rank", "gpus_per_node": "GPUs/node",
@@ -96,9 +98,38 @@ def _section_heading(section) -> list[str]:
           f"{', '.join(section.untimed_runs)}."] if section.untimed_runs else [])
 
 
-def render_markdown(report: Report, plot_files: Mapping[str, str]) -> str:
+def _model_sections(section: Section, scaling_plot: str | None) -> list[str]:
+    """The key's scaling model (fitted parameters, held-out check, peaks, predictions, its plot) and,
+    when some run recorded a timeline, the step-time breakdown."""
+    out = ["", f"### {SCALING.title}", ""]
+    scaling = section.scaling
+    if scaling is None or scaling.analysis is None:
+        out.append(f"_{scaling.note if scaling is not None else 'no scaling model'}._")
+    else:
+        text = scaling_render.render_markdown(scaling.analysis)
+        # Its own "## Scaling model" heading: this section already has one, one level down.
+        out.extend(text.split("\n", 1)[1].strip("\n").splitlines())
+        if scaling.benchmarks:
+            out.extend(["", f"Allreduce benchmarks in the fit: {', '.join(scaling.benchmarks)}."])
+        out.extend(["", f"CSV: [{SCALING.csv_file}]({SCALING.csv_file})"])
+        if scaling_plot:
+            out.extend(["", f"![{SCALING_PLOT.alt_text}]({scaling_plot})"])
+    if scaling is not None and scaling.left_out:
+        out.extend(["", f"Left out of the fit (they recorded a Horovod timeline, which costs time and "
+                        f"usually caps the steps): {', '.join(scaling.left_out)}."])
+    if any(r.timeline_recorded for r in section.runs):
+        out.extend(["", f"### {STEP_BREAKDOWN.title}", "", STEP_BREAKDOWN.text, "",
+                    render_markdown_table(section.step_breakdown, STEP_BREAKDOWN.columns).rstrip("\n"), "",
+                    f"CSV: [{STEP_BREAKDOWN.csv_file}]({STEP_BREAKDOWN.csv_file})"])
+    return out
+
+
+def render_markdown(report: Report, plot_files: Mapping[str, str],
+                    scaling_plots: Mapping[int, str] | None = None) -> str:
     """scaling.md: header (what, where, when, which keys, what was skipped), one section of tables per
-    comparability key, the plots, the settings."""
+    comparability key (with its scaling model), the plots, the settings. `scaling_plots` maps a
+    section's index to its scaling-model PNG."""
+    scaling_plots = scaling_plots or {}
     runs = report.runs
     hosts = sorted({h for r in runs for h in r.hosts})
     starts = sorted(r.started for r in runs if r.started)
@@ -144,15 +175,20 @@ def render_markdown(report: Report, plot_files: Mapping[str, str]) -> str:
         out += [f"  - `{s.path}`: {s.reason}" for s in report.skipped]
     else:
         out.append("- **Skipped logs:** none.")
+    if report.benchmarks:
+        out.append(f"- **Allreduce benchmarks ({len(report.benchmarks)}):** "
+                   f"{', '.join(b.run_id for b in report.benchmarks)}; each joins the scaling model of "
+                   "every key with the same engine and gradient size.")
     if report.notes:
         out.append("- **Notes:** " + "; ".join(report.notes) + ".")
 
-    for section in report.sections:
+    for index, section in enumerate(report.sections):
         out.extend(_section_heading(section))
         for table in TABLES:
             out.extend(["", f"### {table.title}", "", table.text, "",
                         render_markdown_table(getattr(section, table.name), table.columns).rstrip("\n"), "",
                         f"CSV: [{table.csv_file}]({table.csv_file})"])
+        out.extend(_model_sections(section, scaling_plots.get(index)))
     if plot_files:
         out.extend(["", "## Plots", "", "Every series is computed within one comparability key and labelled "
                     "with it; test losses of different datasets never share an axis."])

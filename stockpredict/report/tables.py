@@ -5,6 +5,7 @@ Pure functions of parsed runs (no I/O). Each table's columns are named once, in 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -16,6 +17,7 @@ from ..cli import UserError
 from .config import ReportConfig
 from .keys import ComparabilityKey, DatasetKey, section_labels, select_dataset
 from .parse import TIMING_LOG_NAME, GroupKey, LoadedRuns, Run, SkippedLog
+from .registry import KEY_COLUMNS, SCALING, SCALING_COST_COLUMNS
 
 
 # --- statistics ----------------------------------------------------------------------------------
@@ -237,17 +239,27 @@ class Section:
     accuracy: list[dict[str, Any]]
     environment: list[dict[str, Any]]
     untimed_runs: tuple[str, ...]       # runs with no epoch left after warm-up exclusion
+    scaling: Any = None                 # scaling.KeyScaling: the fitted model, or a note why there is none
+    step_breakdown: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # from timelines
 
 
-def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int, label: str = "") -> Section:
-    """Every table of one key's runs (the caller guarantees they share the key)."""
+def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int, label: str = "",
+                  benchmarks: Sequence[Run] = (), config: ReportConfig | None = None) -> Section:
+    """Every table of one key's runs (the caller guarantees they share the key), the scaling model
+    fitted to them (plus the allreduce `benchmarks` of the same engine and gradient size) and the
+    step-time breakdown of their timelines."""
+    from .scaling import key_scaling, step_breakdown_table  # scaling.py builds on this module
+
     groups = group_timings(runs, warmup_epochs)
+    config = config or ReportConfig(warmup_epochs=warmup_epochs)
+    scaling = key_scaling(runs, benchmarks, config)
     return Section(
         key=key, label=label or key.dataset.name, runs=tuple(runs),
         strong=strong_scaling_table(groups), weak=weak_scaling_table(groups),
         batch_size=batch_size_table(groups), accuracy=accuracy_table(runs),
         environment=environment_table(runs),
         untimed_runs=tuple(r.run_id for r in runs if run_timing(r, warmup_epochs) is None),
+        scaling=scaling, step_breakdown=step_breakdown_table(runs, scaling),
     )
 
 
@@ -267,9 +279,26 @@ class Report:
     sections: tuple[Section, ...] = ()
     keys: tuple[tuple[ComparabilityKey, int], ...] = ()  # every key in the logs and its run count
     selected: DatasetKey | None = None  # the dataset --dataset chose, or None
+    benchmarks: tuple[Run, ...] = ()    # allreduce microbenchmarks (run_start kind "allreduce")
 
     def _rows(self, table: str) -> list[dict[str, Any]]:
         return [{**row, **s.key.columns()} for s in self.sections for row in getattr(s, table)]
+
+    @property
+    def scaling_prediction(self) -> list[dict[str, Any]]:
+        """Every key's prediction rows (results/scaling_prediction.csv), each with its key columns."""
+        return [{**row, **s.key.columns()} for s in self.sections if s.scaling is not None
+                for row in s.scaling.prediction_rows()]
+
+    @property
+    def scaling_columns(self) -> tuple[str, ...]:
+        """The CSV header of scaling_prediction.csv: cost columns (with a price) before `network`."""
+        own = SCALING.columns[:-1] + (SCALING_COST_COLUMNS if self.config.pricing is not None else ())
+        return own + SCALING.columns[-1:] + KEY_COLUMNS
+
+    @property
+    def step_breakdown(self) -> list[dict[str, Any]]:
+        return self._rows("step_breakdown")
 
     @property
     def strong(self) -> list[dict[str, Any]]:
@@ -305,16 +334,22 @@ def build_report(loaded: LoadedRuns, config: ReportConfig) -> Report:
                             f"were skipped (warnings above say why)")
         raise UserError(f"no timing logs in {config.runs_dir} (expected {config.runs_dir}/<run-id>/"
                         f"{TIMING_LOG_NAME}; submit runs first: make sweep, or make demo)")
+    # Allreduce benchmarks have no dataset: they join every key of the same engine and gradient size.
+    benchmarks = tuple(r for r in loaded.runs if r.kind == "allreduce")
+    if len(benchmarks) == len(loaded.runs):
+        raise UserError(f"only allreduce benchmarks in {config.runs_dir}: no training run to report on")
     per_key: dict[ComparabilityKey, list[Run]] = {}
     for run in loaded.runs:
-        per_key.setdefault(run.key, []).append(run)
+        if run.kind != "allreduce":
+            per_key.setdefault(run.key, []).append(run)
     ordered = sorted(per_key, key=ComparabilityKey.sort_key)
     selected = select_dataset(ordered, config.dataset) if config.dataset else None
     shown = [k for k in ordered if selected is None or k.dataset == selected]
     labels = section_labels(shown)
-    sections = tuple(build_section(k, per_key[k], config.warmup_epochs, labels[k]) for k in shown)
+    sections = tuple(build_section(k, per_key[k], config.warmup_epochs, labels[k], benchmarks, config)
+                     for k in shown)
     return Report(
         config=config, runs=tuple(r for s in sections for r in s.runs), skipped=loaded.skipped,
         notes=loaded.notes, sections=sections, keys=tuple((k, len(per_key[k])) for k in ordered),
-        selected=selected,
+        selected=selected, benchmarks=benchmarks,
     )

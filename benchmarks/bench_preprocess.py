@@ -97,7 +97,8 @@ def seed_windowing(series: list[bars.TickerSeries], seq_len: int, horizon: int):
             x_day, y_day = np.empty((0, seq_len, 2)), np.empty(0)
             for start in range(390 - seq_len - horizon + 1):
                 # one column selection per window, covering the inputs and the target minute
-                checked = frame[["Close", "Volume"]].values[start:start + seq_len + horizon][[*range(seq_len), -1]]
+                rows = frame[["Close", "Volume"]].values[start:start + seq_len + horizon]
+                checked = rows[[*range(seq_len), -1]]
                 window, target_bar = checked[:seq_len], checked[-1]  # the drop rule of preprocess.windows:
                 if np.isnan(checked).any() or (checked[:, 0] <= 0).any() or (checked[:, 1] < 0).any():
                     continue
@@ -139,7 +140,8 @@ def bench_windowing(raw: Path, n_tickers: int, repeats: int) -> None:
           f"({n:,} windows kept); identical windows and targets: {identical}\n")
     print("| approach | seconds | windows/s |")
     print("|---|---|---|")
-    print(f"| seed: DataFrame column selection + np.concatenate per window | {seed_s:.2f} | {n / seed_s:,.0f} |")
+    print(f"| seed: DataFrame column selection + np.concatenate per window | {seed_s:.2f} "
+          f"| {n / seed_s:,.0f} |")
     print(f"| preprocess.windows (mean +- sd of {repeats} after a warm-up) | {mean:.4f} +- {spread:.4f} | "
           f"{n / mean:,.0f} |")
     print(f"\nspeed-up: {seed_s / mean:,.0f}x")
@@ -181,7 +183,7 @@ def bench_codecs(source: Path, n_windows: int, batch: int, batches: int) -> None
             for chunk in (256, 2048):
                 path = Path(tmp) / f"{name}-{chunk}.h5"
 
-                def write():
+                def write(path=path, chunk=chunk, options=options):
                     with h5py.File(path, "w") as h5:
                         h5.create_dataset("x", data=x, chunks=(chunk,) + x.shape[1:], **options)
 
@@ -189,13 +191,14 @@ def bench_codecs(source: Path, n_windows: int, batch: int, batches: int) -> None
                 size = path.stat().st_size
                 with h5py.File(path, "r") as h5:
                     dset = h5["x"]
-                    full_s = _timed(lambda: dset[:])
+                    full_s = _timed(lambda dset=dset: dset[:])
                     starts = rng.permutation(np.arange(0, len(x), block))
-                    blocks_s = _timed(lambda: [dset[a:a + block] for a in starts])
+                    blocks_s = _timed(lambda dset=dset, starts=starts: [dset[a:a + block] for a in starts])
                     picks = [np.sort(rng.choice(len(x), batch, replace=False)) for _ in range(batches)]
-                    random_s = _timed(lambda: [dset[p] for p in picks], repeats=1)
+                    random_s = _timed(lambda dset=dset, picks=picks: [dset[p] for p in picks], repeats=1)
                 mb = x.nbytes / 2**20
-                print(f"| {name} | {chunk} | {size / 2**20:.1f} | {x.nbytes / size:.1f} | {mb / write_s:,.0f} | "
+                print(f"| {name} | {chunk} | {size / 2**20:.1f} | {x.nbytes / size:.1f} "
+                      f"| {mb / write_s:,.0f} | "
                       f"{mb / full_s:,.0f} | {len(x) / blocks_s:,.0f} | {batches * batch / random_s:,.0f} |")
                 path.unlink()
 
@@ -215,7 +218,7 @@ def main() -> None:
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     print(f"# bench_preprocess\n\nmachine: {machine()}\n")
-    print(f"load average before each part is printed; the machine is shared, so compare ratios within a run\n")
+    print("load average before each part is printed; the machine is shared, so compare ratios within a run\n")
     ensure_universe(args.raw, args.tickers, args.days)
     if "full" in parts:
         print(f"load average: {os.getloadavg()[0]:.1f}")

@@ -37,6 +37,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: this checkout's stockpredict
 from stockpredict import layout  # noqa: E402 -- after the path line; h5py/numpy only, no TensorFlow
+
 PYTHON = sys.executable
 HOROVODRUN = str(Path(PYTHON).parent / "horovodrun")
 SEQ_LEN, N_FEATURES, CHUNK = 60, 2, layout.DEFAULT_CHUNK_WINDOWS
@@ -190,9 +191,10 @@ if engine.rank == 0:
 
 def bench_stop_check(ranks: int = 2) -> dict:
     """Latency of the ranks' stop agreement (one scalar allreduce, what --stop-check-steps pays)."""
-    cmd = [HOROVODRUN, "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo", PYTHON, "-c", STOP_CHECK_PROBE]
+    cmd = [HOROVODRUN, "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
+           PYTHON, "-c", STOP_CHECK_PROBE]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-    line = next((l for l in proc.stdout.splitlines() if "PROBE{" in l), None)
+    line = next((out for out in proc.stdout.splitlines() if "PROBE{" in out), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"stop-check probe failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     samples = json.loads(line.split("PROBE", 1)[1])["ms_per_check"]
@@ -209,7 +211,8 @@ def bench_memory(work: Path, large: Path, steps: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("streaming", "scaling", "memory", "all"), default="all")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--data", type=Path, default=None, help="sequences file for parts 1-2")
@@ -237,7 +240,8 @@ def main() -> int:
         if large is None:
             started = time.perf_counter()
             large = write_random_sequences(work / "large.h5", {
-                "train": int(FULL_WINDOWS * 0.7), "val": int(FULL_WINDOWS * 0.2), "test": int(FULL_WINDOWS * 0.1)})
+                "train": int(FULL_WINDOWS * 0.7), "val": int(FULL_WINDOWS * 0.2),
+                "test": int(FULL_WINDOWS * 0.1)})
             print(f"wrote {large} in {time.perf_counter() - started:.0f} s", flush=True)
         report["memory"] = bench_memory(work, large, steps=50)
         print(json.dumps({"memory": report["memory"]}), flush=True)

@@ -99,7 +99,8 @@ def test_make_report_takes_a_hostile_results_path(tmp_path, canary):
     assert f"error: no timing logs in {results / 'runs'} (expected" in proc.stderr
     argv = _echoed(proc.stdout, "stockpredict.report")
     assert argv[1:] == ["-m", "stockpredict.report", f"--runs={results}/runs", f"--out={results}",
-                        f"--dataset={dataset}", "--network=ib-hdr", "--price-per-hour=2.5", "--price-unit=gpu",
+                        f"--dataset={dataset}", "--network=ib-hdr", "--price-per-hour=2.5",
+                        "--price-unit=gpu",
                         "--target-epochs=", "--profile="]
 
 

@@ -33,7 +33,8 @@ def run_start(ranks=1, nodes=1, gpus_per_node=1, batch=32, mode="strong", global
         "batch_size_per_rank": batch, "global_batch_size": global_batch or batch * ranks,
         "learning_rate": 1e-4 * ranks, "epochs": epochs, "mode": mode, "dataset": "data/seq.h5",
         "windows": {"train": TRAIN_WINDOWS, "val": 512, "test": 512},
-        "versions": {"python": "3.11.2", "tensorflow": "2.15.1", "horovod": "0.28.1", "mpi": "Open MPI 4.1.4"},
+        "versions": {"python": "3.11.2", "tensorflow": "2.15.1", "horovod": "0.28.1",
+                     "mpi": "Open MPI 4.1.4"},
         "config": {"lstm_units": 50}, "resumed_from_epoch": resumed_from_epoch, "attempt": attempt,
     }
     event.update(extra)

@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 
 from stockpredict import scaling_model as sm
-from stockpredict.scaling_render import last_worthwhile_doubling, plot_prediction, render_markdown, \
-    write_prediction_csv
+from stockpredict.scaling_render import (
+    last_worthwhile_doubling,
+    plot_prediction,
+    render_markdown,
+    write_prediction_csv,
+)
 
 S = 49_900          # gradient bytes of the seed's model (about 12,300 fp32 parameters)
 W = 1_000_000       # windows per epoch of the synthetic worlds

@@ -43,19 +43,59 @@ Rules (docs/report.md explains them):
 
 from .command import main
 from .config import ReportConfig
-from .output import make_report, write_report
 from .keys import ComparabilityKey, DatasetKey, run_start_key
-from .parse import (MODES, SCHEMA_VERSION, TIMING_LOG_NAME, EpochRecord, GroupKey, LoadedRuns, Run, SkipLog,
-                    SkippedLog, load_runs, parse_timing_log)
-from .registry import (ACCURACY_COLUMNS, BATCH_COLUMNS, CSV_NAMES, ENVIRONMENT_COLUMNS, KEY_COLUMNS,
-                       MARKDOWN_NAME, PLOT_NAMES, PLOTS, STRONG_COLUMNS, TABLES, WEAK_COLUMNS, PlotSpec,
-                       TableSpec)
-from .registry import MODEL_TABLES, SCALING, STEP_BREAKDOWN
+from .output import make_report, write_report
+from .parse import (
+                    MODES,
+                    SCHEMA_VERSION,
+                    TIMING_LOG_NAME,
+                    EpochRecord,
+                    GroupKey,
+                    LoadedRuns,
+                    Run,
+                    SkipLog,
+                    SkippedLog,
+                    load_runs,
+                    parse_timing_log,
+)
+from .registry import (
+                    ACCURACY_COLUMNS,
+                    BATCH_COLUMNS,
+                    CSV_NAMES,
+                    ENVIRONMENT_COLUMNS,
+                    KEY_COLUMNS,
+                    MARKDOWN_NAME,
+                    MODEL_TABLES,
+                    PLOT_NAMES,
+                    PLOTS,
+                    SCALING,
+                    STEP_BREAKDOWN,
+                    STRONG_COLUMNS,
+                    TABLES,
+                    WEAK_COLUMNS,
+                    PlotSpec,
+                    TableSpec,
+)
 from .render import render_csv, render_markdown, render_markdown_table
 from .scaling import KeyScaling, key_scaling, step_breakdown_table
-from .tables import (GroupTiming, Report, RunTiming, Section, accuracy_table, batch_size_table, build_report,
-                     build_section, environment_table, group_timings, karp_flatt, parallel_efficiency,
-                     run_timing, speedup, strong_scaling_table, weak_scaling_table)
+from .tables import (
+                    GroupTiming,
+                    Report,
+                    RunTiming,
+                    Section,
+                    accuracy_table,
+                    batch_size_table,
+                    build_report,
+                    build_section,
+                    environment_table,
+                    group_timings,
+                    karp_flatt,
+                    parallel_efficiency,
+                    run_timing,
+                    speedup,
+                    strong_scaling_table,
+                    weak_scaling_table,
+)
 
 __all__ = [
     "ACCURACY_COLUMNS", "BATCH_COLUMNS", "CSV_NAMES", "ENVIRONMENT_COLUMNS", "KEY_COLUMNS", "MARKDOWN_NAME",

@@ -105,7 +105,7 @@ def step_breakdown_table(runs: Sequence[Run], scaling: KeyScaling | None = None)
         weights = [r.timeline.steps * r.timeline.seconds_per_step for r in members]
         total, steps = sum(weights), sum(r.timeline.steps for r in members)
 
-        def share(name: str) -> float:
+        def share(name: str, weights=weights, members=members, total=total) -> float:
             return sum(w * getattr(r.timeline, name) for w, r in zip(weights, members)) / total
 
         model = None

@@ -19,7 +19,6 @@ from .keys import ComparabilityKey, DatasetKey, section_labels, select_dataset
 from .parse import TIMING_LOG_NAME, GroupKey, LoadedRuns, Run, SkippedLog
 from .registry import KEY_COLUMNS, SCALING, SCALING_COST_COLUMNS
 
-
 # --- statistics ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ import os
 import socket
 import sys
 
-import tensorflow as tf
 import horovod.tensorflow as hvd
+import tensorflow as tf
 
 hvd.init()  # Horovod: one process per rank; rank/size come from PMIx (srun) or horovodrun.
 total = float(hvd.allreduce(tf.constant(float(hvd.rank() + 1)), op=hvd.Sum).numpy())

@@ -8,9 +8,9 @@ Each step: forward, backward, one DistributedGradientTape allreduce of the ~49.9
 
 import sys
 
+import horovod.tensorflow as hvd
 import numpy as np
 import tensorflow as tf
-import horovod.tensorflow as hvd
 
 hvd.init()  # Horovod: one process per rank
 tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -101,7 +101,9 @@ def check_inputs(series: list[bars.TickerSeries], config: PreprocessConfig) -> I
             ("bar labels", label_text),
             ("regular-session minutes", f"{share:.1%} present ({regular:,} of {possible:,} in "
                                         f"{sum(c.sessions for c in checks):,} ticker-sessions)")]
-    warnings = [w for w in (time_zone_warning(checks, config), bar_label_warning(checks, config)) if w]
+    # A shifted clock also puts bars at 16:00 and none at 09:30: fix the zone first, then the labels.
+    zone_warning = time_zone_warning(checks, config)
+    warnings = [zone_warning] if zone_warning else [w for w in [bar_label_warning(checks, config)] if w]
     understood = {"time": sorted(times), "zone": sorted(zones), "bar_label": config.bar_label,
                   "regular_minutes_share": round(share, 4)}
     return InputReport(rows, warnings, understood)

@@ -306,3 +306,30 @@ def test_the_cli_prints_how_the_input_was_read_and_warns_once(reference, tmp_pat
     for row in ("time column", "timestamp: date-time text without UTC offset", "time zone", NY,
                 "bar labels", "minute start", "regular-session minutes"):
         assert row in proc.stdout
+
+
+@pytest.mark.parametrize("layout,aware", [
+    ("%Y-%m-%dT%H:%M:%S+00:00", True), ("%Y-%m-%d %H:%M:%S", False), ("%Y-%m-%dT%H:%MZ", True),
+    ("%Y-%m-%dT%H:%M:%SZ", True), ("%Y-%m-%d %H:%M", False), ("%Y-%m-%dT%H:%M:%S%z", True),
+    ("%Y-%m-%dT%H:%M%z", True), ("colon-offset", True),
+])
+def test_the_fixed_layout_fast_path_agrees_with_pandas(layout, aware):
+    rng = np.random.default_rng(7)
+    instants = pd.DatetimeIndex(rng.integers(0, 2_000_000_000, 5000) * 10**9, tz="UTC")
+    local = instants.tz_convert("Asia/Kolkata" if "%z" in layout or "colon" in layout else "UTC")
+    if layout == "colon-offset":  # +05:30
+        text = pd.Series(local.strftime("%Y-%m-%dT%H:%M:%S%z"), dtype=object).str.replace(
+            r"(\d\d)$", r":\1", regex=True)
+    else:
+        text = pd.Series(local.strftime(layout), dtype=object)
+    parsed, got_aware = timestamps.parse_fixed_iso(text)
+    expected = pd.DatetimeIndex(pd.to_datetime(text, format="ISO8601", utc=aware)).as_unit("ns").asi8
+    assert got_aware == aware
+    np.testing.assert_array_equal(parsed, expected)
+
+
+@pytest.mark.parametrize("odd", ["2024-02-30 09:30:00", "2024-13-01 09:30:00", "2024-03-04 24:30:00",
+                                 "2024-03-04x09:30:00", "2024-03-04 09:30:0", "2024-03-04T09:30:00+00:00",
+                                 "2024-03-04 09:30:00.5"])
+def test_the_fast_path_leaves_anything_else_to_the_general_parser(odd):
+    assert timestamps.parse_fixed_iso(pd.Series(["2024-03-04 09:30:00", odd], dtype=object)) is None

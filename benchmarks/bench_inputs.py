@@ -5,8 +5,9 @@
 
 For each format the universe is converted once (CSV -> .csv.gz, Parquet with a UTC datetime column,
 per-day many-ticker flat files with nanosecond `window_start`), then `preprocess.inputs.load_universe`
-reads it with --workers processes, as the pipeline does. Reported: seconds (mean +- sd of the repeats
-after one warm-up read), candidate windows per second (326 per ticker-session read) and input MB.
+reads it with --workers processes, as the pipeline does. Reported: wall seconds (mean +- sd of the
+repeats after one warm-up read), CPU seconds (all processes; steadier than wall time on a busy machine),
+candidate windows per wall second (326 per ticker-session read) and input MB.
 The machine is shared: compare formats measured in one run.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -62,13 +64,20 @@ def convert(raw: Path, kind: str, root: Path) -> Path:
     return target
 
 
-def read_once(raw: Path, workers: int) -> tuple[float, int]:
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children (the reader processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def read_once(raw: Path, workers: int) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, candidate windows) of one read of the universe."""
     config = PreprocessConfig()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), cpu_seconds()
     series, skipped, _ = inputs.load_universe(raw, config, lambda tasks: _run_tasks(tasks, workers, False))
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     windows = sum(len(s.sessions) for s in series) * (390 - config.seq_len - config.horizon + 1)
-    return seconds, windows
+    return seconds, cpu, windows
 
 
 def main() -> None:
@@ -84,18 +93,20 @@ def main() -> None:
         shutil.rmtree(args.raw, ignore_errors=True)
         write_universe(args.raw, tickers=args.tickers, days=args.days, seed=0)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start; {args.workers} workers")
-    print("| format | input MB | read s (mean +- sd) | candidate windows | windows/s |")
-    print("|---|---|---|---|---|")
+    print("| format | input MB | read s (mean +- sd) | CPU s | candidate windows | windows/s |")
+    print("|---|---|---|---|---|---|")
     for kind in args.formats.split(","):
         path = convert(args.raw, kind, args.raw.parent / "formats")
         size = sum(p.stat().st_size for p in path.iterdir() if p.is_file()) / 2**20
         read_once(path, args.workers)  # warm-up: page cache, imports
         runs = [read_once(path, args.workers) for _ in range(args.repeats)]
-        seconds = [s for s, _ in runs]
-        windows = runs[0][1]
+        seconds = [s for s, _, _ in runs]
+        cpu = statistics.mean(c for _, c, _ in runs)
+        windows = runs[0][2]
         sd = statistics.stdev(seconds) if len(seconds) > 1 else 0.0
         mean = statistics.mean(seconds)
-        print(f"| {kind} | {size:,.0f} | {mean:.1f} +- {sd:.1f} | {windows:,} | {windows / mean:,.0f} |")
+        print(f"| {kind} | {size:,.0f} | {mean:.1f} +- {sd:.1f} | {cpu:.1f} | {windows:,} | "
+              f"{windows / mean:,.0f} |")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,8 @@ def clean_bars(frame: pd.DataFrame, ticker: str, label: str, config: PreprocessC
         same = np.all((a == b) | (np.isnan(a) & np.isnan(b)), axis=1)
         if not same.all():
             i = repeat[np.argmin(same)]
-            raise TickerSkipped(f"{_rows(where, lines[i - 1], lines[i])}: conflicting bars for the same minute")
+            rows = _rows(where, lines[i - 1], lines[i])
+            raise TickerSkipped(f"{rows}: conflicting bars for the same minute")
         keep = np.ones(len(key), dtype=bool)
         keep[repeat] = False
         counts["duplicate_rows"] = int(repeat.size)
@@ -156,8 +157,8 @@ def clean_bars(frame: pd.DataFrame, ticker: str, label: str, config: PreprocessC
     present = np.zeros((len(days), SESSION_MINUTES), dtype=bool)
     values[session_index, minute] = numeric
     present[session_index, minute] = True
-    counts["filled_minutes"] = fill_gaps(values, present, config.fill_gaps,
-                                         price_columns=[j for j, f in enumerate(features) if f in PRICE_FEATURES])
+    prices = [j for j, f in enumerate(features) if f in PRICE_FEATURES]
+    counts["filled_minutes"] = fill_gaps(values, present, config.fill_gaps, price_columns=prices)
     return TickerSeries(ticker=ticker, sessions=days.astype("datetime64[D]"), values=values,
                         present=present, row_counts=counts, check=check)
 

@@ -26,7 +26,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m preprocess", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Raw minute bars (a directory of <TICKER>.csv/.csv.gz/.parquet files, or files with a "
                     "ticker column) -> leak-free windowed sequences in HDF5 (layout: docs/data.md).")
-    parser.add_argument("--raw", type=Path, required=True, help="input directory, or one file holding many tickers")
+    parser.add_argument("--raw", type=Path, required=True,
+                        help="input directory, or one file holding many tickers")
     parser.add_argument("--out", type=Path, required=True, help="output .h5 file")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     parser.add_argument("--workers", type=int, default=None, help="reader processes (default: all cores)")
@@ -40,8 +41,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--tz", default=defaults.tz,
                         help="time zone of times without a UTC offset (e.g. UTC for naive UTC exports)")
     parser.add_argument("--bar-label", choices=BAR_LABELS, default=defaults.bar_label,
-                        help="what a bar's time marks: the start of its minute (09:30 = first bar) or the end "
-                             "(09:31 = first bar, 16:00 = last)")
+                        help="what a bar's time marks: the start of its minute (09:30 = first bar) or "
+                             "the end (09:31 = first bar, 16:00 = last)")
     parser.add_argument("--features", default=",".join(defaults.features),
                         help="comma-separated features (close, volume, open, high, low); must include close")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="window length, minutes")

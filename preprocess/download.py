@@ -233,7 +233,9 @@ def download(config: DownloadConfig, *, now: pd.Timestamp | None = None, fetch=N
         except Exception as err:  # yfinance's per-symbol errors: delisted, no data, bad response
             result.failed[symbol] = _one_line(err)
             continue
-        new = fetched[session_dates(fetched["timestamp"]).isin(missing).to_numpy()] if len(fetched) else fetched
+        if len(fetched):
+            fetched = fetched[session_dates(fetched["timestamp"]).isin(missing).to_numpy()]
+        new = fetched
         if len(new) == 0:
             if have:  # only holidays at the ends of the range were missing
                 result.up_to_date.append(symbol)

@@ -153,7 +153,8 @@ def parse_fixed_iso(column: pd.Series) -> tuple[np.ndarray, bool] | None:
         digit_columns += [offset_at + 1, offset_at + 2, width - 2, width - 1]
     digits = chars[:, digit_columns].astype(np.int64) - 48
     layout_ok = ((digits >= 0) & (digits <= 9)).all()
-    for position, allowed in ((4, b"-"), (7, b"-"), (10, b"T "), (13, b":"), (16, b":" if seconds_at else None)):
+    separators = ((4, b"-"), (7, b"-"), (10, b"T "), (13, b":"), (16, b":" if seconds_at else None))
+    for position, allowed in separators:
         if allowed is not None:
             layout_ok &= np.isin(chars[:, position], np.frombuffer(allowed, np.uint8)).all()
     if not layout_ok:
@@ -161,7 +162,8 @@ def parse_fixed_iso(column: pd.Series) -> tuple[np.ndarray, bool] | None:
     number = lambda i, n: sum(digits[:, i + k] * 10 ** (n - 1 - k) for k in range(n))  # noqa: E731
     year, month, day, hour, minute = number(0, 4), number(4, 2), number(6, 2), number(8, 2), number(10, 2)
     second = number(12, 2) if seconds_at else 0
-    if ((month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59) | (np.asarray(second) > 59)).any():
+    out_of_range = (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59)
+    if (out_of_range | (np.asarray(second) > 59)).any():
         return None
     months = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
     dates = months.astype("datetime64[D]") + (day - 1).astype("timedelta64[D]")
@@ -180,7 +182,8 @@ def parse_fixed_iso(column: pd.Series) -> tuple[np.ndarray, bool] | None:
     if (sign == 0).any():
         return None
     n = len(digit_columns)
-    offset_minutes = (digits[:, n - 4] * 10 + digits[:, n - 3]) * 60 + digits[:, n - 2] * 10 + digits[:, n - 1]
+    offset_minutes = ((digits[:, n - 4] * 10 + digits[:, n - 3]) * 60
+                      + digits[:, n - 2] * 10 + digits[:, n - 1])
     return wall - sign * offset_minutes * NS_PER_MINUTE, True
 
 

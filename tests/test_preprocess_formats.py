@@ -48,7 +48,8 @@ def _build(raw, tmp_path, name="out.h5", **config):
 
 def _datasets(path):
     with h5py.File(path, "r") as h5:
-        data = {f"{s}/{d}": h5[s][d][()] for s in ("train", "val", "test") for d in ("x", "y", "ticker", "window_end")}
+        data = {f"{s}/{d}": h5[s][d][()] for s in ("train", "val", "test")
+                for d in ("x", "y", "ticker", "window_end")}
         data["tickers"] = [t.decode() if isinstance(t, bytes) else t for t in h5["tickers"][()]]
         return data
 
@@ -124,8 +125,10 @@ def test_a_date_column_without_times_is_skipped_with_the_reason(reference, tmp_p
 
 def test_end_labelled_bars_warn_and_read_right_with_bar_label_end(reference, tmp_path):
     frames, expected = reference
-    shifted = lambda f: f.assign(timestamp=(pd.to_datetime(f["timestamp"], utc=True) + pd.Timedelta(minutes=1))
-                                 .dt.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+    def shifted(frame):
+        later = pd.to_datetime(frame["timestamp"], utc=True) + pd.Timedelta(minutes=1)
+        return frame.assign(timestamp=later.dt.strftime("%Y-%m-%dT%H:%M:%S+00:00"))
+
     raw = _write_each(tmp_path, frames, shifted)
     out, summary = _build(raw, tmp_path, "as_start.h5")
     # read as start labels, every session loses its 09:30 bar and the 16:00 bar falls outside
@@ -145,8 +148,10 @@ def test_end_labelled_bars_warn_and_read_right_with_bar_label_end(reference, tmp
                                               ("ns", 10**9, "nanoseconds")])
 def test_epoch_times_are_detected_by_magnitude(reference, tmp_path, unit, factor, word):
     frames, expected = reference
-    to_epoch = lambda f: f.assign(timestamp=pd.to_datetime(f["timestamp"], utc=True).astype("int64")
-                                  // 10**9 * factor).rename(columns={"timestamp": "ts"})
+    def to_epoch(frame):
+        seconds = pd.to_datetime(frame["timestamp"], utc=True).astype("int64") // 10**9
+        return frame.assign(timestamp=seconds * factor).rename(columns={"timestamp": "ts"})
+
     raw = _write_each(tmp_path, frames, to_epoch)
     out, summary = _build(raw, tmp_path)
     _assert_same_windows(expected, out)
@@ -170,7 +175,8 @@ def test_gzip_csv_reads_like_plain_csv(reference, tmp_path):
 
 def test_parquet_with_a_datetime_column_reads_like_csv(reference, tmp_path):
     frames, expected = reference
-    raw = _write_each(tmp_path, frames, lambda f: f.assign(timestamp=pd.to_datetime(f["timestamp"], utc=True)),
+    raw = _write_each(tmp_path, frames,
+                      lambda f: f.assign(timestamp=pd.to_datetime(f["timestamp"], utc=True)),
                       suffix=".parquet")
     out, summary = _build(raw, tmp_path)
     _assert_same_windows(expected, out)
@@ -279,7 +285,8 @@ def test_naive_utc_regular_hours_only_warns_about_coverage(reference, tmp_path):
     # 14:30-20:59 UTC read as New York time: only 14:30-15:59 fall in the session (90 of 390 minutes)
     assert _rows(summary)["regular-session minutes"].startswith("23.1% present")
     # one warning: bars at 16:00 and none at 09:30 are explained by the zone, not by end labels
-    assert len(summary.warnings) == 1 and "only 23% of regular-session minutes are present" in summary.warnings[0]
+    assert len(summary.warnings) == 1
+    assert "only 23% of regular-session minutes are present" in summary.warnings[0]
     assert summary.warnings[0].endswith("pass --tz UTC")
 
 

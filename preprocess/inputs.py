@@ -24,6 +24,11 @@ log = get_logger("stockpredict.preprocess")
 Runner = Callable[[list], Iterable]  # [(function, args)] -> results in submission order
 
 
+def run_serially(tasks: list) -> Iterable:
+    """The simplest Runner: each task in this process, in order (for small inputs, tests, predict)."""
+    return (function(*args) for function, args in tasks)
+
+
 def load_universe(raw: Path, config: PreprocessConfig, run: Runner
                   ) -> tuple[list[bars.TickerSeries], dict[str, str], dict[str, str]]:
     """Read and clean every ticker. Returns (series sorted by ticker, {source: skip reason}, {file: sha256}).

@@ -116,9 +116,9 @@ def test_a_date_column_without_times_is_skipped_with_the_reason(reference, tmp_p
     with pytest.raises(UserError, match="no usable ticker"):
         _build(raw, tmp_path)
     # the reason names the column and the fix
-    from preprocess.inputs import load_universe
+    from preprocess.inputs import load_universe, run_serially
 
-    _, skipped, _ = load_universe(raw, PreprocessConfig(), lambda tasks: map(lambda t: t[0](*t[1]), tasks))
+    _, skipped, _ = load_universe(raw, PreprocessConfig(), run_serially)
     assert "all 1170 bars are at 00:00 (date holds no time of day)" in skipped["AAPL.csv"]
     assert "time, tod" in skipped["AAPL.csv"]
 

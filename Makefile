@@ -21,6 +21,7 @@ SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev cmake g++
 
 # Data and runs.
 RAW     ?= data/raw
+SYMBOLS ?=
 OUT     ?= data/processed/sequences.h5
 DATA    ?= $(OUT)
 TICKERS ?= 503
@@ -41,7 +42,7 @@ RESULTS ?= results
 # VENV names a make target too, so it cannot contain spaces (a make limitation).
 USER_VARS := PYTHON_SYS VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
-             DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS
+             SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS
 raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
 $(foreach v,$(USER_VARS),$(eval export SP_$(v) := $$($(v))))
@@ -140,6 +141,10 @@ data: setup ## Write a synthetic S&P 500 universe [RAW=data/raw TICKERS=503 DAYS
 preprocess: setup ## Raw minute bars -> windowed HDF5 [RAW=data/raw OUT=data/processed/sequences.h5]
 	@$(call words_of,PREPROCESS_ARGS,extra); \
 	$(show) "$$SP_PY" -m preprocess --raw="$$SP_RAW" --out="$$SP_OUT" "$${extra[@]}"
+
+.PHONY: download
+download: setup ## Yahoo Finance 1-minute bars into RAW [SYMBOLS="AAPL MSFT" or SYMBOLS=sp500 DAYS=21 RAW=data/raw]
+	@$(show) "$$SP_PY" -m preprocess.download --symbols="$$SP_SYMBOLS" --days="$$SP_DAYS" --out="$$SP_RAW"
 
 # --- training jobs (stockpredict.submit) ---------------------------------------------------------
 # NODES, GPUS (per node; 0 = CPU only), EPOCHS, BATCH (per rank), DATA, PROFILE, DRY_RUN=1, TIME.

@@ -1,43 +1,64 @@
 """Raw minute bars of one ticker -> a clean (session, minute) grid of the regular session.
 
 Pure functions over pandas/numpy; no file is written here. A problem confined to one ticker raises
-`TickerSkipped` with a one-line reason naming the file and the row (the file's line number, header = 1);
-normal vendor mess (unsorted rows, exact duplicates, pre/post-market bars, skipped minutes) is handled
-and counted in `TickerSeries.row_counts`.
+`TickerSkipped` with a one-line reason naming the file and the row (the file's line number, header = 1;
+for Parquet the 1-based row); normal vendor mess (unsorted rows, exact duplicates, pre/post-market bars,
+skipped minutes) is handled and counted in `TickerSeries.row_counts`. Each series also carries an
+`InputCheck`: how its times were read and whether they look like the regular US session (the time-zone
+and bar-label checks of preprocess.inputs).
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from preprocess import formats, timestamps
 from preprocess.config import PRICE_FEATURES, PreprocessConfig
 
 EXCHANGE_TZ = "America/New_York"   # NYSE/Nasdaq: sessions are calendar days in this zone
 SESSION_OPEN_MINUTE = 9 * 60 + 30  # 09:30 exchange time, minutes after midnight
 SESSION_MINUTES = 390              # 09:30 .. 15:59, bars stamped at the minute start
+# Time-zone check (docs/data.md, "Time-zone safety"): regular US minute bars of liquid stocks cover
+# nearly every session minute, and the day's heaviest trading is at the open and the close.
+LOW_COVERAGE = 0.6                 # share of regular-session minutes present below which to warn
+EDGE_MINUTES = 30                  # the volume peak should lie within this many minutes of open/close
+PEAK_BLOCK = 5                     # minutes summed when locating the volume peak (smooths noise)
+EDGE_CLOCK_MINUTES = (-1, 0, SESSION_MINUTES - 1, SESSION_MINUTES)  # 09:29, 09:30, 15:59, 16:00
 
-# Header names are matched after lower-casing and mapping spaces/dashes to "_".
-COLUMN_ALIASES = {
-    "timestamp": ("timestamp", "datetime", "date_time", "time_stamp", "ts", "date", "time"),
-    "close": ("close", "close_price", "closeprice", "last", "c"),
-    "volume": ("volume", "vol", "v"),
-    "open": ("open", "open_price", "o"),
-    "high": ("high", "high_price", "h"),
-    "low": ("low", "low_price", "l"),
-}
-TICKER_ALIASES = ("ticker", "symbol", "sym", "name")
-HEADER_LINES = 1
-_OFFSET_RE = r"(?:[zZ]|[+-]\d\d:?\d\d)\s*$"
+# Kept for callers of earlier versions; the column rules live in preprocess.formats.
+TICKER_ALIASES = formats.TICKER_ALIASES
+file_sha256 = formats.file_sha256
 
 
 class TickerSkipped(Exception):
     """One ticker's input is unusable; the message is the one-line reason (names the file and row)."""
+
+
+@dataclass
+class InputCheck:
+    """How one ticker's input was understood, and what its bars look like (for the summary and warnings).
+
+    Counts are over distinct (session, minute) bars of the regular session, before gap filling.
+    """
+
+    time: str                         # time column(s) and how they were read
+    zone: str                         # the zone applied (--tz) or where the zone came from
+    bar_label: str                    # "start" or "end" (as configured)
+    regular_minutes: int              # session minutes with a bar
+    sessions: int                     # sessions with at least one regular-session bar
+    volume_profile: np.ndarray | None = None  # (390,) share of this ticker's session volume per minute
+    # Sessions with a bar at each minute around the open and close (as read, after --bar-label):
+    # start-labelled regular bars run 09:30-15:59; end-labelled ones 09:31-16:00.
+    edge_sessions: dict = field(default_factory=dict)   # {"09:29": n, "09:30": n, "15:59": n, "16:00": n}
+    alternative: dict | None = None   # the same check with naive times read in another zone (see below)
+
+    @property
+    def coverage(self) -> float:
+        return self.regular_minutes / (SESSION_MINUTES * self.sessions) if self.sessions else 0.0
 
 
 @dataclass
@@ -53,99 +74,53 @@ class TickerSeries:
     values: np.ndarray              # float64 (n_sessions, 390, n_features)
     present: np.ndarray             # bool (n_sessions, 390)
     row_counts: dict = field(default_factory=dict)  # duplicate_rows, out_of_session_rows, ...
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def canonical_columns(header: list[str], wanted: tuple[str, ...]) -> dict[str, str]:
-    """Map canonical names (timestamp, close, ...) to the file's header names; aliases in priority order."""
-    normalised = {re.sub(r"[\s\-]+", "_", str(h).strip().lower()): h for h in header}
-    found = {}
-    for name in wanted:
-        for alias in COLUMN_ALIASES[name]:
-            if alias in normalised:
-                found[name] = normalised[alias]
-                break
-    return found
+    check: InputCheck | None = None
 
 
 def read_ticker_csv(path: Path, config: PreprocessConfig) -> pd.DataFrame:
-    """Read one ticker file into columns `timestamp` + the configured features (file lines as index)."""
-    label = path.name
+    """Read one ticker's file (CSV, .csv.gz or Parquet) into canonical columns (row numbers as index)."""
     try:
-        header = list(pd.read_csv(path, nrows=0).columns)
-    except pd.errors.EmptyDataError:
-        raise TickerSkipped(f"{label}: empty file") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise TickerSkipped(f"{label}: not a readable CSV ({_first_line(err)})") from None
-    columns = _require_columns(label, header, config)
-    try:
-        frame = pd.read_csv(path, usecols=list(columns.values()), low_memory=False)
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise TickerSkipped(f"{label}: not a readable CSV ({_first_line(err)})") from None
-    frame = frame.rename(columns={v: k for k, v in columns.items()})
-    frame.index = frame.index + HEADER_LINES + 1  # line numbers as a user sees them in an editor
-    return frame
-
-
-def split_long_frame(path: Path, config: PreprocessConfig) -> dict[str, pd.DataFrame]:
-    """Read one long file with a ticker column into {ticker: frame} (file lines as index)."""
-    label = path.name
-    try:
-        header = list(pd.read_csv(path, nrows=0).columns)
-    except pd.errors.EmptyDataError:
-        return {}
-    normalised = {str(h).strip().lower(): h for h in header}
-    ticker_col = next((normalised[a] for a in TICKER_ALIASES if a in normalised), None)
-    if ticker_col is None:
-        return {}
-    columns = _require_columns(label, header, config)
-    frame = pd.read_csv(path, usecols=list(columns.values()) + [ticker_col], low_memory=False,
-                        dtype={ticker_col: str})
-    frame = frame.rename(columns={v: k for k, v in columns.items()})
-    frame.index = frame.index + HEADER_LINES + 1
-    tickers = frame.pop(ticker_col)
-    return {str(t): group for t, group in frame.groupby(tickers, sort=True)}
-
-
-def has_ticker_column(path: Path) -> bool:
-    """Whether a CSV header names a ticker/symbol column (the one-long-file input form)."""
-    try:
-        header = pd.read_csv(path, nrows=0).columns
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError):
-        return False
-    return any(str(h).strip().lower() in TICKER_ALIASES for h in header)
+        return formats.read_frame(path, config)
+    except formats.SourceSkipped as err:
+        raise TickerSkipped(str(err)) from None
 
 
 def clean_bars(frame: pd.DataFrame, ticker: str, label: str, config: PreprocessConfig) -> TickerSeries:
-    """Parse timestamps, keep the regular session, sort, de-duplicate and grid one ticker's bars.
+    """Parse times, keep the regular session, sort, de-duplicate and grid one ticker's bars.
 
-    `frame` has a `timestamp` column and one column per configured feature, indexed by file line.
+    `frame` has canonical columns (see preprocess.formats: `timestamp` or `date` + `time`, one column per
+    configured feature, optionally `source` naming each row's file), indexed by row number.
     Raises TickerSkipped for problems that make this ticker unusable.
     """
     if len(frame) == 0:
         raise TickerSkipped(f"{label}: empty file (header only)")
+    where = _row_namer(frame, label)
     features = list(config.features)
     numeric = np.empty((len(frame), len(features)), dtype=np.float64)
     for j, name in enumerate(features):
-        numeric[:, j] = _numeric_column(frame[name], name, label)
+        numeric[:, j] = _numeric_column(frame[name], name, where)
 
-    utc_ns = parse_timestamps(frame["timestamp"], label, config.tz)
+    columns = frame.attrs.get("columns") or {c: c for c in ("timestamp", "date", "time") if c in frame}
+    try:
+        reading = timestamps.read_times(frame, columns, where, config.tz, config.bar_label)
+    except timestamps.TimeError as err:
+        raise TickerSkipped(str(err)) from None
+    utc_ns = reading.utc_ns
+    _reject_dates_without_times(reading, columns, label)
     local_minutes = _exchange_minutes(utc_ns)
     day = local_minutes // 1440
     minute = local_minutes % 1440 - SESSION_OPEN_MINUTE
-    in_session = (minute >= 0) & (minute < SESSION_MINUTES) & (utc_ns != np.iinfo(np.int64).min)
+    in_session = (minute >= 0) & (minute < SESSION_MINUTES) & (utc_ns != timestamps.NAT)
     counts = {"out_of_session_rows": int((~in_session).sum()),
               "unsorted_files": int(np.any(np.diff(utc_ns) < 0))}
+    valid = utc_ns != timestamps.NAT
+    check = InputCheck(time=reading.description, zone=reading.zone, bar_label=config.bar_label,
+                       regular_minutes=0, sessions=0,
+                       edge_sessions={clock(m): len(np.unique(day[valid & (minute == m)]))
+                                      for m in EDGE_CLOCK_MINUTES})
 
-    lines = frame.index.to_numpy()[in_session]
+    all_numeric = numeric  # every row, for the alternative time-zone reading below
+    lines = np.arange(len(frame))[in_session]
     day, minute, numeric = day[in_session], minute[in_session], numeric[in_session]
     key = day * SESSION_MINUTES + minute
     order = np.argsort(key, kind="stable")
@@ -157,8 +132,8 @@ def clean_bars(frame: pd.DataFrame, ticker: str, label: str, config: PreprocessC
         same = np.all((a == b) | (np.isnan(a) & np.isnan(b)), axis=1)
         if not same.all():
             i = repeat[np.argmin(same)]
-            raise TickerSkipped(f"{label} rows {lines[i - 1]} and {lines[i]}: conflicting bars for the same "
-                                f"minute")
+            rows = _rows(where, lines[i - 1], lines[i])
+            raise TickerSkipped(f"{rows}: conflicting bars for the same minute")
         keep = np.ones(len(key), dtype=bool)
         keep[repeat] = False
         counts["duplicate_rows"] = int(repeat.size)
@@ -166,49 +141,64 @@ def clean_bars(frame: pd.DataFrame, ticker: str, label: str, config: PreprocessC
     else:
         counts["duplicate_rows"] = 0
 
+    days, session_index = np.unique(day, return_inverse=True)
+    check.regular_minutes, check.sessions = len(day), len(days)
+    if "volume" in features:
+        check.volume_profile = volume_profile(minute, numeric[:, features.index("volume")])
+    if reading.wall_ns is not None and looks_shifted(check):
+        check.alternative = _alternative_reading(reading.wall_ns, config.tz, all_numeric, features)
+
     window_minutes = config.seq_len + config.horizon
     if len(day) < window_minutes:
         raise TickerSkipped(f"{label}: only {len(day)} regular-session minutes, fewer than one window "
                             f"(seq_len + horizon = {window_minutes})")
 
-    days, session_index = np.unique(day, return_inverse=True)
     values = np.full((len(days), SESSION_MINUTES, len(features)), np.nan)
     present = np.zeros((len(days), SESSION_MINUTES), dtype=bool)
     values[session_index, minute] = numeric
     present[session_index, minute] = True
-    counts["filled_minutes"] = fill_gaps(values, present, config.fill_gaps,
-                                         price_columns=[j for j, f in enumerate(features) if f in PRICE_FEATURES])
+    prices = [j for j, f in enumerate(features) if f in PRICE_FEATURES]
+    counts["filled_minutes"] = fill_gaps(values, present, config.fill_gaps, price_columns=prices)
     return TickerSeries(ticker=ticker, sessions=days.astype("datetime64[D]"), values=values,
-                        present=present, row_counts=counts)
+                        present=present, row_counts=counts, check=check)
 
 
-def parse_timestamps(column: pd.Series, label: str, tz: str) -> np.ndarray:
-    """Timestamps -> int64 UTC nanoseconds. Offset-carrying strings are exact; naive ones are read in `tz`.
+def volume_profile(minute: np.ndarray, volume: np.ndarray) -> np.ndarray | None:
+    """(390,) share of the total volume traded at each session minute (NaN counts as 0); None if none."""
+    weights = np.where(np.isfinite(volume) & (volume > 0), volume, 0.0)
+    profile = np.bincount(minute, weights=weights, minlength=SESSION_MINUTES)[:SESSION_MINUTES]
+    total = profile.sum()
+    return profile / total if total > 0 else None
 
-    Integer columns are Unix epoch seconds (or milliseconds when above 1e11). Naive local times that do
-    not exist or are ambiguous (DST switches, always outside the session) become NaT (int64 min).
-    """
-    if pd.api.types.is_integer_dtype(column.dtype):
-        raw = column.to_numpy(dtype=np.int64)
-        unit = "ms" if raw.size and np.abs(raw).max() > 1e11 else "s"
-        return pd.to_datetime(raw, unit=unit, utc=True).as_unit("ns").asi8
-    text = column.astype(str).str.strip()
-    with_offset = text.str.contains(_OFFSET_RE, regex=True).to_numpy()
-    if with_offset.any() and not with_offset.all():
-        i = int(np.argmin(with_offset)) if with_offset[0] else int(np.argmax(with_offset))
-        if pd.isna(pd.to_datetime(text.iloc[i], errors="coerce")):
-            raise TickerSkipped(f"{label} row {column.index[i]}: unparsable timestamp {column.iloc[i]!r}")
-        raise TickerSkipped(f"{label} row {column.index[i]}: mixes timestamps with and without a UTC offset "
-                            f"({text.iloc[0]!r} vs {text.iloc[i]!r})")
-    aware = bool(with_offset.all())
-    parsed = _to_datetime(text, aware)
-    bad = parsed.isna().to_numpy() | column.isna().to_numpy()
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise TickerSkipped(f"{label} row {column.index[i]}: unparsable timestamp {column.iloc[i]!r}")
-    if not aware:
-        parsed = parsed.dt.tz_localize(tz, ambiguous="NaT", nonexistent="NaT").dt.tz_convert("UTC")
-    return pd.DatetimeIndex(parsed).as_unit("ns").asi8
+
+def volume_peak_minute(profile: np.ndarray) -> int:
+    """Session minute (0 = 09:30) starting the PEAK_BLOCK-minute block with the most volume."""
+    blocks = profile[: SESSION_MINUTES // PEAK_BLOCK * PEAK_BLOCK].reshape(-1, PEAK_BLOCK).sum(axis=1)
+    return int(np.argmax(blocks)) * PEAK_BLOCK
+
+
+def peak_near_open_or_close(minute: int) -> bool:
+    """Whether a session minute lies within EDGE_MINUTES of the open or the close."""
+    return minute < EDGE_MINUTES or minute >= SESSION_MINUTES - EDGE_MINUTES
+
+
+def looks_shifted(check: InputCheck) -> bool:
+    """Few regular-session minutes, or the volume peak away from open and close: a time-zone suspect."""
+    if check.coverage < LOW_COVERAGE:
+        return True
+    return check.volume_profile is not None and not peak_near_open_or_close(
+        volume_peak_minute(check.volume_profile))
+
+
+def alternative_zone(tz: str) -> str:
+    """The zone a wrong --tz is most likely confused with: UTC for exchange time, and vice versa."""
+    return "UTC" if tz != "UTC" else EXCHANGE_TZ
+
+
+def clock(minute: int) -> str:
+    """Session minute (0 = 09:30) -> "HH:MM" exchange time."""
+    total = SESSION_OPEN_MINUTE + minute
+    return f"{total // 60:02d}:{total % 60:02d}"
 
 
 def fill_gaps(values: np.ndarray, present: np.ndarray, max_gap: int, price_columns: list[int]) -> int:
@@ -236,49 +226,68 @@ def fill_gaps(values: np.ndarray, present: np.ndarray, max_gap: int, price_colum
     return filled
 
 
-def _to_datetime(text: pd.Series, aware: bool) -> pd.Series:
-    # ISO 8601 has a fast C parser; anything else falls back to pandas' format inference.
-    for fmt in ("ISO8601", None):
-        try:
-            parsed = pd.to_datetime(text, format=fmt, utc=aware, errors="coerce")
-        except (ValueError, TypeError):
-            continue
-        if not parsed.isna().any() or fmt is None:
-            return parsed
-    return pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]" if aware else "datetime64[ns]")
+def _alternative_reading(wall_ns: np.ndarray, tz: str, numeric: np.ndarray, features: list[str]) -> dict:
+    """Coverage and volume peak of the same naive times read in alternative_zone(tz) instead of tz."""
+    zone = alternative_zone(tz)
+    local = _exchange_minutes(timestamps.localize(wall_ns, zone))
+    minute = local % 1440 - SESSION_OPEN_MINUTE
+    in_session = (minute >= 0) & (minute < SESSION_MINUTES)
+    key, first = np.unique((local // 1440 * SESSION_MINUTES + minute)[in_session], return_index=True)
+    sessions = len(np.unique(key // SESSION_MINUTES))
+    result = {"tz": zone, "regular_minutes": int(len(key)), "sessions": int(sessions), "volume_profile": None}
+    if "volume" in features:
+        result["volume_profile"] = volume_profile(minute[in_session][first],
+                                                  numeric[in_session][first, features.index("volume")])
+    return result
+
+
+def _reject_dates_without_times(reading: timestamps.TimeReading, columns: dict, label: str) -> None:
+    """A date-only column (every bar at 00:00) would put every bar outside the session: say so."""
+    stamps = reading.wall_ns if reading.wall_ns is not None else reading.utc_ns
+    valid = stamps[reading.utc_ns != timestamps.NAT]
+    if len(valid) < 2:
+        return
+    minute_of_day = valid // timestamps.NS_PER_MINUTE % 1440
+    if (minute_of_day == minute_of_day[0]).all():
+        at = f"{minute_of_day[0] // 60:02d}:{minute_of_day[0] % 60:02d}"
+        names = " + ".join(columns.get(c, c) for c in ("timestamp", "date", "time") if c in columns)
+        raise TickerSkipped(f"{label}: all {len(valid)} bars are at {at} ({names} holds no time of day); "
+                            f"name the time-of-day column one of: {', '.join(formats.TIME_ALIASES)}")
 
 
 def _exchange_minutes(utc_ns: np.ndarray) -> np.ndarray:
     """UTC nanoseconds -> minutes since the Unix epoch in exchange wall-clock time (DST-aware)."""
-    valid = utc_ns != np.iinfo(np.int64).min
+    valid = utc_ns != timestamps.NAT
     local = np.zeros_like(utc_ns)
     if valid.any():
         index = pd.DatetimeIndex(utc_ns[valid].view("datetime64[ns]"), tz="UTC").tz_convert(EXCHANGE_TZ)
         local[valid] = index.tz_localize(None).asi8
-    return local // 60_000_000_000
+    return local // timestamps.NS_PER_MINUTE
 
 
-def _numeric_column(column: pd.Series, name: str, label: str) -> np.ndarray:
+def _row_namer(frame: pd.DataFrame, label: str):
+    """Row position -> "AAPL.csv row 12" (or "ALL (2024-03-05.csv.gz row 12)" for rows joined from files)."""
+    index = frame.index.to_numpy()
+    if "source" in frame:
+        source = frame["source"].to_numpy()
+        return lambda i: f"{label}: {source[i]} row {index[i]}"
+    return lambda i: f"{label} row {index[i]}"
+
+
+def _rows(where, i: int, j: int) -> str:
+    first, second = where(i), where(j)
+    prefix, _, number = first.rpartition(" row ")
+    if second.startswith(prefix + " row "):
+        return f"{prefix} rows {number} and {second.rpartition(' row ')[2]}"
+    return f"{first} and {second}"
+
+
+def _numeric_column(column: pd.Series, name: str, where) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype):
         return column.to_numpy(dtype=np.float64, na_value=np.nan)
     coerced = pd.to_numeric(column, errors="coerce")
     bad = (coerced.isna() & column.notna()).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise TickerSkipped(f"{label} row {column.index[i]}: non-numeric {name} {column.iloc[i]!r}")
+        raise TickerSkipped(f"{where(i)}: non-numeric {name} {column.iloc[i]!r}")
     return coerced.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _require_columns(label: str, header: list[str], config: PreprocessConfig) -> dict[str, str]:
-    wanted = ("timestamp",) + tuple(config.features)
-    columns = canonical_columns(header, wanted)
-    missing = [name for name in wanted if name not in columns]
-    if missing:
-        shown = ", ".join(str(h) for h in header[:8]) or "(none)"
-        raise TickerSkipped(f"{label}: no usable {'/'.join(missing)} column (header: {shown}; "
-                            f"accepted names: {', '.join(a for m in missing for a in COLUMN_ALIASES[m])})")
-    return columns
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -2,6 +2,10 @@
 
     python -m preprocess --raw data/raw --out data/processed/sequences.h5
     python -m preprocess --raw data/raw --out seq.h5 --normalize per-ticker --workers 2 --force
+    python -m preprocess --raw flatfiles/ --out seq.h5 --tz UTC --bar-label end   # vendor exports
+
+Inputs (docs/data.md, "Input formats"): a directory of <TICKER>.csv / .csv.gz / .parquet files, files
+holding many tickers in a ticker column (one file, or a directory of per-day files), or a mix.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from preprocess.config import PreprocessConfig
+from preprocess.config import BAR_LABELS, PreprocessConfig
 from preprocess.pipeline import build_dataset
 from stockpredict.cli import UserError, run_cli
 
@@ -20,9 +24,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     defaults = PreprocessConfig()
     parser = argparse.ArgumentParser(
         prog="python -m preprocess", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Raw minute bars (a directory of <TICKER>.csv, or one CSV with a ticker column) -> "
-                    "leak-free windowed sequences in HDF5 (layout: docs/data.md).")
-    parser.add_argument("--raw", type=Path, required=True, help="input directory or long CSV file")
+        description="Raw minute bars (a directory of <TICKER>.csv/.csv.gz/.parquet files, or files with a "
+                    "ticker column) -> leak-free windowed sequences in HDF5 (layout: docs/data.md).")
+    parser.add_argument("--raw", type=Path, required=True,
+                        help="input directory, or one file holding many tickers")
     parser.add_argument("--out", type=Path, required=True, help="output .h5 file")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     parser.add_argument("--workers", type=int, default=None, help="reader processes (default: all cores)")
@@ -33,7 +38,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--split-seed", type=int, default=defaults.split_seed, help="seed of --split random")
     parser.add_argument("--fill-gaps", type=int, default=defaults.fill_gaps, metavar="K",
                         help="forward-fill interior gaps of at most K missing minutes (0: never)")
-    parser.add_argument("--tz", default=defaults.tz, help="time zone of timestamps without a UTC offset")
+    parser.add_argument("--tz", default=defaults.tz,
+                        help="time zone of times without a UTC offset (e.g. UTC for naive UTC exports)")
+    parser.add_argument("--bar-label", choices=BAR_LABELS, default=defaults.bar_label,
+                        help="what a bar's time marks: the start of its minute (09:30 = first bar) or "
+                             "the end (09:31 = first bar, 16:00 = last)")
     parser.add_argument("--features", default=",".join(defaults.features),
                         help="comma-separated features (close, volume, open, high, low); must include close")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="window length, minutes")
@@ -55,7 +64,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         features=tuple(f.strip().lower() for f in args.features.split(",") if f.strip()),
         seq_len=args.seq_len, horizon=args.horizon, split=args.split, train_frac=args.train_frac,
         val_frac=args.val_frac, split_seed=args.split_seed, normalize=args.normalize.replace("-", "_"),
-        fill_gaps=args.fill_gaps, tz=args.tz, chunk_windows=args.chunk_windows, compression=args.compression)
+        fill_gaps=args.fill_gaps, tz=args.tz, chunk_windows=args.chunk_windows, compression=args.compression,
+        bar_label=args.bar_label)
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -17,6 +17,7 @@ from stockpredict.cli import UserError, reject_unknown_keys
 PRICE_FEATURES = ("open", "high", "low", "close")
 KNOWN_FEATURES = PRICE_FEATURES + ("volume",)
 TARGET_FEATURE = "close"
+BAR_LABELS = ("start", "end")  # what a bar's timestamp marks: its minute's start, or its end
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class PreprocessConfig:
     tz: str = "America/New_York"  # zone of naive timestamps; UTC-offset timestamps ignore it
     chunk_windows: int = 2048    # HDF5 chunk length along n (windows)
     compression: str = "gzip"    # HDF5 filter: "gzip" (level 4), "lzf", or "none" (see docs/data.md)
+    bar_label: str = "start"     # a bar's timestamp is its minute's "start" (09:30 = first bar) or "end"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -62,6 +64,8 @@ class PreprocessConfig:
             raise UserError(f"chunk_windows must be >= 1, not {self.chunk_windows}")
         if self.compression not in ("lzf", "gzip", "none"):
             raise UserError(f"compression must be 'lzf', 'gzip' or 'none', not {self.compression!r}")
+        if self.bar_label not in BAR_LABELS:
+            raise UserError(f"bar_label must be 'start' or 'end', not {self.bar_label!r}")
         try:
             import zoneinfo
 

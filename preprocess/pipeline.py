@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from preprocess import bars, store, windows
+from preprocess import bars, inputs, store, windows
 from preprocess.config import TARGET_FEATURE, PreprocessConfig
 from stockpredict.cli import UserError, get_logger
 
@@ -50,6 +50,7 @@ class Summary:
     seconds: float = 0.0
     phase_seconds: dict[str, float] = field(default_factory=dict)  # read, split_normalise, write
     warnings: list[str] = field(default_factory=list)
+    input_rows: list[tuple[str, str]] = field(default_factory=list)  # how the input was read
 
     def table(self) -> str:
         """A plain-text summary table (tickers, sessions, windows per split, drops, seconds, windows/s)."""
@@ -58,6 +59,7 @@ class Summary:
                 ("tickers", f"{self.tickers} used, {len(self.skipped_tickers)} skipped"),
                 ("sessions (ticker-days)", f"{self.sessions}"),
                 ("trading days", ", ".join(f"{k} {v}" for k, v in self.trading_days.items()))]
+        rows += self.input_rows
         rows += [(f"windows {split}", f"{n:,}") for split, n in self.window_counts.items()]
         rows += [(f"dropped {reason}", f"{n:,}") for reason, n in self.dropped_counts.items() if n]
         rows += [(f"rows {name.replace('_', ' ')}", f"{n:,}") for name, n in self.row_counts.items() if n]
@@ -98,6 +100,9 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
     read_done = time.perf_counter()
     if not loaded:
         raise UserError(f"no usable ticker in {raw} ({len(skipped)} skipped; see the warnings above)")
+    input_report = inputs.check_inputs(loaded, config)
+    for warning in input_report.warnings:
+        log.warning(warning)
     if config.split == "random":
         log.warning(RANDOM_SPLIT_WARNING)
 
@@ -116,7 +121,8 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
     summary = Summary(out=out, tickers=len(tickers), skipped_tickers=skipped,
                       sessions=int(sum(len(t.series.sessions) for t in tickers)),
                       trading_days=trading_days, window_counts=counts, dropped_counts=dropped,
-                      row_counts=row_counts)
+                      row_counts=row_counts, warnings=input_report.warnings,
+                      input_rows=input_report.rows)
     attrs = {
         "schema_version": store.SCHEMA_VERSION,
         "config": config.to_json(),
@@ -133,6 +139,8 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
         "skipped_tickers": json.dumps(skipped, sort_keys=True),
         "row_counts": json.dumps(row_counts, sort_keys=True),
         "trading_days": json.dumps(trading_days),
+        "input_format": json.dumps(input_report.understood, sort_keys=True),
+        "warnings": json.dumps(input_report.warnings),
     }
     split_done = time.perf_counter()
     with store.atomic_output(out, force) as output:
@@ -146,45 +154,9 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
 
 def load_universe(raw: Path, config: PreprocessConfig, workers: int, progress: bool = False
                   ) -> tuple[list[bars.TickerSeries], dict[str, str], dict[str, str]]:
-    """Read and clean every ticker. Returns (series sorted by ticker, {file: skip reason}, {file: sha256})."""
-    if not raw.exists():
-        raise UserError(f"input {raw} does not exist")
-    if raw.is_dir():
-        files = sorted(p for p in raw.iterdir()
-                       if p.is_file() and p.suffix.lower() == ".csv" and not p.name.startswith("."))
-        if not files:
-            raise UserError(f"input directory {raw} has no <TICKER>.csv files")
-        tasks = [(_load_ticker_file, (path, config)) for path in files]
-        hashes = {}
-    else:
-        hashes = {raw.name: bars.file_sha256(raw)}
-        if not bars.has_ticker_column(raw):
-            raise UserError(f"input file {raw} has no ticker/symbol column (a single file must hold all "
-                            f"tickers; otherwise pass a directory of <TICKER>.csv files)")
-        try:
-            groups = bars.split_long_frame(raw, config)
-        except bars.TickerSkipped as err:
-            raise UserError(str(err)) from None
-        if not groups:
-            raise UserError(f"input file {raw} has no rows")
-        tasks = [(_clean_group, (frame, ticker, f"{raw.name} ({ticker})", config))
-                 for ticker, frame in groups.items()]
-
-    loaded: dict[str, bars.TickerSeries] = {}
-    skipped: dict[str, str] = {}
-    for label, digest, result in _run_tasks(tasks, workers, progress):
-        if digest:
-            hashes[label] = digest
-        if isinstance(result, str):
-            log.warning("skipping %s", result)
-            skipped[label] = result
-        elif result.ticker in loaded:
-            reason = f"{label}: ticker {result.ticker} already read from another file"
-            log.warning("skipping %s", reason)
-            skipped[label] = reason
-        else:
-            loaded[result.ticker] = result
-    return [loaded[name] for name in sorted(loaded)], skipped, hashes
+    """Read and clean every ticker (preprocess.inputs). Returns (series sorted by ticker,
+    {file: skip reason}, {file: sha256})."""
+    return inputs.load_universe(raw, config, lambda tasks: _run_tasks(tasks, workers, progress))
 
 
 def assign_splits(tickers: list[_Ticker], config: PreprocessConfig) -> dict[str, int]:
@@ -299,22 +271,6 @@ def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], 
             check()
         for writer in writers:
             writer.close()
-
-
-def _load_ticker_file(path: Path, config: PreprocessConfig):
-    digest = bars.file_sha256(path)
-    try:
-        frame = bars.read_ticker_csv(path, config)
-        return path.name, digest, bars.clean_bars(frame, path.stem, path.name, config)
-    except bars.TickerSkipped as err:
-        return path.name, digest, str(err)
-
-
-def _clean_group(frame: pd.DataFrame, ticker: str, label: str, config: PreprocessConfig):
-    try:
-        return label, None, bars.clean_bars(frame, ticker, label, config)
-    except bars.TickerSkipped as err:
-        return label, None, str(err)
 
 
 def _ignore_sigint() -> None:

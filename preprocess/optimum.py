@@ -101,24 +101,32 @@ def kalman_variance(processes: list[TickerProcess], horizon: int, seq_len: int,
     return out / len(ends) + _future_noise(phi, dvol, fvol, horizon)
 
 
-def window_variance(processes: list[TickerProcess], horizon: int, seq_len: int) -> np.ndarray:
-    """Mean squared log error of the best linear forecast from one window, per ticker.
+def window_forecast(processes: list[TickerProcess], horizon: int, seq_len: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The best linear forecast from one window, per ticker: (coefficients, mean squared log error).
 
-    Regressors u_k = p_{e-k} - p_e (k = 1 .. seq_len-1), target u = p_{e+h} - p_e; within a session f has
-    independent increments and d is stationary, so the covariances are exact and the same for every e.
+    Regressors u_k = p_{e-k} - p_e for k = seq_len-1 .. 1 (oldest first, as in a window), target
+    u = p_{e+h} - p_e, forecast = coefficients @ u; within a session f has independent increments and d
+    is stationary, so the covariances are exact and the same for every e. Coefficients: (n, seq_len-1).
     """
     phi, dvol, fvol, _ = _arrays(processes)
-    lags = np.concatenate([-np.arange(1, seq_len), [horizon]]).astype(np.float64)  # offsets from e
+    lags = np.concatenate([-np.arange(seq_len - 1, 0, -1), [horizon]]).astype(np.float64)  # offsets from e
     la, lb = lags[:, None], lags[None, :]
     same_side = np.sign(la) == np.sign(lb)
     overlap = np.where(same_side, np.minimum(np.abs(la), np.abs(lb)), 0.0)
-    out = np.empty(len(phi))
+    coefficients, mse = np.empty((len(phi), seq_len - 1)), np.empty(len(phi))
     for i in range(len(phi)):
         gamma = lambda k: dvol[i] ** 2 / (1 - phi[i] ** 2) * phi[i] ** np.abs(k)  # noqa: E731
         cov = fvol[i] ** 2 * overlap + gamma(la - lb) - gamma(la) - gamma(lb) + gamma(0)
         sxx, sxy, syy = cov[:-1, :-1], cov[:-1, -1], cov[-1, -1]
-        out[i] = syy - sxy @ np.linalg.solve(sxx, sxy)
-    return out
+        coefficients[i] = np.linalg.solve(sxx, sxy)
+        mse[i] = syy - sxy @ coefficients[i]
+    return coefficients, mse
+
+
+def window_variance(processes: list[TickerProcess], horizon: int, seq_len: int) -> np.ndarray:
+    """Mean squared log error of the best linear forecast from one window, per ticker."""
+    return window_forecast(processes, horizon, seq_len)[1]
 
 
 def pooled_skill(forecast_mse: np.ndarray, persistence_mse: np.ndarray, weights: np.ndarray) -> float:

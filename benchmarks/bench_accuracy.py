@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--dropout", type=float, default=0.3, help="the seed model's dropout")
     parser.add_argument("--patience", type=int, default=0, help="early stopping on val loss (0: off)")
     parser.add_argument("--seed", type=int, default=0, help="weights and shuffling")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra/inter-op threads")
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.keras.utils.set_random_seed(args.seed)
-    model = build_model(info.seq_len, info.n_features, representation=info.representation)
+    model = build_model(info.seq_len, info.n_features, dropout=args.dropout, representation=info.representation)
     model.compile(optimizer=tf.keras.optimizers.Adam(args.lr), loss="mse")
 
     class ValSkill(tf.keras.callbacks.Callback):
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     ratio = metrics.skill_of_optimum(result["skill"], info.optimum)
     summary = {"representation": info.representation, "random_walk": args.random_walk,
                "train_windows": info.windows["train"], "epochs": args.epochs, "batch": args.batch,
-               "lr": args.lr, "patience": args.patience, "seed": args.seed, "fit_seconds": round(fit_seconds, 1),
+               "lr": args.lr, "dropout": args.dropout, "patience": args.patience, "seed": args.seed, "fit_seconds": round(fit_seconds, 1),
                "test_skill": round(result["skill"], 4), "kalman_skill": best.get("kalman_skill"),
                "skill_of_optimum": None if ratio is None else round(ratio, 3),
                "rmse_price": round(result["rmse_price"], 5),

@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     tf.keras.utils.set_random_seed(args.seed)
-    model = build_model(info.seq_len, info.n_features, dropout=args.dropout, representation=info.representation)
+    model = build_model(info.seq_len, info.n_features, dropout=args.dropout,
+                        representation=info.representation)
     model.compile(optimizer=tf.keras.optimizers.Adam(args.lr), loss="mse")
 
     class ValSkill(tf.keras.callbacks.Callback):
@@ -152,7 +153,8 @@ def main(argv=None) -> int:
     ratio = metrics.skill_of_optimum(result["skill"], info.optimum)
     summary = {"representation": info.representation, "random_walk": args.random_walk,
                "train_windows": info.windows["train"], "epochs": args.epochs, "batch": args.batch,
-               "lr": args.lr, "dropout": args.dropout, "patience": args.patience, "seed": args.seed, "fit_seconds": round(fit_seconds, 1),
+               "lr": args.lr, "dropout": args.dropout, "patience": args.patience, "seed": args.seed,
+               "fit_seconds": round(fit_seconds, 1),
                "test_skill": round(result["skill"], 4), "kalman_skill": best.get("kalman_skill"),
                "skill_of_optimum": None if ratio is None else round(ratio, 3),
                "rmse_price": round(result["rmse_price"], 5),

@@ -116,7 +116,9 @@ def window_forecast(processes: list[TickerProcess], horizon: int, seq_len: int
     overlap = np.where(same_side, np.minimum(np.abs(la), np.abs(lb)), 0.0)
     coefficients, mse = np.empty((len(phi), seq_len - 1)), np.empty(len(phi))
     for i in range(len(phi)):
-        gamma = lambda k: dvol[i] ** 2 / (1 - phi[i] ** 2) * phi[i] ** np.abs(k)  # noqa: E731
+        def gamma(k, p=phi[i], v=dvol[i]):  # autocovariance of d at lag k
+            return v ** 2 / (1 - p ** 2) * p ** np.abs(k)
+
         cov = fvol[i] ** 2 * overlap + gamma(la - lb) - gamma(la) - gamma(lb) + gamma(0)
         sxx, sxy, syy = cov[:-1, :-1], cov[:-1, -1], cov[-1, -1]
         coefficients[i] = np.linalg.solve(sxx, sxy)

@@ -288,8 +288,8 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--tickers", type=int, default=defaults.tickers, help="number of tickers")
     parser.add_argument("--days", type=int, default=defaults.days, help="trading days")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
-    for name in ("start_date", "phi", "deviation_vol", "fair_vol", "overnight_vol", "phi_spread", "vol_spread",
-                 "price_min", "price_max", "horizon", "seq_len", "extended_bars", "missing_frac",
+    for name in ("start_date", "phi", "deviation_vol", "fair_vol", "overnight_vol", "phi_spread",
+                 "vol_spread", "price_min", "price_max", "horizon", "seq_len", "extended_bars", "missing_frac",
                  "bad_row_frac", "duplicate_frac", "unsorted_frac", "timestamps"):
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,

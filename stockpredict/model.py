@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-
 OUTPUT_ACTIVATION = {"returns": None, "seed": "relu"}  # None = linear
 
 

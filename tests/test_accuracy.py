@@ -16,8 +16,9 @@ from stockpredict.data import read_sequences_info
 
 # A strong signal: phi 0.5 makes about half of the 5-minute move predictable. Short windows (20 minutes
 # carry all of it at phi 0.5) keep the test fast.
-STRONG = dict(tickers=6, days=10, phi=0.5, phi_spread=0.1, vol_spread=0.3, price_min=10.0, price_max=900.0)
-RANDOM_WALK = dict(STRONG, deviation_vol=0.0, fair_vol=0.0008)
+STRONG = {"tickers": 6, "days": 10, "phi": 0.5, "phi_spread": 0.1, "vol_spread": 0.3, "price_min": 10.0,
+          "price_max": 900.0}
+RANDOM_WALK = {**STRONG, "deviation_vol": 0.0, "fair_vol": 0.0008}
 
 
 def _train_and_score(root, universe: dict, epochs: int = 3) -> tuple[float, dict | None]:

@@ -12,11 +12,17 @@ import pytest
 from preprocess import optimum
 from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
-from preprocess.synthetic import OPTIMUM_FILE, SyntheticConfig, simulate_ticker, ticker_process, write_universe
+from preprocess.synthetic import (
+    OPTIMUM_FILE,
+    SyntheticConfig,
+    simulate_ticker,
+    ticker_process,
+    write_universe,
+)
 from stockpredict.data import read_sequences_info
 
 HORIZON, SEQ_LEN = 5, 60
-SPREAD = dict(phi_spread=0.1, vol_spread=0.5, price_min=10.0, price_max=900.0)
+SPREAD = {"phi_spread": 0.1, "vol_spread": 0.5, "price_min": 10.0, "price_max": 900.0}
 
 
 def _simulate(config: SyntheticConfig, n_tickers: int, days: int):

@@ -104,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--dropout", type=float, default=0.3, help="the seed model's dropout")
+    parser.add_argument("--decay", choices=("none", "cosine"), default="none",
+                        help="cosine: the learning rate falls from --lr to 0 over the run (per step)")
     parser.add_argument("--patience", type=int, default=0, help="early stopping on val loss (0: off)")
     parser.add_argument("--seed", type=int, default=0, help="weights and shuffling")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow intra/inter-op threads")
@@ -133,7 +135,10 @@ def main(argv=None) -> int:
     tf.keras.utils.set_random_seed(args.seed)
     model = build_model(info.seq_len, info.n_features, dropout=args.dropout,
                         representation=info.representation)
-    model.compile(optimizer=tf.keras.optimizers.Adam(args.lr), loss="mse")
+    lr = args.lr
+    if args.decay == "cosine":
+        lr = tf.keras.optimizers.schedules.CosineDecay(args.lr, args.epochs * (len(train["y"]) // args.batch))
+    model.compile(optimizer=tf.keras.optimizers.Adam(lr), loss="mse")
 
     class ValSkill(tf.keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -153,7 +158,8 @@ def main(argv=None) -> int:
     ratio = metrics.skill_of_optimum(result["skill"], info.optimum)
     summary = {"representation": info.representation, "random_walk": args.random_walk,
                "train_windows": info.windows["train"], "epochs": args.epochs, "batch": args.batch,
-               "lr": args.lr, "dropout": args.dropout, "patience": args.patience, "seed": args.seed,
+               "lr": args.lr, "dropout": args.dropout, "decay": args.decay, "patience": args.patience,
+               "seed": args.seed,
                "fit_seconds": round(fit_seconds, 1),
                "test_skill": round(result["skill"], 4), "kalman_skill": best.get("kalman_skill"),
                "skill_of_optimum": None if ratio is None else round(ratio, 3),

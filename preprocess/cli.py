@@ -18,6 +18,7 @@ from typing import Sequence
 from preprocess.config import BAR_LABELS, PreprocessConfig
 from preprocess.pipeline import build_dataset
 from stockpredict.cli import UserError, run_cli
+from stockpredict.transform import REPRESENTATIONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -47,8 +48,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="comma-separated features (close, volume, open, high, low); must include close")
     parser.add_argument("--seq-len", type=int, default=defaults.seq_len, help="window length, minutes")
     parser.add_argument("--horizon", type=int, default=defaults.horizon, help="target horizon, minutes")
+    parser.add_argument("--representation", choices=REPRESENTATIONS, default=defaults.representation,
+                        help="returns: log returns relative to the window's last close, standardised on "
+                             "train (the model learns the move); seed: the seed's min-max price level")
     parser.add_argument("--normalize", choices=("global", "per-ticker", "per_ticker"),
-                        default=defaults.normalize, help="min-max statistics fitted on train")
+                        default=defaults.normalize,
+                        help="min-max statistics fitted on train (seed representation only)")
     parser.add_argument("--chunk-windows", type=int, default=defaults.chunk_windows,
                         help="HDF5 chunk length along n")
     parser.add_argument("--compression", choices=("lzf", "gzip", "none"), default=defaults.compression,
@@ -63,7 +68,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     return PreprocessConfig(
         features=tuple(f.strip().lower() for f in args.features.split(",") if f.strip()),
         seq_len=args.seq_len, horizon=args.horizon, split=args.split, train_frac=args.train_frac,
-        val_frac=args.val_frac, split_seed=args.split_seed, normalize=args.normalize.replace("-", "_"),
+        val_frac=args.val_frac, split_seed=args.split_seed, representation=args.representation,
+        normalize=args.normalize.replace("-", "_"),
         fill_gaps=args.fill_gaps, tz=args.tz, chunk_windows=args.chunk_windows, compression=args.compression,
         bar_label=args.bar_label)
 

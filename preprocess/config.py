@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from stockpredict.cli import UserError, reject_unknown_keys
+from stockpredict.transform import REPRESENTATIONS
 
 PRICE_FEATURES = ("open", "high", "low", "close")
 KNOWN_FEATURES = PRICE_FEATURES + ("volume",)
@@ -31,7 +32,9 @@ class PreprocessConfig:
     train_frac: float = 0.7      # fraction of trading days (chronological) or windows (random)
     val_frac: float = 0.2        # test gets the rest
     split_seed: int = 0          # only used by the random split
-    normalize: str = "global"    # min-max fitted on train: "global" per feature, or "per_ticker"
+    representation: str = "returns"  # "returns": log returns vs the window's last close, standardised
+    #                                  (learns the move); "seed": the seed's min-max price level
+    normalize: str = "global"    # seed representation's min-max: "global" per feature, or "per_ticker"
     fill_gaps: int = 0           # forward-fill runs of <= K missing minutes (0: never fill)
     tz: str = "America/New_York"  # zone of naive timestamps; UTC-offset timestamps ignore it
     chunk_windows: int = 2048    # HDF5 chunk length along n (windows)
@@ -56,6 +59,9 @@ class PreprocessConfig:
         if not (0 < self.train_frac <= 1 and 0 <= self.val_frac and self.train_frac + self.val_frac <= 1):
             raise UserError(f"need 0 < train_frac <= 1, val_frac >= 0, train_frac + val_frac <= 1; "
                             f"got {self.train_frac}, {self.val_frac}")
+        if self.representation not in REPRESENTATIONS:
+            raise UserError(f"representation must be one of {', '.join(REPRESENTATIONS)}, "
+                            f"not {self.representation!r}")
         if self.normalize not in ("global", "per_ticker"):
             raise UserError(f"normalize must be 'global' or 'per_ticker', not {self.normalize!r}")
         if self.fill_gaps < 0:

@@ -1,8 +1,10 @@
 """The preprocessing stage as one function: `build_dataset(raw, out, config)` -> sequences HDF5 + summary.
 
 Steps: read and clean every ticker (in parallel, one task per file); assign trading days (or windows,
-for the random split) to train/val/test; fit min-max on the train windows only; write every window in
-(ticker, time) order into a temporary file, then rename it to `out`.
+for the random split) to train/val/test; fit the representation (stockpredict/transform.py) on the
+train windows only; write every window in (ticker, time) order into a temporary file, then rename it to
+`out`. On the synthetic universe the best achievable skill (optimum.json beside the CSVs) is recomputed
+for this horizon, window length and test split and stored as the attribute `optimum`.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from preprocess import bars, inputs, store, windows
+from preprocess import bars, inputs, optimum, store, windows
 from preprocess.config import TARGET_FEATURE, PreprocessConfig
+from stockpredict import transform as transforms
 from stockpredict.cli import UserError, get_logger
 
 log = get_logger("stockpredict.preprocess")
@@ -51,6 +54,8 @@ class Summary:
     phase_seconds: dict[str, float] = field(default_factory=dict)  # read, split_normalise, write
     warnings: list[str] = field(default_factory=list)
     input_rows: list[tuple[str, str]] = field(default_factory=list)  # how the input was read
+    representation: str = ""
+    optimum: dict | None = None  # the best achievable skill (synthetic data only)
 
     def table(self) -> str:
         """A plain-text summary table (tickers, sessions, windows per split, drops, seconds, windows/s)."""
@@ -63,6 +68,10 @@ class Summary:
         rows += [(f"windows {split}", f"{n:,}") for split, n in self.window_counts.items()]
         rows += [(f"dropped {reason}", f"{n:,}") for reason, n in self.dropped_counts.items() if n]
         rows += [(f"rows {name.replace('_', ' ')}", f"{n:,}") for name, n in self.row_counts.items() if n]
+        rows += [("representation", self.representation)]
+        rows += [("best skill (optimum)", "unknown (not the synthetic universe)" if self.optimum is None else
+                  f"{self.optimum['kalman_skill']:.3f} Kalman, {self.optimum['window_skill']:.3f} "
+                  f"window least squares")]
         rows += [("seconds", f"{self.seconds:.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in
                                                             self.phase_seconds.items()) + ")"),
                  ("windows/s", f"{total / self.seconds:,.0f}" if self.seconds > 0 else "-")]
@@ -113,6 +122,8 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
     if counts["train"] == 0:
         raise UserError("no usable training window (every train window was dropped; see the drop counts)")
     norm_min, norm_max = normalisation_arrays(tickers, config)
+    transform = fit_transform(tickers, config, norm_min, norm_max)
+    best = synthetic_optimum(raw, hashes, tickers, config)
 
     row_counts: dict[str, int] = {}
     for t in tickers:
@@ -122,7 +133,7 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
                       sessions=int(sum(len(t.series.sessions) for t in tickers)),
                       trading_days=trading_days, window_counts=counts, dropped_counts=dropped,
                       row_counts=row_counts, warnings=input_report.warnings,
-                      input_rows=input_report.rows)
+                      input_rows=input_report.rows, representation=config.representation, optimum=best)
     attrs = {
         "schema_version": store.SCHEMA_VERSION,
         "config": config.to_json(),
@@ -141,10 +152,14 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
         "trading_days": json.dumps(trading_days),
         "input_format": json.dumps(input_report.understood, sort_keys=True),
         "warnings": json.dumps(input_report.warnings),
+        "representation": config.representation,
+        "transform": transforms.to_json(transform),
+        "optimum": "unknown" if best is None else json.dumps(best, sort_keys=True),
     }
     split_done = time.perf_counter()
     with store.atomic_output(out, force) as output:
-        write_sequences(output.path, tickers, counts, config, attrs, show_progress, check=output.check)
+        write_sequences(output.path, tickers, counts, config, attrs, transform, show_progress,
+                        check=output.check)
     finished = time.perf_counter()
     summary.seconds = finished - started
     summary.phase_seconds = {"read": read_done - started, "split+normalise": split_done - read_done,
@@ -191,8 +206,9 @@ def assign_splits(tickers: list[_Ticker], config: PreprocessConfig) -> dict[str,
 def fit_normalisation(tickers: list[_Ticker], config: PreprocessConfig) -> dict[str, int]:
     """Min/max of every feature over each ticker's train windows (inputs, plus targets for close).
 
-    Returns dropped-window counts by reason. With per-ticker normalisation a ticker without any train
-    window cannot be scaled: its val/test windows are dropped as `no_train_windows`.
+    Returns dropped-window counts by reason. With the seed representation and per-ticker normalisation
+    a ticker without any train window cannot be scaled: its val/test windows are dropped as
+    `no_train_windows` (the returns representation gives such a ticker the pooled volume statistics).
     """
     dropped = dict.fromkeys(ALL_DROP_REASONS, 0)
     close = config.close_index
@@ -201,7 +217,7 @@ def fit_normalisation(tickers: list[_Ticker], config: PreprocessConfig) -> dict[
             dropped[reason] += int((t.status == code).sum())
         train = t.labels == 0
         if not train.any():
-            if config.normalize == "per_ticker":
+            if config.normalize == "per_ticker" and config.representation == "seed":
                 dropped["no_train_windows"] += int((t.labels >= 0).sum())
                 t.labels[:] = -1
             continue
@@ -226,10 +242,66 @@ def normalisation_arrays(tickers: list[_Ticker], config: PreprocessConfig) -> tu
     return (np.min([t.norm_min for t in fitted], axis=0), np.max([t.norm_max for t in fitted], axis=0))
 
 
-def scale(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Min-max scale to float32; a constant feature (max == min) maps to 0 instead of dividing by zero."""
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return ((values - lo) / span).astype(np.float32)
+def fit_transform(tickers: list[_Ticker], config: PreprocessConfig, norm_min: np.ndarray,
+                  norm_max: np.ndarray) -> transforms.Transform:
+    """The configured representation, fitted on train windows only (see stockpredict/transform.py)."""
+    if config.representation == "seed":
+        return transforms.SeedTransform(config.features, norm_min, norm_max)
+    close, L, h = config.close_index, config.seq_len, config.horizon
+    n = windows.windows_per_session(L, h)
+    returns, volumes = [], []
+    volume = config.features.index("volume") if "volume" in config.features else None
+    for t in tickers:
+        train = t.labels == 0
+        grid = t.series.values[:, :, close]
+        with np.errstate(invalid="ignore", divide="ignore"):  # dropped windows may hold NaN or 0
+            log_return = np.log(grid[:, L - 1 + h: L - 1 + h + n] / grid[:, L - 1: L - 1 + n])
+        returns.append(log_return[train])
+        if volume is None or not train.any():
+            volumes.append(None)
+            continue
+        inputs, _ = windows.coverage(train, L, h)
+        volumes.append(np.log1p(t.series.values[inputs][:, volume]))
+    return transforms.fit_returns(config.features, np.concatenate(returns), volumes)
+
+
+def synthetic_optimum(raw: Path, hashes: dict[str, str], tickers: list[_Ticker],
+                      config: PreprocessConfig) -> dict | None:
+    """The best achievable test skill when `raw` is an untouched synthetic universe, else None (unknown).
+
+    Recomputed from optimum.json's per-file parameters for this horizon and seq_len, pooled over the
+    tickers used, each weighted by the sum of its test windows' squared last close (their share of the
+    price-unit MSE); a file whose sha256 differs from the generator's record makes it unknown.
+    """
+    from preprocess.synthetic import OPTIMUM_FILE
+
+    path = raw / OPTIMUM_FILE if raw.is_dir() else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        files = record["files"]
+        names = [f"{t.series.ticker}.csv" for t in tickers]
+        if any(name not in files or files[name]["sha256"] != hashes.get(name) for name in names):
+            log.warning("%s does not describe these CSV files (changed or foreign); optimum unknown", path)
+            return None
+        processes = [optimum.TickerProcess(**{k: files[name][k] for k in
+                                              ("phi", "deviation_vol", "fair_vol", "overnight_vol")})
+                     for name in names]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("cannot read %s (%s); optimum unknown", path, err)
+        return None
+    close, L, h = config.close_index, config.seq_len, config.horizon
+    n = windows.windows_per_session(L, h)
+    weights = np.array([float(np.sum(t.series.values[:, L - 1: L - 1 + n, close][t.labels == 2] ** 2))
+                        for t in tickers])
+    split = "test"
+    if not weights.sum() > 0:  # no test windows: weigh by the generator's mean squared price
+        weights, split = np.array([files[name]["mean_square_price"] for name in names]), "all minutes"
+    best = optimum.optimum(processes, weights, h, L)
+    best["weights"] = f"squared last close summed over the {split} windows of each ticker"
+    best["source"] = OPTIMUM_FILE
+    return best
 
 
 def session_open_epochs(sessions: np.ndarray) -> np.ndarray:
@@ -238,25 +310,29 @@ def session_open_epochs(sessions: np.ndarray) -> np.ndarray:
     return local.tz_localize(bars.EXCHANGE_TZ).tz_convert("UTC").asi8 // 1_000_000_000
 
 
-def ticker_windows(t: _Ticker, split: int, config: PreprocessConfig, lo: np.ndarray, hi: np.ndarray):
-    """One ticker's windows of one split, normalised: (x, y, window_end), in time order."""
+def ticker_windows(t: _Ticker, index: int, split: int, config: PreprocessConfig,
+                   transform: transforms.Transform):
+    """One ticker's windows of one split in the representation: (x, y, window_end, last_close), in time
+    order; last_close is the close at minute e in price units (float64)."""
     mask = t.labels == split
     s = t.series
     x = windows.window_inputs(s.values, config.seq_len, config.horizon)[mask]
     close = config.close_index
     y = windows.window_targets(s.values[:, :, close], config.seq_len, config.horizon)[mask]
+    last_close = x[:, -1, close].astype(np.float64)
     ends = session_open_epochs(s.sessions)[:, None] + 60 * windows.window_end_minutes(config.seq_len,
                                                                                        config.horizon)
-    return scale(x, lo, hi), scale(y, lo[close], hi[close]), ends[mask].astype(np.int64)
+    return (transform.inputs_forward(x, index), transform.target_forward(y, last_close, index),
+            ends[mask].astype(np.int64), last_close)
 
 
 def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], config: PreprocessConfig,
-                    attrs: dict, progress: bool = False, check: Callable[[], None] = lambda: None) -> None:
+                    attrs: dict, transform: transforms.Transform, progress: bool = False,
+                    check: Callable[[], None] = lambda: None) -> None:
     """Write every split's windows, in (ticker, time) order, and the root attributes to `path`.
 
     `check` runs after every ticker; it raises to abort (see store.AtomicOutput).
     """
-    norm_min, norm_max = attrs["norm_min"], attrs["norm_max"]
     with h5py.File(path, "w") as h5:
         store.create_layout(h5, counts, config.seq_len, len(config.features),
                             [t.series.ticker for t in tickers], config.chunk_windows, config.compression)
@@ -264,10 +340,9 @@ def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], 
             h5.attrs[key] = value
         writers = [store.SplitWriter(h5[split], config.chunk_windows) for split in store.SPLITS]
         for index, t in enumerate(_bar(tickers, progress, "writing")):
-            lo, hi = (norm_min[index], norm_max[index]) if norm_min.ndim == 2 else (norm_min, norm_max)
             for split, writer in enumerate(writers):
-                x, y, ends = ticker_windows(t, split, config, lo, hi)
-                writer.append(x, y, np.full(len(x), index, dtype=np.int32), ends)
+                x, y, ends, last_close = ticker_windows(t, index, split, config, transform)
+                writer.append(x, y, np.full(len(x), index, dtype=np.int32), ends, last_close)
             check()
         for writer in writers:
             writer.close()

@@ -1,12 +1,15 @@
-"""The sequences file: atomic creation and the HDF5 layout (schema_version 1, see docs/data.md).
+"""The sequences file: atomic creation and the HDF5 layout (schema_version 2, see docs/data.md).
 
 Layout, per split in SPLITS (a split may hold n = 0 windows; its datasets still exist):
-    /<split>/x           float32 (n, seq_len, n_features)   normalised inputs
-    /<split>/y           float32 (n,)                       normalised close at e + horizon
+    /<split>/x           float32 (n, seq_len, n_features)   inputs in the file's representation
+    /<split>/y           float32 (n,)                       target (close at e + horizon) in it
     /<split>/ticker      int32   (n,)                       index into /tickers
     /<split>/window_end  int64   (n,)                       UTC epoch seconds of minute e
+    /<split>/last_close  float64 (n,)                       close at minute e, price units (schema 2)
     /tickers             variable-length UTF-8 strings
-Root attributes are written by the pipeline (schema_version, config, features, norm_min, ...).
+Root attributes are written by the pipeline (schema_version, config, representation, transform, ...).
+Schema 2 extends schema 1: the same datasets and attributes, plus last_close, representation, transform
+and optimum.
 """
 
 from __future__ import annotations
@@ -101,7 +104,7 @@ def atomic_output(out: Path, force: bool) -> Iterator[AtomicOutput]:
 
 def create_layout(h5: h5py.File, counts: dict[str, int], seq_len: int, n_features: int,
                   tickers: list[str], chunk_windows: int, compression: str) -> None:
-    """Create every dataset of schema 1 with its final shape, chunked along n."""
+    """Create every dataset of the schema with its final shape, chunked along n."""
     codec = {"none": {}, "lzf": {"compression": "lzf"},
              "gzip": {"compression": "gzip", "compression_opts": GZIP_LEVEL}}[compression]
     for split in SPLITS:
@@ -110,7 +113,8 @@ def create_layout(h5: h5py.File, counts: dict[str, int], seq_len: int, n_feature
         group = h5.create_group(split)
         group.create_dataset("x", shape=(n, seq_len, n_features), dtype=np.float32,
                              chunks=(chunk, seq_len, n_features), maxshape=(None, seq_len, n_features), **codec)
-        for name, dtype in (("y", np.float32), ("ticker", np.int32), ("window_end", np.int64)):
+        for name, dtype in (("y", np.float32), ("ticker", np.int32), ("window_end", np.int64),
+                            ("last_close", np.float64)):
             group.create_dataset(name, shape=(n,), dtype=dtype, chunks=(max(chunk, 1),), maxshape=(None,),
                                  **codec)
     h5.create_dataset("tickers", data=np.array(tickers, dtype=object), dtype=h5py.string_dtype("utf-8"))
@@ -119,7 +123,7 @@ def create_layout(h5: h5py.File, counts: dict[str, int], seq_len: int, n_feature
 class SplitWriter:
     """Appends windows to one split's datasets in whole chunks, so no chunk is compressed twice."""
 
-    NAMES = ("x", "y", "ticker", "window_end")
+    NAMES = ("x", "y", "ticker", "window_end", "last_close")
 
     def __init__(self, group: h5py.Group, chunk_windows: int):
         self.group = group
@@ -128,10 +132,11 @@ class SplitWriter:
         self.pending: list[tuple[np.ndarray, ...]] = []
         self.pending_n = 0
 
-    def append(self, x: np.ndarray, y: np.ndarray, ticker: np.ndarray, window_end: np.ndarray) -> None:
+    def append(self, x: np.ndarray, y: np.ndarray, ticker: np.ndarray, window_end: np.ndarray,
+               last_close: np.ndarray) -> None:
         if len(x) == 0:
             return
-        self.pending.append((x, y, ticker, window_end))
+        self.pending.append((x, y, ticker, window_end, last_close))
         self.pending_n += len(x)
         if self.pending_n >= self.chunk:
             self._write(whole_chunks_only=True)

@@ -22,6 +22,8 @@ volume), exact duplicate rows, a few rows out of order.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +32,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from preprocess import optimum
+from preprocess.optimum import TickerProcess
 from stockpredict.cli import UserError, get_logger, run_cli
+from stockpredict.files import write_json_atomic
 
 log = get_logger("stockpredict.preprocess")
 
 EXCHANGE_TZ = "America/New_York"
+OPTIMUM_FILE = "optimum.json"  # written beside the CSVs; preprocessing reads it (docs/data.md)
 # Real large caps first (names only, no real prices), then generated ones in the same style.
 SP500_LIKE = (
     "AAPL MSFT NVDA AMZN GOOGL META BRK.B LLY AVGO JPM TSLA UNH XOM V PG MA JNJ HD MRK COST ABBV CVX CRM "
@@ -56,6 +62,12 @@ class SyntheticConfig:
     deviation_vol: float = 0.0008  # innovation sd of the deviation d_t per minute
     fair_vol: float = 0.00005      # sd of the fair-value random walk per minute
     overnight_vol: float = 0.002   # sd of the fair-value gap between sessions
+    phi_spread: float = 0.0        # per-ticker phi drawn uniformly from phi +- phi_spread (0: all equal)
+    vol_spread: float = 0.0        # per-ticker deviation_vol and fair_vol times exp(U(-s, s)), independently
+    price_min: float = 20.0        # each ticker starts at a price drawn uniformly from [price_min, price_max]
+    price_max: float = 500.0
+    horizon: int = 5               # minutes; only for optimum.json (the best skill at this horizon)
+    seq_len: int = 60              # minutes per window; only for optimum.json (the window-limited skill)
     extended_bars: int = 6         # pre- plus post-market bars per day (dropped by preprocessing)
     missing_frac: float = 0.002    # fraction of regular minutes with no bar
     bad_row_frac: float = 0.0005   # fraction of rows with an empty close, a price <= 0 or a negative volume
@@ -83,17 +95,36 @@ def trading_days(start: str, days: int) -> pd.DatetimeIndex:
     return pd.bdate_range(start, periods=days)
 
 
+def ticker_process(config: SyntheticConfig, index: int) -> TickerProcess:
+    """The generating parameters of ticker `index`: the config's, spread per ticker when asked.
+
+    Drawn from their own generator ([seed, index, 1]) so that the spreads at 0 leave every other draw,
+    and so the default universe, unchanged.
+    """
+    rng = np.random.default_rng([config.seed, index, 1])
+    phi_shift, log_dvol, log_fvol = rng.uniform(-1, 1, 3)
+    return TickerProcess(phi=config.phi + config.phi_spread * phi_shift,
+                         deviation_vol=config.deviation_vol * float(np.exp(config.vol_spread * log_dvol)),
+                         fair_vol=config.fair_vol * float(np.exp(config.vol_spread * log_fvol)),
+                         overnight_vol=config.overnight_vol)
+
+
 def simulate_ticker(rng: np.random.Generator, n_minutes: int, config: SyntheticConfig,
-                    session_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Log prices and volumes for n_minutes consecutive regular minutes (sessions concatenated)."""
-    fair_steps = config.fair_vol * rng.standard_normal(n_minutes)
-    fair_steps[session_starts] += config.overnight_vol * rng.standard_normal(len(session_starts))
-    fair = np.log(rng.uniform(20, 500)) + np.cumsum(fair_steps)
-    eta = config.deviation_vol * rng.standard_normal(n_minutes)
+                    session_starts: np.ndarray, process: TickerProcess | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Log prices and volumes for n_minutes consecutive regular minutes (sessions concatenated).
+
+    `process` gives this ticker's parameters (default: the config's phi and volatilities).
+    """
+    p = process or TickerProcess(config.phi, config.deviation_vol, config.fair_vol, config.overnight_vol)
+    fair_steps = p.fair_vol * rng.standard_normal(n_minutes)
+    fair_steps[session_starts] += p.overnight_vol * rng.standard_normal(len(session_starts))
+    fair = np.log(rng.uniform(config.price_min, config.price_max)) + np.cumsum(fair_steps)
+    eta = p.deviation_vol * rng.standard_normal(n_minutes)
     deviation = np.empty(n_minutes)
-    level = eta[0] / np.sqrt(1 - config.phi ** 2)
+    level = eta[0] / np.sqrt(1 - p.phi ** 2)
     for t in range(n_minutes):  # a scalar recursion; ~10k steps per ticker is cheap
-        level = config.phi * level + eta[t]
+        level = p.phi * level + eta[t]
         deviation[t] = level
     minute = np.arange(n_minutes) % 390
     u_shape = 1.0 + 3.0 * ((minute - 195) / 195) ** 2
@@ -115,21 +146,49 @@ def write_universe(out_dir: Path, tickers: int = 503, days: int = 21, seed: int 
         raise UserError(f"need --tickers >= 1 and --days >= 1, got {tickers} and {days}")
     if config.timestamps not in ("utc", "offset", "naive"):
         raise UserError(f"timestamps must be utc, offset or naive, not {config.timestamps!r}")
+    if not (-1 < config.phi - abs(config.phi_spread) and config.phi + abs(config.phi_spread) < 1):
+        raise UserError(f"need -1 < phi +- phi_spread < 1 (a stationary deviation), got phi={config.phi}, "
+                        f"phi_spread={config.phi_spread}")
+    if not 0 < config.price_min <= config.price_max:
+        raise UserError(f"need 0 < price_min <= price_max, got {config.price_min} and {config.price_max}")
+    if config.horizon < 1 or config.seq_len < 2 or config.seq_len + config.horizon > 390:
+        raise UserError(f"need horizon >= 1, seq_len >= 2 and seq_len + horizon <= 390, got "
+                        f"{config.horizon} and {config.seq_len}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dates = trading_days(config.start_date, days)
     regular_text, extended_text = _timestamp_text(dates, config)
     n_minutes = 390 * days
     session_starts = np.arange(0, n_minutes, 390)
-    paths = []
+    paths, processes, weights = [], [], []
     for index, name in enumerate(ticker_names(tickers, seed)):
         rng = np.random.default_rng([seed, index])
-        log_price, volume = simulate_ticker(rng, n_minutes, config, session_starts)
+        process = ticker_process(config, index)
+        log_price, volume = simulate_ticker(rng, n_minutes, config, session_starts, process)
         frame = _bars_frame(rng, log_price, volume, regular_text, extended_text, config)
         path = out_dir / f"{name}.csv"
         frame.to_csv(path, index=False, float_format="%.4f")
         paths.append(path)
+        processes.append(process)
+        weights.append(float(np.mean(np.exp(2 * log_price))))
+    write_optimum(out_dir, config, paths, processes, weights)
     return sorted(paths)
+
+
+def write_optimum(out_dir: Path, config: SyntheticConfig, paths: list[Path], processes: list[TickerProcess],
+                  mean_square_prices: list[float]) -> dict:
+    """Write OPTIMUM_FILE beside the CSVs: the best achievable skill over persistence (preprocess/optimum.py)
+    at config.horizon, pooled over all tickers, plus what preprocessing needs to recompute it for its own
+    horizon, window length and test split: each file's parameters and sha256 (to tell it is ours)."""
+    from preprocess.bars import file_sha256
+
+    record = optimum.optimum(processes, np.asarray(mean_square_prices), config.horizon, config.seq_len)
+    record["generator"] = dataclasses.asdict(config)
+    record["files"] = {path.name: {"sha256": file_sha256(path), "mean_square_price": round(w, 6),
+                                   **process.to_dict()}
+                       for path, process, w in zip(paths, processes, mean_square_prices)}
+    write_json_atomic(out_dir / OPTIMUM_FILE, record)
+    return record
 
 
 def _timestamp_text(dates: pd.DatetimeIndex, config: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -229,8 +288,9 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--tickers", type=int, default=defaults.tickers, help="number of tickers")
     parser.add_argument("--days", type=int, default=defaults.days, help="trading days")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
-    for name in ("start_date", "phi", "deviation_vol", "fair_vol", "overnight_vol", "extended_bars",
-                 "missing_frac", "bad_row_frac", "duplicate_frac", "unsorted_frac", "timestamps"):
+    for name in ("start_date", "phi", "deviation_vol", "fair_vol", "overnight_vol", "phi_spread",
+                 "vol_spread", "price_min", "price_max", "horizon", "seq_len", "extended_bars", "missing_frac",
+                 "bad_row_frac", "duplicate_frac", "unsorted_frac", "timestamps"):
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
                             help=_field_help(name))
@@ -238,6 +298,10 @@ def _main(argv: Sequence[str] | None) -> int:
     out = args.pop("out")
     paths = write_universe(out, **args)
     print(f"wrote {len(paths)} ticker files ({args['days']} days each) to {out}")
+    record = json.loads((Path(out) / OPTIMUM_FILE).read_text())
+    print(f"best achievable skill over persistence at horizon {record['horizon']} min: "
+          f"{record['kalman_skill']:.3f} (Kalman filter), {record['window_skill']:.3f} (least squares on a "
+          f"{record['seq_len']}-minute window); written to {out / OPTIMUM_FILE}")
     return 0
 
 

@@ -10,8 +10,10 @@ Blocks are the file's own HDF5 chunks (SequencesInfo.block_windows, read from /t
 read decompresses whole chunks once. The whole file is never held in memory; peak memory is about
 one buffer (block_windows * BLOCKS_PER_BUFFER windows) plus the prefetched batches.
 
-File layout (schema_version 1, written by `preprocess`): `/{train,val,test}/{x,y,ticker,window_end}`,
-root attrs `features`, `target_feature`, `seq_len`, `normalization`, `norm_min`, `norm_max`, ...
+File layout (schema_version 2, written by `preprocess`; docs/data.md):
+`/{train,val,test}/{x,y,ticker,window_end,last_close}`, root attrs `features`, `target_feature`,
+`seq_len`, `representation`, `transform`, `optimum`, `norm_min`, `norm_max`, ... Schema-1 files (no
+last_close, no representation) are read as the seed representation: min-max from `norm_min`/`norm_max`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import h5py
 import numpy as np
 
 from . import layout
+from . import transform as transforms
 from .cli import UserError
-from .layout import SCHEMA_VERSION, SPLITS
+from .layout import READABLE_SCHEMAS, SCHEMA_VERSION, SPLITS
 
 # Block length of a file without chunks (the default chunk: 2,048 windows of 60 x 2 float32 = 1 MB
 # per read); a chunked file's blocks are its chunk length. 16 blocks = a 16 MB shuffle buffer of
@@ -51,10 +54,14 @@ class SequencesInfo:
     seq_len: int              # minutes per window
     n_features: int
     windows: dict             # {"train": n, "val": n, "test": n}
-    normalization: str        # "global" or "per_ticker"
+    normalization: str        # "global" or "per_ticker" (min-max statistics of the seed representation)
     norm_min: np.ndarray      # (n_features,) or (n_tickers, n_features), float64
     norm_max: np.ndarray
     block_windows: int = BLOCK_WINDOWS  # /train/x chunk length: the trainer's aligned read unit
+    schema_version: int = SCHEMA_VERSION
+    representation: str = "seed"    # "returns" or "seed" (stockpredict/transform.py)
+    transform: transforms.Transform | None = None  # model output -> price: transform.target_inverse(...)
+    optimum: dict | None = None     # best achievable skill (synthetic data); None = unknown
 
 
 def _text(value) -> str:
@@ -76,11 +83,15 @@ def read_sequences_info(path: str | Path) -> SequencesInfo:
     with handle:
         attrs = handle.attrs
         version = attrs.get("schema_version")
-        if version is None or int(version) != SCHEMA_VERSION:
+        if version is None or int(version) not in READABLE_SCHEMAS:
             raise UserError(f"{path}: schema_version is {None if version is None else int(version)}, "
-                            f"this trainer reads schema_version {SCHEMA_VERSION}; re-run preprocessing")
-        missing = [f"/{s}/{d}" for s in SPLITS for d in ("x", "y", "ticker") if f"{s}/{d}" not in handle]
+                            f"this trainer reads schema_version {' or '.join(map(str, READABLE_SCHEMAS))}; "
+                            f"re-run preprocessing (make preprocess) with this version of the toolkit")
+        version = int(version)
+        datasets = ("x", "y", "ticker") + (("last_close",) if version >= 2 else ())
+        missing = [f"/{s}/{d}" for s in SPLITS for d in datasets if f"{s}/{d}" not in handle]
         missing += [a for a in ("features", "target_feature", "norm_min", "norm_max") if a not in attrs]
+        missing += [a for a in ("representation", "transform") if version >= 2 and a not in attrs]
         if missing:
             raise UserError(f"{path}: missing {', '.join(missing)} (not a sequences file?)")
         features = tuple(_text(f) for f in attrs["features"])
@@ -99,6 +110,17 @@ def read_sequences_info(path: str | Path) -> SequencesInfo:
         if windows["train"] == 0:
             raise UserError(f"{path}: the train split is empty (0 windows); check the preprocessing "
                             f"window counts (attrs 'window_counts')")
+        try:
+            transform = transforms.from_attrs(attrs)
+        except (transforms.TransformError, KeyError) as err:
+            raise UserError(f"{path}: cannot read how to invert its representation ({err}); re-run "
+                            f"preprocessing") from None
+        if version >= 2 and _text(attrs["representation"]) != transform.name:
+            raise UserError(f"{path}: attribute representation {_text(attrs['representation'])!r} disagrees "
+                            f"with its transform {transform.name!r}; re-run preprocessing")
+        if tuple(transform.features) != features:
+            raise UserError(f"{path}: the transform's features {list(transform.features)} differ from "
+                            f"the file's {list(features)}; re-run preprocessing")
         return SequencesInfo(
             path=str(path), features=features, target_feature=target,
             close_index=features.index(target), seq_len=int(x_shape[1]), n_features=int(x_shape[2]),
@@ -106,7 +128,22 @@ def read_sequences_info(path: str | Path) -> SequencesInfo:
             norm_min=np.asarray(attrs["norm_min"], np.float64),
             norm_max=np.asarray(attrs["norm_max"], np.float64),
             block_windows=layout.chunk_windows(handle["train/x"], BLOCK_WINDOWS),
+            schema_version=version, representation=transform.name, transform=transform,
+            optimum=read_optimum(attrs),
         )
+
+
+def read_optimum(attrs) -> dict | None:
+    """The `optimum` attribute as a dict (kalman_skill, window_skill, horizon, seq_len, method, ...), or
+    None when unknown: real data, a schema-1 file, or an unreadable value."""
+    text = _text(attrs.get("optimum", "unknown"))
+    if text == "unknown":
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) and "kalman_skill" in value else None
 
 
 def shard_range(n: int, rank: int, size: int) -> tuple[int, int]:
@@ -208,17 +245,32 @@ def train_dataset(info: SequencesInfo, batch_size: int, steps: int, seed: int, e
 
 def iter_eval_shard(path: str, split: str, rank: int, size: int, close_index: int,
                     batch: int = EVAL_BATCH_WINDOWS) -> Iterator[tuple[np.ndarray, ...]]:
-    """This rank's contiguous share of a whole split, as (x, y, ticker, last_close) chunks."""
+    """This rank's contiguous share of a whole split, as (x, y, ticker, last_close) chunks.
+
+    last_close is the close at the window's last minute in PRICE units (float64): /<split>/last_close
+    (schema 2), or for a schema-1 file x[:, -1, close_index] de-normalised with its min-max statistics.
+    Score with metrics.shard_sums(pred, y, last_close, ticker, info.transform).
+    """
     with h5py.File(path, "r") as handle:
         group = handle[split]
+        legacy = None if "last_close" in group else transforms.from_attrs(handle.attrs)
         start, stop = shard_range(group["y"].shape[0], rank, size)
         for a in range(start, stop, batch):
             b = min(a + batch, stop)
-            x = group["x"][a:b]
-            yield x, group["y"][a:b], group["ticker"][a:b], x[:, -1, close_index]
+            x, ticker = group["x"][a:b], group["ticker"][a:b]
+            if legacy is None:
+                last_close = group["last_close"][a:b]
+            else:
+                last_close = legacy.inputs_inverse(x[:, -1:, :], None, ticker)[:, -1, close_index]
+            yield x, group["y"][a:b], ticker, last_close
 
 
 def describe_windows(info: SequencesInfo) -> str:
     """One line for logs: window counts and shape."""
+    scaling = (f"{info.normalization} min-max" if info.representation == "seed" else
+               "log returns vs the last close, standardised")
+    best = ("unknown" if info.optimum is None else
+            f"{info.optimum['kalman_skill']:.3f} (Kalman), {info.optimum['window_skill']:.3f} (window)")
     return (f"{json.dumps(info.windows)} windows of {info.seq_len} min x {info.n_features} features "
-            f"({', '.join(info.features)}; target {info.target_feature}, {info.normalization} min-max)")
+            f"({', '.join(info.features)}; target {info.target_feature}; representation "
+            f"{info.representation}: {scaling}; best achievable skill {best})")

@@ -8,6 +8,7 @@ numpy only, no TensorFlow, so preprocessing imports it freely. docs/data.md desc
     /<split>/y           float32 (n,)                       normalised close at e + horizon
     /<split>/ticker      int32   (n,)                       index into /tickers
     /<split>/window_end  int64   (n,)                       UTC epoch seconds of minute e
+    /<split>/last_close  float64 (n,)                       close at minute e, price units (schema 2)
     /tickers             variable-length UTF-8 strings
     root attributes      ATTRS below
 """
@@ -16,7 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-SCHEMA_VERSION = 1                  # bump on any change a reader must know about
+SCHEMA_VERSION = 2                  # bump on any change a reader must know about
+# 1: the seed's min-max price levels; 2: + /<split>/last_close and the attrs representation, transform,
+# optimum (stockpredict/transform.py). Schema-1 files still read, as the seed representation.
+READABLE_SCHEMAS = (1, 2)
 SPLITS = ("train", "val", "test")   # a split may hold n = 0 windows; its datasets still exist
 
 # Datasets of each split group, and the file-level ticker names.

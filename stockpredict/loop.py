@@ -24,15 +24,17 @@ import numpy as np
 import tensorflow as tf
 
 from . import checkpoints, identity, preemption, timing
+from . import transform as transforms
 from .checkpoints import ResumePoint
 from .cli import LOG_LEVEL_ENV, UserError, get_logger
 from .config import TrainConfig, resolve_config
 from .data import SequencesInfo
 from .engine import Engine
 from .hardware import affinity_summary
-from .files import write_json_atomic
+from .files import write_atomic, write_json_atomic
 
 MODEL_FILE = "model.keras"
+TRANSFORM_FILE = "transform.json"  # stockpredict.transform.to_json of the data file's transform
 
 log = get_logger("stockpredict.train")
 
@@ -72,6 +74,11 @@ def plan_run(config: TrainConfig, ranks: int) -> RunPlan:
     if config.max_steps is not None:
         steps = min(steps, config.max_steps)
     resume = checkpoints.find_resume(config, info.seq_len, info.features)
+    if resume is not None and resume.state.get("representation", "seed") != info.representation:
+        # Same shapes, other units: resuming would silently train on a different target.
+        raise UserError(f"checkpoint {resume.dir.name} was trained on the "
+                        f"{resume.state.get('representation', 'seed')!r} representation, but {config.data} "
+                        f"holds {info.representation!r}; use the original data file or a new --run-dir")
     return RunPlan(config=config, info=info, steps=steps, resume=resume,
                    warmup_steps=int(round(config.warmup_epochs * steps)))
 
@@ -80,19 +87,27 @@ def plan_run(config: TrainConfig, ranks: int) -> RunPlan:
 
 class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
     """lr(step) = base_lr * (1 + (ranks - 1) * min(step / warmup_steps, 1)): from the one-rank rate
-    to ranks x that rate, linearly over the warm-up (Goyal et al. 2017, gradual warm-up). Driven by
-    the optimizer's step counter, which checkpoints restore."""
+    to ranks x that rate, linearly over the warm-up (Goyal et al. 2017, gradual warm-up); then, with
+    `total_steps`, a cosine decay from that peak to 0 at the last step (measured to settle the forecast's
+    skill, docs/training.md "Accuracy"). Driven by the optimizer's step counter, which checkpoints
+    restore, so a resumed run continues on the same curve."""
 
-    def __init__(self, base_lr: float, ranks: int, warmup_steps: int):
+    def __init__(self, base_lr: float, ranks: int, warmup_steps: int, total_steps: int | None = None):
         self.base_lr, self.ranks, self.warmup_steps = float(base_lr), int(ranks), int(warmup_steps)
+        self.total_steps = None if total_steps is None else int(total_steps)
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
         progress = 1.0 if self.warmup_steps <= 0 else tf.minimum(step / self.warmup_steps, 1.0)
-        return self.base_lr * (1.0 + (self.ranks - 1) * progress)
+        peak = self.base_lr * (1.0 + (self.ranks - 1) * progress)
+        if self.total_steps is None or self.total_steps <= self.warmup_steps:
+            return peak
+        decayed = tf.clip_by_value((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+        return peak * 0.5 * (1.0 + tf.cos(np.pi * decayed))
 
     def get_config(self):
-        return {"base_lr": self.base_lr, "ranks": self.ranks, "warmup_steps": self.warmup_steps}
+        return {"base_lr": self.base_lr, "ranks": self.ranks, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps}
 
 
 @dataclass(frozen=True)
@@ -116,13 +131,16 @@ def build_replica(plan: RunPlan, engine: Engine) -> Replica:
     # Same seed on every rank: identical initial weights (the broadcast makes sure anyway) and a
     # reproducible run; the dropout generators are then re-seeded per rank below.
     tf.keras.utils.set_random_seed(cfg.seed)
-    model = build_model(plan.info.seq_len, plan.info.n_features, cfg.lstm_units, cfg.dropout, cfg.dense_units)
+    model = build_model(plan.info.seq_len, plan.info.n_features, cfg.lstm_units, cfg.dropout, cfg.dense_units,
+                        representation=plan.info.representation)
     dropout_rngs = dropout_generators(model)
     for i, rng in enumerate(dropout_rngs):
         # Independent dropout masks per rank, reproducible from --seed.
         rng.reset_from_seed(cfg.seed * 1_000_003 + engine.rank * 101 + i)
     # The learning rate scales with the number of ranks (Goyal et al. 2017), after a warm-up.
-    optimizer = tf.keras.optimizers.Adam(learning_rate=WarmupSchedule(cfg.lr, engine.size, plan.warmup_steps))
+    total_steps = cfg.epochs * plan.steps if cfg.lr_decay == "cosine" else None
+    optimizer = tf.keras.optimizers.Adam(
+        learning_rate=WarmupSchedule(cfg.lr, engine.size, plan.warmup_steps, total_steps))
     optimizer.build(model.trainable_variables)  # create slots now so they can be broadcast
     loss_fn = tf.keras.losses.MeanSquaredError()
     loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
@@ -291,7 +309,7 @@ def evaluate(run: Run, split: str, with_metrics: bool = False) -> np.ndarray:
                                                      info.close_index):
         pred = run.replica.predict(x).numpy()
         if with_metrics:
-            sums += shard_sums(pred, y, last_close, tickers, info.norm_min, info.norm_max, info.close_index)
+            sums += shard_sums(pred, y, last_close, tickers, info.transform)
         else:
             sums += [y.size, float(np.sum((pred.astype(np.float64) - y) ** 2))]
     return engine.allreduce_sum(sums)
@@ -308,7 +326,8 @@ def save_checkpoint(run: Run, epochs_done: int, step: int, loss_sum: float) -> N
         "epochs_done": epochs_done, "step": step, "partial_loss_sum": loss_sum,
         "steps_per_epoch": plan.steps, "ranks": run.engine.size, "batch_size": cfg.batch_size,
         "seed": cfg.seed, "seq_len": plan.info.seq_len, "n_features": plan.info.n_features,
-        "features": list(plan.info.features), "config": dataclasses.asdict(cfg),
+        "features": list(plan.info.features), "representation": plan.info.representation,
+        "config": dataclasses.asdict(cfg),
         "dropout_rng_states": all_states, "time": timing.utc_now_iso(),
     })
 
@@ -356,6 +375,9 @@ def finish(run: Run) -> int:
         tmp = plan.run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
         run.replica.model.save(tmp)
         os.replace(tmp, plan.run_dir / MODEL_FILE)
+        # How to turn the model's output into a price (and fresh bars into its input): the run
+        # directory is self-contained for `python -m stockpredict.predict`.
+        write_atomic(plan.run_dir / TRANSFORM_FILE, transforms.to_json(plan.info.transform))
         timing.append_event(plan.run_dir / timing.TIMING_FILE, timing.make_event(
             "run_end", status="completed", total_seconds=run.elapsed(), test=test))
     if test is not None:
@@ -436,6 +458,7 @@ def run_start_record(run: Run, position: Position) -> dict:
         versions={"python": platform.python_version(), "tensorflow": tf.__version__, **engine.versions()},
         config=dataclasses.asdict(cfg), hardware=hardware,
         engine=engine.name, dataset_id=identity.dataset_identity(cfg.data),
+        representation=plan.info.representation, optimum=plan.info.optimum,
         # What one allreduce moves per step (fp32 gradients): the scaling model's S (docs/scaling.md).
         gradient_bytes=4 * sum(int(np.prod(v.shape)) for v in run.replica.model.trainable_variables),
         model=identity.model_identity(dataclasses.asdict(cfg), plan.info.seq_len, plan.info.n_features))

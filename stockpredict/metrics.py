@@ -1,5 +1,7 @@
-"""Honest test metrics: the model against the persistence forecast, on the normalised and price scales.
+"""Honest test metrics: the model against the persistence forecast, in price units.
 
+Every forecast is converted back to a price with the file's transform (stockpredict/transform.py)
+before it is scored, so the price-unit metrics (and skill) mean the same whatever the representation.
 Everything is computed from sums (squared errors, absolute errors, counts), so each rank can score its
 own shard and one allreduce of the sums gives the exact metrics of the whole split.
 """
@@ -10,6 +12,8 @@ import math
 
 import numpy as np
 
+from .transform import Transform
+
 # Order of the per-shard sums; one float64 vector, so ranks combine them with a single Sum allreduce.
 SUM_FIELDS = (
     "count", "se_norm", "se_price", "ae_price", "persistence_se_norm", "persistence_se_price",
@@ -17,61 +21,65 @@ SUM_FIELDS = (
 )
 
 
-def to_price(values: np.ndarray, tickers: np.ndarray, norm_min: np.ndarray, norm_max: np.ndarray,
-             close_index: int) -> np.ndarray:
-    """Undo min-max normalisation of the close column: price = v * (max - min) + min.
-
-    norm_min/norm_max are (n_features,) for "global" normalisation or (n_tickers, n_features) for
-    "per_ticker"; `tickers` (int, per window) picks the row in the latter case.
-    """
-    if norm_min.ndim == 1:
-        lo, hi = norm_min[close_index], norm_max[close_index]
-    else:
-        lo, hi = norm_min[tickers, close_index], norm_max[tickers, close_index]
-    return values.astype(np.float64) * (hi - lo) + lo
-
-
 def shard_sums(pred: np.ndarray, y: np.ndarray, last_close: np.ndarray, tickers: np.ndarray,
-               norm_min: np.ndarray, norm_max: np.ndarray, close_index: int) -> np.ndarray:
-    """The SUM_FIELDS sums for one batch of windows (all inputs on the normalised scale, shape (n,)).
+               transform: Transform) -> np.ndarray:
+    """The SUM_FIELDS sums for one batch of windows.
 
-    Direction: does the forecast move the same way as the truth from the last observed close?
-    Windows whose true move is exactly zero (common at minute resolution) have no direction and are
-    left out of `direction_count`.
+    pred, y: model output and target in the representation's units, shape (n,) or (n, 1);
+    last_close: close at the window's last minute in price units (the persistence forecast);
+    tickers: ticker index per window; transform: the file's (SequencesInfo.transform).
+    *_norm sums are in the representation's units, where persistence is the target_forward of the last
+    close; *_price sums compare prices. Direction: does the forecast move the same way as the truth
+    from the last close? Windows whose true move is exactly zero (common at minute resolution) have no
+    direction and are left out of `direction_count`. The transforms are increasing in price, so signs
+    are taken in the representation's units, where a zero move is exactly zero.
     """
-    pred, y, last_close = (np.asarray(a, np.float64).reshape(-1) for a in (pred, y, last_close))
-    price = lambda v: to_price(v, tickers, norm_min, norm_max, close_index)  # noqa: E731
-    y_price, pred_price, last_price = price(y), price(pred), price(last_close)
-    true_move = np.sign(y - last_close)
+    pred, y = (np.asarray(a, np.float64).reshape(-1) for a in (pred, y))
+    last_price = np.asarray(last_close, np.float64).reshape(-1)
+    tickers = np.asarray(tickers).reshape(-1)
+    persistence = transform.target_forward(last_price, last_price, tickers).astype(np.float64)
+    y_price = transform.target_inverse(y, last_price, tickers)
+    pred_price = transform.target_inverse(pred, last_price, tickers)
+    true_move = np.sign(y - persistence)
     moved = true_move != 0
     return np.array([
         y.size,
         np.sum((pred - y) ** 2),
         np.sum((pred_price - y_price) ** 2),
         np.sum(np.abs(pred_price - y_price)),
-        np.sum((last_close - y) ** 2),
+        np.sum((persistence - y) ** 2),
         np.sum((last_price - y_price) ** 2),
-        np.sum(np.sign(pred - last_close)[moved] == true_move[moved]),
+        np.sum(np.sign(pred - persistence)[moved] == true_move[moved]),
         np.sum(moved),
     ], dtype=np.float64)
 
 
 def metrics_from_sums(sums: np.ndarray) -> dict:
-    """The run_end `test` metrics from summed SUM_FIELDS (over all ranks). Unitless except *_price."""
+    """The run_end `test` metrics from summed SUM_FIELDS (over all ranks).
+
+    mse, persistence_mse: in the representation's (normalised) units; *_price: price units;
+    skill = 1 - MSE_model / MSE_persistence in price units (> 0: better than "the price stays").
+    """
     s = dict(zip(SUM_FIELDS, (float(v) for v in sums)))
     n = s["count"]
     if n == 0:
         raise ValueError("no test windows to score")
-    mse = s["se_norm"] / n
-    persistence_mse = s["persistence_se_norm"] / n
+    persistence_se_price = s["persistence_se_price"]
     return {
-        "mse": mse,
+        "mse": s["se_norm"] / n,
         "rmse_price": math.sqrt(s["se_price"] / n),
         "mae_price": s["ae_price"] / n,
-        "persistence_mse": persistence_mse,
-        "persistence_rmse_price": math.sqrt(s["persistence_se_price"] / n),
-        # skill > 0: the model beats "the price stays where it was"; null when persistence is exact.
-        "skill": 1.0 - mse / persistence_mse if persistence_mse > 0 else None,
+        "persistence_mse": s["persistence_se_norm"] / n,
+        "persistence_rmse_price": math.sqrt(persistence_se_price / n),
+        # null when persistence is exact (a constant price)
+        "skill": 1.0 - s["se_price"] / persistence_se_price if persistence_se_price > 0 else None,
         "direction_accuracy": (s["direction_correct"] / s["direction_count"]
                                if s["direction_count"] else None),
     }
+
+
+def skill_of_optimum(skill: float | None, optimum: dict | None) -> float | None:
+    """skill / the Kalman optimum's skill (1.0 = the best achievable); None when either is unknown."""
+    if skill is None or not optimum or not optimum.get("kalman_skill"):
+        return None
+    return skill / optimum["kalman_skill"]

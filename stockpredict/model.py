@@ -1,24 +1,32 @@
-"""The seed's forecasting model: LSTM(50) -> Dropout(0.3) -> Dense(32, relu) -> Dense(1, relu), MSE loss.
+"""The seed's forecasting model: LSTM(50) -> Dropout(0.3) -> Dense(32, relu) -> Dense(1, out), MSE loss.
 
-The final ReLU keeps the forecast non-negative: targets are min-max normalised prices in [0, 1] (a
-test-split price below the training minimum can fall slightly below 0; the ReLU then clips it, as in
-the seed).
+The output layer follows the file's representation (stockpredict/transform.py):
+    returns  linear: the target is a standardised log return, negative as often as positive;
+    seed     ReLU, as in the seed: targets are min-max normalised prices in [0, 1] (a test-split price
+             below the training minimum can fall slightly below 0; the ReLU then clips it).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+OUTPUT_ACTIVATION = {"returns": None, "seed": "relu"}  # None = linear
+
 
 def build_model(seq_len: int, n_features: int, lstm_units: int = 50, dropout: float = 0.3,
-                dense_units: int = 32) -> tf.keras.Model:
-    """A fresh, built (weights created) model for windows of shape (seq_len minutes, n_features)."""
+                dense_units: int = 32, representation: str = "returns") -> tf.keras.Model:
+    """A fresh, built (weights created) model for windows of shape (seq_len minutes, n_features).
+
+    `representation` is the sequences file's (SequencesInfo.representation); it picks the output layer.
+    """
+    if representation not in OUTPUT_ACTIVATION:
+        raise ValueError(f"unknown representation {representation!r}; known: {', '.join(OUTPUT_ACTIVATION)}")
     return tf.keras.Sequential([
         tf.keras.Input(shape=(seq_len, n_features), name="window"),
         tf.keras.layers.LSTM(lstm_units, name="lstm"),
         tf.keras.layers.Dropout(dropout, name="dropout"),
         tf.keras.layers.Dense(dense_units, activation="relu", name="dense"),
-        tf.keras.layers.Dense(1, activation="relu", name="forecast"),
+        tf.keras.layers.Dense(1, activation=OUTPUT_ACTIVATION[representation], name="forecast"),
     ], name="seed_lstm")
 
 

@@ -50,6 +50,10 @@ RUN_START_OPTIONAL_FIELDS = (
     # The scaling model (docs/scaling.md): bytes allreduced per step, 4 x trainable parameters (fp32).
     "gradient_bytes",
     "kind",        # what the log times: absent = "train"; "allreduce" = stockpredict.allreduce_bench
+    # Accuracy (docs/data.md): the data file's representation ("returns" or "seed"; absent = "seed", the
+    # only one before) and its known optimum {"kalman_skill", "window_skill", ...} (absent/null = unknown).
+    "representation",
+    "optimum",
 )
 OPTIONAL_FIELDS = {"run_start": RUN_START_OPTIONAL_FIELDS, "epoch": (), "run_end": ()}
 DEFAULT_ENGINE = "horovod"
@@ -102,6 +106,8 @@ def make_event(event: str, **fields: Any) -> dict:
         raise ValueError("run_start gradient_bytes must be a positive integer")
     if "kind" in extra and extra["kind"] not in RUN_KINDS:
         raise ValueError(f"run_start kind must be one of {RUN_KINDS}")
+    if "optimum" in extra and not (isinstance(extra["optimum"], dict) and "kalman_skill" in extra["optimum"]):
+        raise ValueError("run_start optimum must be a dict with kalman_skill (or None when unknown)")
     if event == "run_end":
         if fields["status"] not in RUN_STATUSES:
             raise ValueError(f"run_end status must be one of {RUN_STATUSES}, not {fields['status']!r}")

@@ -1,4 +1,4 @@
-"""Preprocessing: window/target definitions, the HDF5 layout (schema 1), splits, normalisation, and the
+"""Preprocessing: window/target definitions, the HDF5 layout (schema 2), splits, representations, and the
 learnable signal of the synthetic data. Real files throughout: synthetic CSVs -> pipeline -> HDF5."""
 
 from __future__ import annotations
@@ -12,25 +12,36 @@ import pytest
 
 from preprocess import windows
 from preprocess.config import PreprocessConfig
+from preprocess.pipeline import build_dataset
 from preprocess.synthetic import TINY_UNIVERSE
+from stockpredict import metrics
 from stockpredict.cli import UserError
+from stockpredict.transform import from_attrs
 
 SPLITS = ("train", "val", "test")
 
 
-def test_tiny_dataset_has_the_schema_1_layout(tiny_dataset):
+def test_tiny_dataset_has_the_schema_2_layout(tiny_dataset):
     with h5py.File(tiny_dataset, "r") as h5:
         tickers = [t.decode() if isinstance(t, bytes) else t for t in h5["tickers"][()]]
         assert len(tickers) == TINY_UNIVERSE["tickers"] and tickers == sorted(tickers)
         assert h5["tickers"].dtype.kind == "O"
         attrs = h5.attrs
-        assert attrs["schema_version"] == 1
+        assert attrs["schema_version"] == 2
         assert list(attrs["features"]) == ["close", "volume"]
         assert attrs["target_feature"] == "close" and attrs["normalization"] == "per_ticker"
+        assert attrs["representation"] == "returns"
+        transform = json.loads(attrs["transform"])
+        assert transform["name"] == "returns" and transform["features"] == ["close", "volume"]
+        assert len(transform["volume_mean"]) == len(tickers) and transform["target_std"] > 0
+        optimum = json.loads(attrs["optimum"])  # the tiny universe is synthetic: the optimum is known
+        assert 0 < optimum["window_skill"] <= optimum["kalman_skill"] < 1
+        assert optimum["horizon"] == 5 and optimum["seq_len"] == 60
         assert attrs["seq_len"] == 60 and attrs["horizon"] == 5
         assert attrs["norm_min"].shape == attrs["norm_max"].shape == (len(tickers), 2)
         assert attrs["norm_min"].dtype == np.float64
-        assert json.loads(attrs["config"])["normalize"] == "per_ticker"
+        config = json.loads(attrs["config"])
+        assert config["normalize"] == "per_ticker" and config["representation"] == "returns"
         assert set(json.loads(attrs["input_sha256"])) == {f"{t}.csv" for t in tickers}
         counts = json.loads(attrs["window_counts"])
         for split in SPLITS:
@@ -40,40 +51,48 @@ def test_tiny_dataset_has_the_schema_1_layout(tiny_dataset):
             assert group["x"].shape == (n, 60, 2) and group["x"].dtype == np.float32
             assert group["y"].shape == (n,) and group["y"].dtype == np.float32
             assert group["ticker"].dtype == np.int32 and group["window_end"].dtype == np.int64
+            assert group["last_close"].shape == (n,) and group["last_close"].dtype == np.float64
             assert group["x"].chunks is not None and group["x"].compression is not None
             ticker, ends = group["ticker"][:], group["window_end"][:]
             # (ticker, time) order on disk
             assert np.all(np.diff(ticker) >= 0)
             same = ticker[1:] == ticker[:-1]
             assert np.all(np.diff(ends)[same] > 0)
+            # returns: the window's last close is the reference, so its input is exactly 0
+            assert np.all(group["x"][:, -1, 0] == 0)
         dropped = json.loads(attrs["dropped_counts"])
         assert dropped["missing_minute"] > 0  # the synthetic data has missing minutes
 
 
 def test_a_least_squares_predictor_on_the_window_beats_persistence(tiny_dataset):
-    """Proves the synthetic data has the learnable short-horizon signal the trainer's tests rely on."""
+    """Proves the synthetic data has the learnable short-horizon signal the trainer's tests rely on, and
+    that the representation keeps it: scored in price units, against the stored last close."""
     with h5py.File(tiny_dataset, "r") as h5:
         close = list(h5.attrs["features"]).index("close")
+        transform = from_attrs(h5.attrs)
+        optimum = json.loads(h5.attrs["optimum"])
 
         def design(split):
-            x, y = h5[split]["x"][:, :, close].astype(np.float64), h5[split]["y"][:].astype(np.float64)
-            last = x[:, -1]
-            return np.column_stack([x - last[:, None], np.ones(len(x))]), last, y
+            group = h5[split]
+            x = group["x"][:, :, close].astype(np.float64)
+            return (np.column_stack([x, np.ones(len(x))]), group["y"][:].astype(np.float64),
+                    group["ticker"][:], group["last_close"][:])
 
-        a, last, y = design("train")
-        weights, *_ = np.linalg.lstsq(a, y - last, rcond=None)
-        a_test, last_test, y_test = design("test")
-    persistence_mse = np.mean((y_test - last_test) ** 2)
-    model_mse = np.mean((y_test - (last_test + a_test @ weights)) ** 2)
-    assert model_mse < 0.85 * persistence_mse
+        a, y, _, _ = design("train")
+        weights, *_ = np.linalg.lstsq(a, y, rcond=None)
+        a_test, y_test, ticker, last = design("test")
+    result = metrics.metrics_from_sums(metrics.shard_sums(a_test @ weights, y_test, last, ticker, transform))
+    assert result["skill"] > 0.15
+    assert result["skill"] < optimum["kalman_skill"] + 0.1  # nothing beats the optimum by much
 
 
-def test_windows_and_targets_match_the_raw_csv(tiny_dataset):
-    """De-normalised x and y equal the raw closes at window_end - 59 .. window_end and window_end + 5 min."""
+def test_windows_targets_and_last_close_match_the_raw_csv(tiny_dataset):
+    """Inverted x and y equal the raw closes/volumes at window_end - 59 .. window_end and window_end + 5
+    min; last_close is the raw close at window_end."""
     raw = tiny_dataset.parent / "raw"
     with h5py.File(tiny_dataset, "r") as h5:
         tickers = [t.decode() if isinstance(t, bytes) else t for t in h5["tickers"][()]]
-        lo, hi = h5.attrs["norm_min"], h5.attrs["norm_max"]
+        transform = from_attrs(h5.attrs)
         for split in SPLITS:
             group = h5[split]
             rng = np.random.default_rng(0)
@@ -85,16 +104,19 @@ def test_windows_and_targets_match_the_raw_csv(tiny_dataset):
                 end = int(group["window_end"][i])
                 expected_x = bars.loc[end - 59 * 60: end, ["close", "volume"]].to_numpy()
                 assert expected_x.shape == (60, 2)  # no missing minute inside a kept window
-                x = group["x"][i] * (hi[t] - lo[t]) + lo[t]
-                np.testing.assert_allclose(x, expected_x, rtol=2e-6, atol=0.5)
-                y = group["y"][i] * (hi[t, 0] - lo[t, 0]) + lo[t, 0]
-                assert y == pytest.approx(bars.loc[end + 5 * 60, "close"], rel=2e-6)
+                last = group["last_close"][i:i + 1]
+                assert last[0] == bars.loc[end, "close"]  # exact: float64 of the CSV value
+                x = transform.inputs_inverse(group["x"][i:i + 1], last, t)[0]
+                np.testing.assert_allclose(x[:, 0], expected_x[:, 0], rtol=1e-9)
+                np.testing.assert_allclose(x[:, 1], expected_x[:, 1], rtol=1e-5)
+                y = transform.target_inverse(group["y"][i:i + 1], last, t)[0]
+                assert y == pytest.approx(bars.loc[end + 5 * 60, "close"], rel=1e-9)
                 local = pd.Timestamp(end, unit="s", tz="UTC").tz_convert("America/New_York")
                 session_minute = local.hour * 60 + local.minute - (9 * 60 + 30)
                 assert 59 <= session_minute <= 384
 
 
-def test_chronological_split_orders_trading_days_and_fits_normalisation_on_train(tiny_dataset):
+def test_chronological_split_orders_trading_days_and_fits_statistics_on_train(tiny_dataset):
     with h5py.File(tiny_dataset, "r") as h5:
         days = {}
         for split in SPLITS:
@@ -103,6 +125,20 @@ def test_chronological_split_orders_trading_days_and_fits_normalisation_on_train
         assert max(days["train"]) < min(days["val"]) and max(days["val"]) < min(days["test"])
         assert (len(days["train"]), len(days["val"]), len(days["test"])) == (7, 2, 1)
         assert json.loads(h5.attrs["trading_days"]) == {"train": 7, "val": 2, "test": 1}
+        # returns: the target is standardised over exactly the train windows, not val/test
+        y = {split: h5[split]["y"][:].astype(np.float64) for split in SPLITS}
+        assert y["train"].mean() == pytest.approx(0, abs=1e-6) and y["train"].std() == pytest.approx(1, 1e-5)
+        assert abs(y["test"].mean()) > 1e-4 and abs(y["test"].std() - 1) > 1e-4
+
+
+def test_the_seed_representation_fits_min_max_on_train(tiny_dataset, tmp_path):
+    out = tmp_path / "seed.h5"
+    build_dataset(tiny_dataset.parent / "raw", out, PreprocessConfig(representation="seed",
+                                                                     normalize="per_ticker"),
+                  workers=1, progress=False)
+    with h5py.File(out, "r") as h5, h5py.File(tiny_dataset, "r") as returns:
+        assert h5.attrs["representation"] == "seed" and json.loads(h5.attrs["transform"])["name"] == "seed"
+        assert h5.attrs["optimum"] == returns.attrs["optimum"]  # the optimum is the data's, not the model's
         x, y, ticker = h5["train"]["x"][:], h5["train"]["y"][:], h5["train"]["ticker"][:]
         for t in np.unique(ticker):
             mine = ticker == t
@@ -110,6 +146,9 @@ def test_chronological_split_orders_trading_days_and_fits_normalisation_on_train
             assert x[mine].min(axis=(0, 1)) == pytest.approx([0, 0], abs=1e-6)
             assert max(x[mine, :, 0].max(), y[mine].max()) == pytest.approx(1, abs=1e-6)
             assert x[mine, :, 1].max() == pytest.approx(1, abs=1e-6)
+        for split in SPLITS:  # same windows, same last close, whatever the representation
+            for name in ("ticker", "window_end", "last_close"):
+                np.testing.assert_array_equal(h5[split][name][:], returns[split][name][:])
 
 
 # --- pure window functions ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
 from preprocess.synthetic import write_universe
 from stockpredict.cli import UserError
+from stockpredict.transform import from_attrs
 
 CLEAN = dict(missing_frac=0.0, bad_row_frac=0.0, duplicate_frac=0.0, unsorted_frac=0.0)
 
@@ -142,12 +143,13 @@ def test_fill_gaps_forward_fills_only_gaps_up_to_k_minutes(clean_universe, tmp_p
     assert sum(summary.window_counts.values()) == (9 * 326 if kept else 9 * 326 - (59 + 2 * gap))
     if kept:  # the filled minutes repeat the previous close with zero volume
         with h5py.File(out, "r") as h5:
-            lo, hi = h5.attrs["norm_min"], h5.attrs["norm_max"]
+            transform = from_attrs(h5.attrs)
             ticker = h5["train"]["ticker"][:]
             ends = h5["train"]["window_end"][:]
             gap_end = pd.Timestamp(bars.loc[gap_rows[-1], "timestamp"]).value // 10**9
             i = np.flatnonzero((ticker == 0) & (ends == gap_end))[0]
-            x = h5["train"]["x"][i, -gap:] * (hi - lo) + lo
+            x = transform.inputs_inverse(h5["train"]["x"][i:i + 1], h5["train"]["last_close"][i:i + 1], 0)
+            x = x[0, -gap:]
         np.testing.assert_allclose(x[:, 0], previous["close"], rtol=1e-6)
         np.testing.assert_allclose(x[:, 1], 0.0, atol=1e-3)
 
@@ -242,7 +244,8 @@ def test_random_split_mixes_windows_of_a_session_and_is_seeded(clean_universe, t
 
 
 def test_global_normalisation_stores_one_min_max_per_feature(clean_universe, tmp_path):
-    out, _ = _build(clean_universe, tmp_path, normalize="global", features=("close", "volume", "high"))
+    out, _ = _build(clean_universe, tmp_path, representation="seed", normalize="global",
+                    features=("close", "volume", "high"))
     with h5py.File(out, "r") as h5:
         assert h5.attrs["norm_min"].shape == (3,) and list(h5.attrs["features"]) == ["close", "volume", "high"]
         x = h5["train"]["x"][:]

@@ -13,6 +13,7 @@ from stockpredict import data, layout, metrics, timing
 from stockpredict.cli import UserError
 from stockpredict.config import TrainConfig, parse_args, resolve_config
 from stockpredict.loop import WarmupSchedule, choose_gpu
+from stockpredict.transform import SeedTransform
 
 
 @pytest.mark.parametrize("visible, local_rank, expected", [
@@ -84,6 +85,14 @@ def test_warmup_schedule_ramps_from_base_to_ranks_times_base():
     assert rates == pytest.approx([1e-4, 2.5e-4, 4e-4, 4e-4])
     assert float(WarmupSchedule(1e-4, ranks=4, warmup_steps=0)(0)) == pytest.approx(4e-4)
     assert float(WarmupSchedule(1e-4, ranks=1, warmup_steps=0)(7)) == pytest.approx(1e-4)
+
+
+def test_cosine_decay_follows_the_warmup_down_to_zero_at_the_last_step():
+    schedule = WarmupSchedule(1e-3, ranks=2, warmup_steps=100, total_steps=300)
+    rates = [float(schedule(step)) for step in (0, 100, 200, 300, 400)]
+    # ramp 1e-3 -> 2e-3, then half-way down the cosine, 0 at the end and after
+    assert rates == pytest.approx([1e-3, 2e-3, 1e-3, 0.0, 0.0], abs=1e-9)
+    assert float(WarmupSchedule(1e-3, ranks=1, warmup_steps=0, total_steps=10)(5)) == pytest.approx(5e-4)
 
 
 def test_resolve_config_warmup_on_only_with_several_ranks_and_threads_from_slurm():
@@ -181,17 +190,25 @@ def test_metrics_from_shard_sums_match_direct_computation_per_ticker():
     norm_min = rng.uniform(10, 20, (3, 2))
     norm_max = norm_min + rng.uniform(5, 50, (3, 2))
     y, last, pred = rng.uniform(0, 1, n), rng.uniform(0, 1, n), rng.uniform(0, 1, n)
-    last[:20] = y[:20]  # no move: excluded from direction accuracy
-    parts = [metrics.shard_sums(pred[s], y[s], last[s], tickers[s], norm_min, norm_max, 0)
+    seed = SeedTransform(features=("close", "volume"), norm_min=norm_min, norm_max=norm_max)
+    lo, hi = norm_min[tickers, 0], norm_max[tickers, 0]
+
+    def price(v):
+        return v * (hi - lo) + lo
+
+    last_price = price(last)  # the trainer hands over the last close in price units
+    # no move (the target is the last close, as preprocessing writes it): left out of direction accuracy
+    y[:20] = seed.target_forward(last_price[:20], last_price[:20], tickers[:20])
+    parts = [metrics.shard_sums(pred[s], y[s], last_price[s], tickers[s], seed)
              for s in (slice(0, 150), slice(150, n))]  # two "ranks"
     result = metrics.metrics_from_sums(parts[0] + parts[1])
-    lo, hi = norm_min[tickers, 0], norm_max[tickers, 0]
-    price = lambda v: v * (hi - lo) + lo  # noqa: E731
     assert result["mse"] == pytest.approx(np.mean((pred - y) ** 2))
     assert result["rmse_price"] == pytest.approx(np.sqrt(np.mean((price(pred) - price(y)) ** 2)))
     assert result["mae_price"] == pytest.approx(np.mean(np.abs(price(pred) - price(y))))
     assert result["persistence_rmse_price"] == pytest.approx(np.sqrt(np.mean((price(last) - price(y)) ** 2)))
-    assert result["skill"] == pytest.approx(1 - np.mean((pred - y) ** 2) / np.mean((last - y) ** 2))
+    # skill compares prices, whatever the representation
+    assert result["skill"] == pytest.approx(
+        1 - np.mean((price(pred) - price(y)) ** 2) / np.mean((price(last) - price(y)) ** 2))
     moved = slice(20, n)
     assert result["direction_accuracy"] == pytest.approx(
         np.mean(np.sign(pred[moved] - last[moved]) == np.sign(y[moved] - last[moved])))

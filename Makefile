@@ -163,7 +163,7 @@ sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 
 
 # The allreduce microbenchmark as a run in RESULTS/runs/ (make report fits it): NODES (default 2), GPUS,
 # ITERATIONS (allreduces per epoch), EPOCHS (the first is warm-up), DATA (sizes the gradients), PROFILE.
-allreduce-bench: setup ## Submit the allreduce microbenchmark [NODES=2 ITERATIONS=200 EPOCHS=3 DATA= DRY_RUN=1]
+allreduce-bench: setup ## Submit the allreduce benchmark [NODES=2 ITERATIONS=200 EPOCHS=3 DATA= DRY_RUN=1]
 	@flags=("--nodes=$${SP_NODES:-2}"); $(call flag,GPUS,--gpus-per-node) $(call flag,ITERATIONS,--iterations) \
 		$(call flag,EPOCHS,--epochs) flags+=("--data=$$SP_DATA"); $(call flag,PROFILE,--profile) \
 		$(call flag,TIME,--time) $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) \

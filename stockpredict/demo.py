@@ -37,9 +37,9 @@ from typing import Sequence
 
 from . import report, slurmjobs
 from .allreduce_bench import BenchConfig
-from .hardware import cpu_affinity, usable_node_counts
 from .cli import UserError, get_logger, parse_int_list, run_cli
 from .config import TrainConfig
+from .hardware import cpu_affinity, usable_node_counts
 from .identity import dataset_identity
 from .report.keys import FINGERPRINT_SHOWN
 from .submit import new_run_dir, submit_allreduce, submit_train
@@ -144,8 +144,8 @@ def held_out_lines(markdown: str, fingerprint_prefix: str | None = None) -> list
 
 def make_dataset(config: DemoConfig) -> Path:
     """Steps 1 and 2: synthetic CSVs and the HDF5 sequences file (rebuilt only when missing)."""
-    from preprocess.pipeline import build_dataset
     from preprocess.config import PreprocessConfig
+    from preprocess.pipeline import build_dataset
     from preprocess.synthetic import write_universe
 
     data_dir = REPO / config.data_dir if not Path(config.data_dir).is_absolute() else Path(config.data_dir)
@@ -206,9 +206,9 @@ def model_inputs_on_slurm(config: DemoConfig, data: Path, cpus: int | None) -> l
     train = TrainConfig(data=str(data), run_dir="", batch_size=batch, epochs=config.second_batch_epochs,
                         lr=config.lr, max_steps=config.second_batch_steps)
     sub = submit_train(train, profile="local", results=results, nodes=1, gpus_per_node=1, cpus_per_task=cpus)
-    say("train", f"1 node, batch {batch}/rank, {config.second_batch_steps} steps per epoch, the compute fit's "
-                 f"second batch size: Submitted batch job {sub.job_id} -> {sub.run_dir} (make submit NODES=1 "
-                 f"GPUS=1 BATCH={batch} EPOCHS={config.second_batch_epochs}, --max-steps "
+    say("train", f"1 node, batch {batch}/rank, {config.second_batch_steps} steps per epoch, the compute "
+                 f"fit's second batch size: Submitted batch job {sub.job_id} -> {sub.run_dir} "
+                 f"(make submit NODES=1 GPUS=1 BATCH={batch} EPOCHS={config.second_batch_epochs}, --max-steps "
                  f"{config.second_batch_steps})")
     run_dirs = [_wait_for(sub, "training", config)]
     if max(config.nodes_list) < 2:
@@ -242,8 +242,9 @@ def run_with_horovodrun(config: DemoConfig, data: Path) -> list[Path]:
                                     "train", f"{ranks} rank(s), batch {per_rank}/rank"))
     batch = second_batch(config.global_batch)
     run_dir = new_run_dir(runs, f"n1-g0-b{batch}-local1")
-    train = TrainConfig(data=str(data), run_dir=str(run_dir), batch_size=batch, epochs=config.second_batch_epochs,
-                        lr=config.lr, max_steps=config.second_batch_steps, threads=1)
+    train = TrainConfig(data=str(data), run_dir=str(run_dir), batch_size=batch,
+                        epochs=config.second_batch_epochs, lr=config.lr, max_steps=config.second_batch_steps,
+                        threads=1)
     run_dirs.append(_horovodrun(1, ["stockpredict.train", *train.to_argv()], run_dir, "train",
                                 f"1 rank, batch {batch}/rank, {config.second_batch_steps} steps per epoch "
                                 f"(the compute fit's second batch size)"))
@@ -259,7 +260,8 @@ def run_with_horovodrun(config: DemoConfig, data: Path) -> list[Path]:
 def _horovodrun(ranks: int, argv: list[str], run_dir: Path, step: str, what: str) -> Path:
     """Run `python -m <argv>` on `ranks` local Horovod ranks; its output goes to run_dir/horovodrun.out."""
     horovodrun = Path(sys.executable).with_name("horovodrun")
-    cmd = [str(horovodrun), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo", sys.executable, "-m", *argv]
+    cmd = [str(horovodrun), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
+           sys.executable, "-m", *argv]
     say(step, f"{what}: {' '.join(cmd[:6])} ... -> {run_dir}")
     with open(run_dir / "horovodrun.out", "w") as out:
         status = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO).returncode

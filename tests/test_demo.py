@@ -36,7 +36,8 @@ def test_demo_runs_the_study_end_to_end(slurm_cluster, tmp_path):
     # The strong pair, plus the short 1-rank run at the second batch size (the compute fit's second point).
     assert len(list((results / "runs").glob("*/model.keras"))) == 3
     starts = [json.loads(p.read_text().splitlines()[0]) for p in (results / "runs").glob("*/timing.jsonl")]
-    one_rank = sorted(s["batch_size_per_rank"] for s in starts if s["ranks"] == 1 and s.get("kind") != "allreduce")
+    one_rank = sorted(s["batch_size_per_rank"] for s in starts
+                      if s["ranks"] == 1 and s.get("kind") != "allreduce")
     assert one_rank == [128, 256]
     (short,) = [s for s in starts if s["ranks"] == 1 and s["batch_size_per_rank"] == 128]
     assert short["config"]["max_steps"] == 50 and short["mode"] is None

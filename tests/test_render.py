@@ -21,8 +21,8 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 SETUP = ("source /opt/venvs/stockpredict/bin/activate", "export TF_CPP_MIN_LOG_LEVEL=2")
 TRAIN_CMD = ("python", "-m", "stockpredict.train", "--data", "/data/sequences.h5", "--run-dir",
              "/results/runs/r1", "--resume", "--batch-size", "32")
-ALLREDUCE_CMD = ("python", "-m", "stockpredict.allreduce_bench", "--run-dir", "/results/runs/a1", "--iterations",
-                 "200", "--epochs", "3", "--data", "/data/sequences.h5", "--threads", "1")
+ALLREDUCE_CMD = ("python", "-m", "stockpredict.allreduce_bench", "--run-dir", "/results/runs/a1",
+                 "--iterations", "200", "--epochs", "3", "--data", "/data/sequences.h5", "--threads", "1")
 
 # Parameter sets pinned by golden files: the local default, a full site config on mpirun, CPU-only with
 # several ranks per node on horovodrun, and the two one-process job kinds.
@@ -45,8 +45,9 @@ CASES = {
                                        run_dir="/results/runs/r1", output="/results/runs/r1/slurm-%j.out",
                                        setup=SETUP, command=TRAIN_CMD, profile="local", timeline=True),
     # submit allreduce: the allreduce microbenchmark through the train template, not requeued.
-    "allreduce_local_n2": dict(kind="allreduce", job_name="stockpredict-allreduce", nodes=2, partition="debug",
-                               run_dir="/results/runs/a1", output="/results/runs/a1/slurm-%j.out",
+    "allreduce_local_n2": dict(kind="allreduce", job_name="stockpredict-allreduce", nodes=2,
+                               partition="debug", run_dir="/results/runs/a1",
+                               output="/results/runs/a1/slurm-%j.out",
                                setup=SETUP, command=ALLREDUCE_CMD, profile="local"),
     "preprocess": dict(kind="preprocess", job_name="stockpredict-preprocess", launcher="none", time="02:00:00",
                        output="/results/jobs/p/slurm-%j.out", setup=SETUP,

@@ -131,7 +131,8 @@ def test_allreduce_dry_run_renders_the_benchmark_as_a_run_through_the_train_temp
     (launch,) = [line for line in script.splitlines() if " -m stockpredict.allreduce_bench " in line]
     assert shlex.split(launch.rstrip(" &")) == [
         "srun", "--mpi=pmix", "--kill-on-bad-exit=1", "python", "-m", "stockpredict.allreduce_bench",
-        "--run-dir", str(run_dir), "--iterations", "50", "--epochs", "4", "--data", str(data), "--threads", "2"]
+        "--run-dir", str(run_dir), "--iterations", "50", "--epochs", "4", "--data", str(data),
+        "--threads", "2"]
     # A benchmark has nothing to resume: no requeue, no signal; it counts as done when allreduce.json exists.
     assert "--requeue" not in script and "--signal" not in script and "scontrol requeue" not in script
     assert '"$RUN_DIR"/allreduce.json' in script and "model.keras" not in script

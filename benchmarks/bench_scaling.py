@@ -128,6 +128,8 @@ def _main(argv: list[str] | None) -> int:
     if env is None:
         raise UserError("the local Slurm cluster did not start (make cluster-up NODES=2 says why)")
     os.environ["SLURM_CONF"] = env["SLURM_CONF"]
+    # The jobs (sbatch exports this environment) run this checkout's stockpredict too, as this script does.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     cpus = demo.cores_per_node(env["SLURM_CONF"])
     say(f"pinned virtual nodes, {cpus or 1} core(s) each: one job at a time")
     started = time.monotonic()

@@ -42,7 +42,7 @@ RESULTS ?= results
 # VENV names a make target too, so it cannot contain spaces (a make limitation).
 USER_VARS := PYTHON_SYS VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
-             SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS
+             SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS ITERATIONS
 raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
 $(foreach v,$(USER_VARS),$(eval export SP_$(v) := $$($(v))))
@@ -157,7 +157,7 @@ SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-
                $(if $(filter 1 yes true,$(TIMELINE)),flags+=(--timeline "--max-steps=$${SP_TIMELINE_STEPS:-200}");) \
                $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) flags+=("--results=$$SP_RESULTS")
 
-.PHONY: submit sweep status logs
+.PHONY: submit sweep allreduce-bench status logs
 submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
@@ -165,6 +165,14 @@ sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit sweep "$${flags[@]}" \
 		--nodes-list="$${SP_NODES_LIST:-1 2 4}" --batch-list="$${SP_BATCH_LIST:-32 64 128 256}" \
 		--mode="$${SP_MODE:-strong}" --repeats="$${SP_REPEATS:-1}"
+
+# The allreduce microbenchmark as a run in RESULTS/runs/ (make report fits it): NODES (default 2), GPUS,
+# ITERATIONS (allreduces per epoch), EPOCHS (the first is warm-up), DATA (sizes the gradients), PROFILE.
+allreduce-bench: setup ## Submit the allreduce benchmark [NODES=2 ITERATIONS=200 EPOCHS=3 DATA= DRY_RUN=1]
+	@flags=("--nodes=$${SP_NODES:-2}"); $(call flag,GPUS,--gpus-per-node) $(call flag,ITERATIONS,--iterations) \
+		$(call flag,EPOCHS,--epochs) flags+=("--data=$$SP_DATA"); $(call flag,PROFILE,--profile) \
+		$(call flag,TIME,--time) $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) \
+		flags+=("--results=$$SP_RESULTS"); "$$SP_PY" -m stockpredict.submit allreduce "$${flags[@]}"
 
 status: ## Show this toolkit's jobs in the Slurm queue (found by the job ids in RESULTS)
 	@"$$SP_PY" -m stockpredict.submit status --results="$$SP_RESULTS"

@@ -15,6 +15,10 @@ does in the trainer, `--iterations` times per "epoch", for `--epochs` epochs. Ra
   building, Horovod's first negotiation) is warm-up, excluded by the report like a trainer's;
 - `run_end` completed.
 
+Then rank 0 writes `<run-dir>/allreduce.json` (SUMMARY_FILE): the milliseconds per allreduce of every
+epoch, written last, so a batch script can tell a finished benchmark from one that never ran (the done
+marker of `submit allreduce` jobs, stockpredict/render.py).
+
 The report (stockpredict/report/scaling.py) reads such a run as MeasuredPoint(kind="allreduce") and adds
 it to the scaling model of every key with the same engine and gradient size. docs/scaling.md explains.
 The model's shapes are computed here without TensorFlow (gradient_shapes), from --data's feature count
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -36,10 +41,12 @@ from typing import Sequence
 
 from . import timing
 from .cli import UserError, run_cli
+from .files import write_atomic
 from .hardware import affinity_summary
 
 BYTES_PER_PARAMETER = 4  # fp32 gradients
 DEFAULT_FEATURES = 2     # the seed's windows: close and volume per minute
+SUMMARY_FILE = "allreduce.json"  # written last by rank 0 (render.ALLREDUCE_DONE_MARKER names it too)
 
 
 def gradient_shapes(n_features: int, lstm_units: int = 50, dense_units: int = 32) -> list[tuple[int, ...]]:
@@ -156,6 +163,7 @@ def _main(argv: Sequence[str] | None) -> int:
                     "mpi_enabled": bool(hvd.mpi_enabled())},
             hardware=affinity_summary(), engine=timing.DEFAULT_ENGINE, gradient_bytes=size, kind="allreduce"))
     started = time.perf_counter()
+    ms_per_allreduce = []
     for epoch in range(1, config.epochs + 1):
         hvd.allreduce(tf.constant(0.0), op=hvd.Sum).numpy()  # Horovod: start every epoch together
         begin = time.perf_counter()
@@ -165,6 +173,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if abs(float(result[-1].numpy().ravel()[0]) - expected) > 1e-5:
             raise RuntimeError(f"allreduce returned {result[-1].numpy().ravel()[0]}, expected {expected}")
         seconds = time.perf_counter() - begin
+        ms_per_allreduce.append(round(seconds / config.iterations * 1e3, 6))
         if root:
             timing.append_event(log_path, timing.make_event(
                 "epoch", epoch=epoch, train_seconds=round(seconds, 6), val_seconds=0.0,
@@ -177,6 +186,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if root:
         timing.append_event(log_path, timing.make_event(
             "run_end", status="completed", total_seconds=round(time.perf_counter() - started, 3), test=None))
+        summary = {"ranks": hvd.size(), "nodes": len(hosts), "gradient_bytes": size, "tensors": len(shapes),
+                   "iterations": config.iterations, "ms_per_allreduce": ms_per_allreduce, "warmup_epochs": 1}
+        write_atomic(Path(config.run_dir) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return 0
 
 

@@ -10,7 +10,13 @@
    keeping only the node counts this machine has cores for (1 and 2 on 2 cores): each virtual node runs
    on cores of its own (slurm/local-cluster.sh pins it), so more nodes than cores would time-share
    instead of scale. One job at a time, so runs never share cores either.
-5. the report                               (make report)      -> results/scaling.md, CSVs, PNGs
+5. what the report's scaling model needs beyond the sweep, each as an ordinary run (about half a
+   minute at the default size): one short 1-rank run at a second batch size (global batch / 2, the 2-node
+   run's per-rank batch; `--max-steps` steps per epoch), so the compute fit sees two batch sizes, and the
+   2-node allreduce microbenchmark (make allreduce-bench NODES=2)
+6. the report                               (make report)      -> results/scaling.md, CSVs, PNGs, and the
+   model's held-out check printed last: the largest node count's runs predicted from the others (on 2
+   cores: the 2-node run predicted from the 1-rank runs and the allreduce benchmark)
 
 The default size finishes in about 10-15 minutes on 2 cores. Each run is an ordinary run directory in
 results/runs/, so `make report` later includes the demo next to your own runs.
@@ -30,10 +36,13 @@ from pathlib import Path
 from typing import Sequence
 
 from . import report, slurmjobs
-from .hardware import cpu_affinity, usable_node_counts
+from .allreduce_bench import BenchConfig
 from .cli import UserError, get_logger, parse_int_list, run_cli
 from .config import TrainConfig
-from .submit import new_run_dir, submit_train
+from .hardware import cpu_affinity, usable_node_counts
+from .identity import dataset_identity
+from .report.keys import FINGERPRINT_SHOWN
+from .submit import new_run_dir, submit_allreduce, submit_train
 
 log = get_logger("stockpredict.demo")
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +65,11 @@ class DemoConfig:
     # Min-max per ticker (fitted on train days): prices of different tickers share one [0, 1] scale, so
     # a small model learns the same 5-minute dynamics for all of them. `make preprocess` defaults to global.
     normalize: str = "per_ticker"
+    # The short 1-rank run at a second batch size (global_batch / 2): its steps per epoch. Enough for a
+    # per-step time (epoch 1 is warm-up), few enough to add seconds, not minutes.
+    second_batch_steps: int = 50
+    second_batch_epochs: int = 3          # 1 warm-up + 2 timed
+    allreduce_iterations: int = 200       # allreduces per epoch of the 2-node benchmark (3 epochs)
     # None: 1, 2 and 4, keeping those with a core per virtual node on this machine (choose_node_counts)
     nodes_list: tuple[int, ...] | None = None
     data_dir: str = "data/demo"
@@ -101,10 +115,37 @@ def cores_per_node(slurm_conf: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def second_batch(global_batch: int) -> int:
+    """The per-rank batch of the short 1-rank run: half the global batch (the 2-node strong run's
+    per-rank batch), or twice it when halving leaves nothing."""
+    return global_batch // 2 or 2 * global_batch
+
+
+def held_out_lines(markdown: str, fingerprint_prefix: str | None = None) -> list[str]:
+    """The held-out check of scaling.md: its "**Held-out check.**" line and the table under it, from the
+    section of the dataset whose fingerprint starts with `fingerprint_prefix` (any section without one).
+    Empty when the report has none."""
+    sections = markdown.split("\n## ")
+    if fingerprint_prefix:
+        sections = [s for s in sections if f"fingerprint {fingerprint_prefix}" in s.split("\n", 1)[0]]
+    for section in sections:
+        lines = section.splitlines()
+        for index, line in enumerate(lines):
+            if line.startswith("**Held-out check.**"):
+                found = [line]
+                rest = lines[index + 1:]
+                while rest and not rest[0].strip():
+                    rest = rest[1:]
+                while rest and rest[0].startswith("|"):
+                    found.append(rest.pop(0))
+                return found
+    return []
+
+
 def make_dataset(config: DemoConfig) -> Path:
     """Steps 1 and 2: synthetic CSVs and the HDF5 sequences file (rebuilt only when missing)."""
-    from preprocess.pipeline import build_dataset
     from preprocess.config import PreprocessConfig
+    from preprocess.pipeline import build_dataset
     from preprocess.synthetic import write_universe
 
     data_dir = REPO / config.data_dir if not Path(config.data_dir).is_absolute() else Path(config.data_dir)
@@ -154,27 +195,79 @@ def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
         if state != "COMPLETED":
             raise UserError(f"training job {sub.job_id} ended {state}; see {sub.run_dir}/slurm-{sub.job_id}.out")
         run_dirs.append(sub.run_dir)
-    return run_dirs
+    return run_dirs + model_inputs_on_slurm(config, data, cpus)
+
+
+def model_inputs_on_slurm(config: DemoConfig, data: Path, cpus: int | None) -> list[Path]:
+    """Step 5 on Slurm: the short 1-rank run at a second batch size, then (with 2 or more nodes in the
+    sweep) the 2-node allreduce benchmark. One job at a time, as in the sweep."""
+    results = REPO / config.results
+    batch = second_batch(config.global_batch)
+    train = TrainConfig(data=str(data), run_dir="", batch_size=batch, epochs=config.second_batch_epochs,
+                        lr=config.lr, max_steps=config.second_batch_steps)
+    sub = submit_train(train, profile="local", results=results, nodes=1, gpus_per_node=1, cpus_per_task=cpus)
+    say("train", f"1 node, batch {batch}/rank, {config.second_batch_steps} steps per epoch, the compute "
+                 f"fit's second batch size: Submitted batch job {sub.job_id} -> {sub.run_dir} "
+                 f"(make submit NODES=1 GPUS=1 BATCH={batch} EPOCHS={config.second_batch_epochs}, --max-steps "
+                 f"{config.second_batch_steps})")
+    run_dirs = [_wait_for(sub, "training", config)]
+    if max(config.nodes_list) < 2:
+        say("allreduce", "no allreduce benchmark: the sweep has no multi-node run to predict")
+        return run_dirs
+    bench = BenchConfig(run_dir="", iterations=config.allreduce_iterations, data=str(data))
+    sub = submit_allreduce(bench, profile="local", results=results, nodes=2, cpus_per_task=cpus)
+    say("allreduce", f"2 nodes, {bench.iterations} allreduces of the model's gradients per epoch: Submitted "
+                     f"batch job {sub.job_id} -> {sub.run_dir} (make allreduce-bench NODES=2 "
+                     f"ITERATIONS={bench.iterations})")
+    return run_dirs + [_wait_for(sub, "allreduce benchmark", config)]
+
+
+def _wait_for(sub, what: str, config: DemoConfig) -> Path:
+    state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s)[sub.job_id]
+    if state != "COMPLETED":
+        raise UserError(f"{what} job {sub.job_id} ended {state}; see {sub.run_dir}/slurm-{sub.job_id}.out")
+    return sub.run_dir
 
 
 def run_with_horovodrun(config: DemoConfig, data: Path) -> list[Path]:
-    """Step 4 without Slurm: the same runs as local Horovod ranks (Gloo), one rank per 'node'."""
-    horovodrun = Path(sys.executable).with_name("horovodrun")
+    """Steps 4 and 5 without Slurm: the same runs as local Horovod ranks (Gloo), one rank per 'node'."""
+    runs = REPO / config.results / "runs"
     run_dirs = []
     for ranks in config.nodes_list:
         per_rank = config.global_batch // ranks
-        run_dir = new_run_dir(REPO / config.results / "runs", f"n1-g0-b{per_rank}-local{ranks}")
+        run_dir = new_run_dir(runs, f"n1-g0-b{per_rank}-local{ranks}")
         train = TrainConfig(data=str(data), run_dir=str(run_dir), batch_size=per_rank, epochs=config.epochs,
                             lr=config.lr, mode="strong", threads=1)
-        cmd = [str(horovodrun), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
-               sys.executable, "-m", "stockpredict.train", *train.to_argv()]
-        say("train", f"{ranks} rank(s), batch {per_rank}/rank: {' '.join(cmd[:6])} ... -> {run_dir}")
-        with open(run_dir / "horovodrun.out", "w") as out:
-            status = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO).returncode
-        if status != 0:
-            raise UserError(f"horovodrun with {ranks} ranks failed (exit {status}); see {run_dir}/horovodrun.out")
-        run_dirs.append(run_dir)
+        run_dirs.append(_horovodrun(ranks, ["stockpredict.train", *train.to_argv()], run_dir,
+                                    "train", f"{ranks} rank(s), batch {per_rank}/rank"))
+    batch = second_batch(config.global_batch)
+    run_dir = new_run_dir(runs, f"n1-g0-b{batch}-local1")
+    train = TrainConfig(data=str(data), run_dir=str(run_dir), batch_size=batch,
+                        epochs=config.second_batch_epochs, lr=config.lr, max_steps=config.second_batch_steps,
+                        threads=1)
+    run_dirs.append(_horovodrun(1, ["stockpredict.train", *train.to_argv()], run_dir, "train",
+                                f"1 rank, batch {batch}/rank, {config.second_batch_steps} steps per epoch "
+                                f"(the compute fit's second batch size)"))
+    if max(config.nodes_list) >= 2:
+        run_dir = new_run_dir(runs, "allreduce-local2")
+        argv = ["stockpredict.allreduce_bench", "--run-dir", str(run_dir), "--iterations",
+                str(config.allreduce_iterations), "--data", str(data)]
+        run_dirs.append(_horovodrun(2, argv, run_dir, "allreduce",
+                                    f"2 ranks, {config.allreduce_iterations} allreduces per epoch"))
     return run_dirs
+
+
+def _horovodrun(ranks: int, argv: list[str], run_dir: Path, step: str, what: str) -> Path:
+    """Run `python -m <argv>` on `ranks` local Horovod ranks; its output goes to run_dir/horovodrun.out."""
+    horovodrun = Path(sys.executable).with_name("horovodrun")
+    cmd = [str(horovodrun), "-np", str(ranks), "-H", f"localhost:{ranks}", "--gloo",
+           sys.executable, "-m", *argv]
+    say(step, f"{what}: {' '.join(cmd[:6])} ... -> {run_dir}")
+    with open(run_dir / "horovodrun.out", "w") as out:
+        status = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO).returncode
+    if status != 0:
+        raise UserError(f"horovodrun with {ranks} ranks failed (exit {status}); see {run_dir}/horovodrun.out")
+    return run_dir
 
 
 def run_demo(config: DemoConfig) -> list[Path]:
@@ -196,6 +289,13 @@ def run_demo(config: DemoConfig) -> list[Path]:
     outputs = sorted(p for p in results.iterdir() if p.suffix in (".md", ".csv", ".png"))
     say("done", f"open {results / report.MARKDOWN_NAME} (tables and plots); the CSV files beside it hold "
                 f"the same tables; each run's logs, model and metrics are in {results / 'runs'}/<run-id>/")
+    # Last, the check a reader should see: the largest node count's runs predicted from the others.
+    prefix = dataset_identity(data)["fingerprint"][:FINGERPRINT_SHOWN]
+    check = held_out_lines((results / report.MARKDOWN_NAME).read_text(), prefix)
+    say("model", f"the scaling model's held-out check for this dataset ({prefix}), from "
+                 f"{results / report.MARKDOWN_NAME}:")
+    print("\n".join(check) if check else "(no held-out check in the report: see its scaling model section)",
+          flush=True)
     return outputs
 
 
@@ -216,9 +316,11 @@ def _main(argv: Sequence[str] | None) -> int:
         ns.nodes_list = tuple(parse_int_list(ns.nodes_list, "--nodes-list"))
     if ns.nodes_list is not None and min(ns.nodes_list) < 1:
         raise UserError(f"--nodes-list must hold positive integers, got {ns.nodes_list}")
-    for name in ("tickers", "days", "epochs", "global_batch"):
+    for name in ("tickers", "days", "epochs", "global_batch", "second_batch_steps", "allreduce_iterations"):
         if getattr(ns, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    if ns.second_batch_epochs < 2:
+        raise UserError("--second-batch-epochs must be >= 2: the first epoch is warm-up and is not timed")
     run_demo(DemoConfig(**vars(ns)))
     return 0
 

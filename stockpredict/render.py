@@ -39,7 +39,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
 PROFILE_DIR = PACKAGE_DIR / "profiles"
 
-JOB_KINDS = ("train", "preprocess", "report")
+JOB_KINDS = ("train", "allreduce", "preprocess", "report")
+# Kinds that run p ranks in a run directory (results/runs/<id>/) through the train template and launcher:
+# the trainer, and the allreduce microbenchmark (stockpredict/allreduce_bench.py), recorded like a run.
+RUN_KINDS = ("train", "allreduce")
 # How ranks are started. srun-* use Slurm's PMI plugins (no ssh, no host file); mpirun reads the
 # allocation from Slurm; horovodrun-gloo starts ranks itself (multi-node needs passwordless ssh).
 LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none")
@@ -50,6 +53,24 @@ REQUEUE_SIGNAL = "USR1"
 # The trainer saves the final model at the very end (stockpredict.train): a train job counts as finished
 # only if it exists, since srun may exit 0 when its step failed to start.
 TRAIN_DONE_MARKER = "model.keras"
+# The allreduce benchmark's last file (stockpredict/allreduce_bench.py, SUMMARY_FILE), for the same check.
+ALLREDUCE_DONE_MARKER = "allreduce.json"
+
+
+@dataclass(frozen=True)
+class RunProgram:
+    """What a run-directory job's script says about its program and checks it wrote."""
+
+    activity: str          # "training finished", "training FAILED"
+    program: str           # "the trainer wrote its last file"
+    done_marker: str       # in the run directory; the run counts as finished only when it exists
+    log: str | None        # the program's own log in the run directory, named on failure (None: none)
+
+
+RUN_PROGRAMS = {
+    "train": RunProgram("training", "trainer", TRAIN_DONE_MARKER, "train.log"),
+    "allreduce": RunProgram("allreduce benchmark", "benchmark", ALLREDUCE_DONE_MARKER, None),
+}
 # With JobSpec.timeline, Horovod's rank 0 records every collective here (in the run directory); the
 # report reads it into the step-time breakdown (stockpredict/timeline.py, docs/scaling.md).
 TIMELINE_FILE = "timeline.json"
@@ -86,8 +107,9 @@ class JobSpec:
     setup: tuple[str, ...] = ()              # shell lines run before launch (module load, venv, env vars)
     extra_directives: tuple[str, ...] = ()   # passthrough, e.g. ("--exclusive", "--reservation=gpu")
     requeue: bool = False                    # train jobs: requeueable, resume from the checkpoint
+                                             # (allreduce jobs are not: a benchmark has nothing to resume)
     signal_seconds: int = 120                # train jobs: SIGUSR1 this many seconds before the limit
-    run_dir: str | None = None               # train jobs: the trainer's --run-dir (absolute path)
+    run_dir: str | None = None               # train and allreduce jobs: the program's --run-dir (absolute)
     command: tuple[str, ...] = ()            # the program's argv (quoted here; run after setup)
     timeline: bool = False                   # train jobs: export HOROVOD_TIMELINE=<run_dir>/timeline.json
     profile: str = "custom"                  # profile name, recorded in the script's header
@@ -191,10 +213,10 @@ def validate(spec: JobSpec) -> JobSpec:
         raise UserError(f"timeline must be true or false, got {spec.timeline!r}")
     if spec.timeline and spec.kind != "train":
         raise UserError("a Horovod timeline is recorded by train jobs only")
-    if spec.kind == "train" and spec.run_dir is None:
-        raise UserError("train jobs need a run directory")
-    if spec.launcher == "horovodrun-gloo" and spec.kind != "train":
-        raise UserError("horovodrun-gloo only launches train jobs")
+    if spec.kind in RUN_KINDS and spec.run_dir is None:
+        raise UserError(f"{spec.kind} jobs need a run directory")
+    if spec.launcher == "horovodrun-gloo" and spec.kind not in RUN_KINDS:
+        raise UserError("horovodrun-gloo only launches train and allreduce jobs")
     return spec
 
 
@@ -276,6 +298,7 @@ def render_job(spec: JobSpec) -> str:
     """The batch script for `spec` (validated first). Same spec, same text: no timestamps, sorted options."""
     validate(spec)
     template = _ENV.get_template(f"{spec.kind}.sbatch.j2")
+    program = RUN_PROGRAMS.get(spec.kind, RUN_PROGRAMS["train"])
     return template.render(
         kind=spec.kind,
         profile=spec.profile,
@@ -286,7 +309,12 @@ def render_job(spec: JobSpec) -> str:
         ranks_per_node=spec.ranks_per_node,
         run_dir=shlex.quote(spec.run_dir) if spec.run_dir is not None else "",
         signal=REQUEUE_SIGNAL,
-        done_marker=TRAIN_DONE_MARKER,
+        done_marker=program.done_marker,
+        activity=program.activity,
+        program=program.program,
+        program_log=program.log,
+        requeue=spec.requeue,
+        rerender="make allreduce-bench" if spec.kind == "allreduce" else "make submit",
         timeline=spec.timeline,
         timeline_file=TIMELINE_FILE,
     )

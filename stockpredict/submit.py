@@ -3,6 +3,7 @@
     python -m stockpredict.submit train --nodes 4 --gpus-per-node 1 --data data/processed/sequences.h5
     python -m stockpredict.submit train --nodes 2 --dry-run ...        # render and print, do not submit
     python -m stockpredict.submit sweep --nodes-list "1 2 4" --batch-list "32 64 128 256" --mode strong ...
+    python -m stockpredict.submit allreduce --nodes 2 --data data/processed/sequences.h5 [--iterations 200]
     python -m stockpredict.submit preprocess --raw data/raw --out data/processed/sequences.h5
     python -m stockpredict.submit status
     python -m stockpredict.submit logs <run-id>
@@ -17,6 +18,10 @@ A dry run (`--dry-run`, `make submit DRY_RUN=1`) renders without submitting and 
 something): the printed script is the one a real submission would write, with the run directory it would
 use, and a copy is kept in `results/dry-runs/<run-id>/` (job.sbatch, submit.json). A missing data file is
 only a warning then, so the script can be read before the data exists.
+
+`allreduce` submits the allreduce microbenchmark (stockpredict/allreduce_bench.py) as a run like any
+other: the same template, launcher and results/runs/<run-id>/ (`<timestamp>-allreduce-n<nodes>-g<gpus>`),
+so `make report` adds it to the scaling model. `--data` sizes the model's gradients as the training runs'.
 
 From Python, `submit_training(...)` runs the same trainer through submitit (Slurm when sbatch is on PATH,
 submitit's local executor otherwise) and writes the same kind of run directory.
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import slurmjobs
+from .allreduce_bench import BenchConfig
 from .cli import UserError, get_logger, parse_int_list, run_cli
 from .config import TrainConfig, add_train_arguments
 from .files import write_atomic
@@ -143,6 +149,42 @@ def submit_train(config: TrainConfig, profile: str = "local", results: str | Pat
     spec = train_spec(profile, target, config, **overrides)
     train = dataclasses.asdict(job_config(config, target, spec.cpus_per_task))
     return _render_and_submit(spec, run_dir, {"train": train}, sbatch_args, dry_run)
+
+
+def allreduce_spec(profile: str, run_dir: Path, bench: BenchConfig, **overrides: Any) -> JobSpec:
+    """The JobSpec of one allreduce benchmark run: like train_spec, but kind allreduce, not requeued
+    (a benchmark has nothing to resume), and the benchmark's --threads from the CPUs per task."""
+    values: dict[str, Any] = dict(load_profile(profile))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(kind="allreduce", requeue=False, run_dir=str(run_dir), output=str(run_dir / OUTPUT_PATTERN),
+                  job_name=values.get("job_name") or "stockpredict-allreduce")
+    cpus = values.get("cpus_per_task", JobSpec.cpus_per_task)
+    argv = ["--run-dir", str(run_dir), "--iterations", str(bench.iterations), "--epochs", str(bench.epochs)]
+    argv += ["--data", bench.data] if bench.data is not None else ["--n-features", str(bench.n_features)]
+    values["command"] = ["python", "-m", "stockpredict.allreduce_bench", *argv, "--threads", str(cpus)]
+    return validate(make_spec(values))
+
+
+def submit_allreduce(bench: BenchConfig, profile: str = "local", results: str | Path = "results",
+                     dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
+    """Render the allreduce microbenchmark into a fresh run directory under results/runs/ and sbatch it
+    (a dry run as for submit_train). `bench.run_dir` is set here; pass run_dir=""."""
+    if bench.data is not None:
+        bench = dataclasses.replace(bench, data=str(Path(bench.data).resolve()))
+        _check_data(bench.data, dry_run)
+    if not dry_run:
+        slurmjobs.require_sbatch()
+    sbatch_args = _dependency_args(after)
+    profile_values = load_profile(profile)
+    nodes = overrides.get("nodes") or profile_values.get("nodes", JobSpec.nodes)
+    gpus = overrides.get("gpus_per_node")
+    if gpus is None:
+        gpus = profile_values.get("gpus_per_node", JobSpec.gpus_per_node)
+    allreduce_spec(profile, Path("/nonexistent/run"), bench, **overrides)  # bad input: no directory made
+    run_dir, target = _job_dir(results, RUNS_SUBDIR, f"allreduce-n{nodes}-g{gpus}", dry_run)
+    spec = allreduce_spec(profile, target, bench, **overrides)
+    record = dataclasses.asdict(dataclasses.replace(bench, run_dir=str(target), threads=spec.cpus_per_task))
+    return _render_and_submit(spec, run_dir, {"allreduce": record}, sbatch_args, dry_run)
 
 
 def _job_dir(results: str | Path, subdir: str, suffix: str, dry_run: bool) -> tuple[Path, Path]:
@@ -410,16 +452,21 @@ def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
     parser.add_argument("--results", default="results", help="results root (runs go in RESULTS/runs/)")
     parser.add_argument("--after", help="start only after this job id completed successfully (afterok)")
     if train:
-        parser.add_argument("--nodes", type=int)
-        parser.add_argument("--gpus-per-node", type=int, help="0 = CPU only")
-        parser.add_argument("--tasks-per-node", type=int, help="default: one per GPU, or 1 on CPU")
-        parser.add_argument("--launcher", help="srun-pmix (default), srun-pmi2, mpirun, horovodrun-gloo")
+        _add_rank_flags(parser)
         parser.add_argument("--signal-seconds", type=int, help="SIGUSR1 this long before the time limit")
-        parser.add_argument("--job-name")
         # Unset trainer flags stay out of the namespace: TrainConfig's defaults apply.
         add_train_arguments(parser, TRAIN_FLAGS, suppress_defaults=True)
         parser.add_argument("--timeline", action="store_true",
                             help="record a Horovod timeline in the run directory (step-time breakdown)")
+
+
+def _add_rank_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of jobs that run ranks in a run directory (train, sweep, allreduce)."""
+    parser.add_argument("--nodes", type=int)
+    parser.add_argument("--gpus-per-node", type=int, help="0 = CPU only")
+    parser.add_argument("--tasks-per-node", type=int, help="default: one per GPU, or 1 on CPU")
+    parser.add_argument("--launcher", help="srun-pmix (default), srun-pmi2, mpirun, horovodrun-gloo")
+    parser.add_argument("--job-name")
 
 
 _SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
@@ -457,6 +504,15 @@ def _main(argv: Sequence[str] | None) -> int:
     sweep.add_argument("--batch-list", default="32 64 128 256")
     sweep.add_argument("--mode", default="strong", choices=("strong", "weak"))
     sweep.add_argument("--repeats", type=int, default=1)
+    bench = commands.add_parser("allreduce", help="submit the allreduce microbenchmark as a run")
+    _add_job_flags(bench, train=False)
+    _add_rank_flags(bench)
+    bench.add_argument("--data", help="sequences file: the model's gradients are sized by its features "
+                                      "(default: the seed's 2 features)")
+    bench.add_argument("--iterations", type=int, default=BenchConfig.iterations,
+                       help="allreduces per epoch (default %(default)s)")
+    bench.add_argument("--epochs", type=int, default=BenchConfig.epochs,
+                       help="epochs; the first is warm-up (default %(default)s)")
     prep = commands.add_parser("preprocess", help="submit preprocessing as a one-process job")
     _add_job_flags(prep, train=False)
     prep.add_argument("--raw", required=True)
@@ -480,6 +536,9 @@ def _main(argv: Sequence[str] | None) -> int:
         _announce(submit_train(_train_args(ns), **common, **_overrides(ns)))
     elif ns.command == "sweep":
         _run_sweep(ns, common)
+    elif ns.command == "allreduce":
+        bench = BenchConfig(run_dir="", iterations=ns.iterations, epochs=ns.epochs, data=ns.data)
+        _announce(submit_allreduce(bench, **common, **_overrides(ns)))
     else:
         paths = [str(Path(p).resolve()) for p in ((ns.raw, ns.out) if ns.command == "preprocess" else (ns.runs, ns.out))]
         command = (["preprocess", "--raw", paths[0], "--out", paths[1]] if ns.command == "preprocess"

@@ -43,6 +43,13 @@ def test_two_ranks_under_horovodrun_record_a_run_the_report_fits(tmp_path):
     assert (start["kind"], start["gradient_bytes"], start["ranks"], start["config"]["tensors"]) == (
         "allreduce", GRADIENT_BYTES, 2, 7)
     assert all(e["steps"] == 20 and e["train_seconds"] > 0 for e in events[1:4])
+    # Written last: the done marker of `submit allreduce` jobs. Its times are the log's, per allreduce.
+    from stockpredict.render import ALLREDUCE_DONE_MARKER
+
+    summary = json.loads((run / ALLREDUCE_DONE_MARKER).read_text())
+    assert (summary["ranks"], summary["gradient_bytes"], summary["iterations"]) == (2, GRADIENT_BYTES, 20)
+    assert summary["ms_per_allreduce"] == pytest.approx([e["train_seconds"] / 20 * 1e3 for e in events[1:4]],
+                                                        rel=1e-3)
 
     parsed, notes = report.parse_timing_log((run / timing.TIMING_FILE).read_text(), run_id=run.name)
     assert notes == () and parsed.kind == "allreduce" and parsed.gradient_bytes == GRADIENT_BYTES

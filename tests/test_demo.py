@@ -33,10 +33,28 @@ def test_demo_runs_the_study_end_to_end(slurm_cluster, tmp_path):
     assert "## Strong scaling" in markdown and "Skipped logs:** none" in markdown
     for png in ("speedup.png", "efficiency.png", "seconds_per_epoch_vs_batch.png", "test_loss_vs_batch.png"):
         assert (results / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(list((results / "runs").glob("*/model.keras"))) == 2
-    # Honest local scaling (docs/scaling.md): the two virtual nodes' ranks own different cores.
+    # The strong pair, plus the short 1-rank run at the second batch size (the compute fit's second point).
+    assert len(list((results / "runs").glob("*/model.keras"))) == 3
     starts = [json.loads(p.read_text().splitlines()[0]) for p in (results / "runs").glob("*/timing.jsonl")]
-    (two_nodes,) = [s for s in starts if s["ranks"] == 2]
+    one_rank = sorted(s["batch_size_per_rank"] for s in starts
+                      if s["ranks"] == 1 and s.get("kind") != "allreduce")
+    assert one_rank == [128, 256]
+    (short,) = [s for s in starts if s["ranks"] == 1 and s["batch_size_per_rank"] == 128]
+    assert short["config"]["max_steps"] == 50 and short["mode"] is None
+    # ... and the 2-node allreduce benchmark, recorded like a run.
+    (bench,) = [s for s in starts if s.get("kind") == "allreduce"]
+    assert (bench["ranks"], bench["nodes"]) == (2, 2)
+    # The scaling model: the held-out check (the 2-node run predicted without it) is in scaling.md and is
+    # what the demo prints last; the prediction table exists.
+    assert "**Held-out check.** Refitted without the 2-rank runs" in markdown
+    tail = proc.stdout.strip().splitlines()
+    held = tail.index(next(line for line in tail if line.startswith("**Held-out check.**")))
+    assert tail[held] in markdown.splitlines() and tail[held + 3].startswith("| ") and len(tail) == held + 4
+    with open(results / "scaling_prediction.csv", newline="") as handle:
+        predicted = list(csv.DictReader(handle))
+    assert {int(r["ranks"]) for r in predicted if r["mode"] == "strong"} >= {1, 2, 4, 256}
+    # Honest local scaling (docs/scaling.md): the two virtual nodes' ranks own different cores.
+    (two_nodes,) = [s for s in starts if s["ranks"] == 2 and s.get("kind") != "allreduce"]
     first, second = (set(cpus) for cpus in two_nodes["hardware"]["cpu_affinity_by_rank"])
     assert first and second and not first & second
 
@@ -72,3 +90,36 @@ def test_cores_per_node_reads_the_local_clusters_node_line(tmp_path):
     conf.write_text("CpuFreqDef=x CPUs=9\nNodeName=node[1-2] NodeHostname=h Port=[1-2] CPUs=3 Gres=gpu:1\n")
     assert cores_per_node(conf) == 3
     assert cores_per_node(tmp_path / "missing.conf") is None
+
+
+def test_held_out_lines_come_from_a_real_reports_scaling_md(tmp_path):
+    from stockpredict import report
+    from stockpredict.demo import held_out_lines
+    from test_report_scaling import model_runs
+
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    model_runs(runs, ranks=(1, 2, 4))
+    assert report.main(["--runs", str(runs), "--out", str(out), "--no-plots"]) == 0
+    lines = held_out_lines((out / "scaling.md").read_text())
+    assert lines[0].startswith("**Held-out check.** Refitted without the 4-rank runs")
+    assert lines[1].startswith("| run | ranks |") and lines[2].startswith("|---")
+    assert [line.split(" | ")[0] for line in lines[3:]] == ["| strong-n4"]
+
+
+def test_held_out_lines_pick_the_datasets_section():
+    from stockpredict.demo import held_out_lines
+
+    def section(prefix: str, ranks: int) -> str:
+        return (f"## d: 1/1/1 windows, fingerprint {prefix}\n\n### Scaling model\n\n**Held-out check.** "
+                f"Refitted without the {ranks}-rank runs, ...\n\n| run |\n|---|\n| r{ranks} |\n\nmore\n")
+    markdown = "# Report\n\n" + section("aaaa", 4) + "\n" + section("bbbb", 2)
+    assert held_out_lines(markdown, "bbbb") == [
+        "**Held-out check.** Refitted without the 2-rank runs, ...", "| run |", "|---|", "| r2 |"]
+    assert held_out_lines(markdown, "aaaa")[-1] == "| r4 |"
+    assert held_out_lines(markdown, "cccc") == [] and held_out_lines("# nothing\n") == []
+
+
+def test_second_batch_is_the_two_node_runs_per_rank_batch():
+    from stockpredict.demo import second_batch
+
+    assert (second_batch(256), second_batch(100), second_batch(1)) == (128, 50, 2)

@@ -49,7 +49,8 @@ def test_make_data_and_preprocess_take_hostile_paths_as_they_are(tmp_path, canar
     out.parent.mkdir(parents=True)
     proc = _make("data", f"RAW={raw}", "TICKERS=2", "DAYS=2", "SEED=3")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.suffix for p in raw.iterdir()) == [".csv", ".csv"]
+    assert sorted(p.name for p in raw.iterdir())[-1] == "optimum.json"  # written beside the CSVs
+    assert sorted(p.suffix for p in raw.iterdir()) == [".csv", ".csv", ".json"]
     proc = _make("preprocess", f"RAW={raw}", f"OUT={out}",
                  "PREPROCESS_ARGS=--workers 1 --tz 'America/New_York'")
     assert proc.returncode == 0, proc.stderr
@@ -87,6 +88,21 @@ def test_make_submit_timeline_records_a_bounded_horovod_timeline(tmp_path):
     (launch,) = [line for line in timed.stdout.splitlines() if " -m stockpredict.train " in line]
     argv = shlex.split(launch.rstrip(" &"))
     assert argv[argv.index("--max-steps") + 1] == "50"
+
+
+def test_make_allreduce_bench_dry_run_takes_hostile_paths_and_defaults_to_two_nodes(tmp_path, canary):
+    data = tmp_path / "data" / _hostile(canary) / "seq.h5"
+    results = tmp_path / "res" / _hostile(canary, double_quote=False)
+    proc = _make("allreduce-bench", "DRY_RUN=1", f"DATA={data}", f"RESULTS={results}", "ITERATIONS=30")
+    assert proc.returncode == 0, proc.stderr
+    (launch,) = [line for line in proc.stdout.splitlines() if " -m stockpredict.allreduce_bench " in line]
+    argv = shlex.split(launch.rstrip(" &"))
+    (kept,) = (results / "dry-runs").iterdir()
+    assert argv[argv.index("--data") + 1] == str(data) and argv[argv.index("--iterations") + 1] == "30"
+    assert argv[argv.index("--run-dir") + 1] == str(results / "runs" / kept.name)
+    assert "#SBATCH --nodes=2" in proc.stdout and kept.name.endswith("-allreduce-n2-g0")
+    bash = subprocess.run(["bash", "-n", str(kept / "job.sbatch")], capture_output=True, text=True)
+    assert bash.returncode == 0, bash.stderr
 
 
 def test_make_report_takes_a_hostile_results_path(tmp_path, canary):

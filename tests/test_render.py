@@ -21,6 +21,8 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 SETUP = ("source /opt/venvs/stockpredict/bin/activate", "export TF_CPP_MIN_LOG_LEVEL=2")
 TRAIN_CMD = ("python", "-m", "stockpredict.train", "--data", "/data/sequences.h5", "--run-dir",
              "/results/runs/r1", "--resume", "--batch-size", "32")
+ALLREDUCE_CMD = ("python", "-m", "stockpredict.allreduce_bench", "--run-dir", "/results/runs/a1",
+                 "--iterations", "200", "--epochs", "3", "--data", "/data/sequences.h5", "--threads", "1")
 
 # Parameter sets pinned by golden files: the local default, a full site config on mpirun, CPU-only with
 # several ranks per node on horovodrun, and the two one-process job kinds.
@@ -42,6 +44,11 @@ CASES = {
     "train_local_n2_g1_timeline": dict(nodes=2, gpus_per_node=1, partition="debug", requeue=True,
                                        run_dir="/results/runs/r1", output="/results/runs/r1/slurm-%j.out",
                                        setup=SETUP, command=TRAIN_CMD, profile="local", timeline=True),
+    # submit allreduce: the allreduce microbenchmark through the train template, not requeued.
+    "allreduce_local_n2": dict(kind="allreduce", job_name="stockpredict-allreduce", nodes=2,
+                               partition="debug", run_dir="/results/runs/a1",
+                               output="/results/runs/a1/slurm-%j.out",
+                               setup=SETUP, command=ALLREDUCE_CMD, profile="local"),
     "preprocess": dict(kind="preprocess", job_name="stockpredict-preprocess", launcher="none", time="02:00:00",
                        output="/results/jobs/p/slurm-%j.out", setup=SETUP,
                        command=("python", "-m", "preprocess", "--raw", "/data/raw", "--out", "/data/seq.h5")),
@@ -254,13 +261,14 @@ def test_submit_timeline_exports_the_file_in_the_run_directory(tmp_path):
                            "--timeline", "--dry-run", "--results", str(tmp_path / "res")],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    (run_dir,) = (tmp_path / "res" / "runs").iterdir()
-    script = (run_dir / "job.sbatch").read_text()
+    (kept,) = (tmp_path / "res" / "dry-runs").iterdir()  # a dry run keeps its script there
+    run_dir = tmp_path / "res" / "runs" / kept.name       # and renders where the job would run
+    script = (kept / "job.sbatch").read_text()
     # The export sits before the launch line, and RUN_DIR is this run's directory.
     export = 'export HOROVOD_TIMELINE="$RUN_DIR"/timeline.json HOROVOD_TIMELINE_MARK_CYCLES=1'
     assert script.index(export) < script.index("python -m stockpredict.train")
     assert f"RUN_DIR={run_dir}\n" in script
-    assert json.loads((run_dir / "submit.json").read_text())["job"]["timeline"] is True
+    assert json.loads((kept / "submit.json").read_text())["job"]["timeline"] is True
     # Run the export line as the job would: the variable names the run directory's timeline.json.
     out = subprocess.run(["bash", "-c", f"RUN_DIR={run_dir}; {export}; echo $HOROVOD_TIMELINE"],
                          capture_output=True, text=True)

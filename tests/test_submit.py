@@ -115,6 +115,46 @@ def test_sweep_dry_run_keeps_its_scripts_outside_runs_and_warns_once(tmp_path):
     assert "nothing submitted" in proc.stdout
 
 
+def test_allreduce_dry_run_renders_the_benchmark_as_a_run_through_the_train_template(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    res = tmp_path / "res"
+    proc = _cli("allreduce", "--nodes", "2", "--iterations", "50", "--epochs", "4", "--data", str(data),
+                "--cpus-per-task", "2", "--dry-run", "--results", str(res))
+    assert proc.returncode == 0, proc.stderr
+    assert not (res / "runs").exists()
+    (kept,) = (res / "dry-runs").iterdir()
+    assert re.fullmatch(r"\d{8}-\d{6}-\d{3}-allreduce-n2-g0", kept.name)
+    script = (kept / "job.sbatch").read_text()
+    assert proc.stdout.startswith(script)
+    run_dir = res / "runs" / kept.name
+    (launch,) = [line for line in script.splitlines() if " -m stockpredict.allreduce_bench " in line]
+    assert shlex.split(launch.rstrip(" &")) == [
+        "srun", "--mpi=pmix", "--kill-on-bad-exit=1", "python", "-m", "stockpredict.allreduce_bench",
+        "--run-dir", str(run_dir), "--iterations", "50", "--epochs", "4", "--data", str(data),
+        "--threads", "2"]
+    # A benchmark has nothing to resume: no requeue, no signal; it counts as done when allreduce.json exists.
+    assert "--requeue" not in script and "--signal" not in script and "scontrol requeue" not in script
+    assert '"$RUN_DIR"/allreduce.json' in script and "model.keras" not in script
+    record = json.loads((kept / "submit.json").read_text())
+    assert record["job"]["kind"] == "allreduce" and record["job"]["nodes"] == 2
+    assert record["allreduce"]["iterations"] == 50 and record["allreduce"]["run_dir"] == str(run_dir)
+    assert record["allreduce"]["threads"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--iterations", "0"], "--iterations must be a positive integer, not 0"),
+    (["--nodes", "2", "--job-name", "x$(touch CANARY)"], "job name"),
+    (["--data", "/no/such/file.h5"], "data file /no/such/file.h5 not found"),
+])
+def test_allreduce_bad_input_is_one_line_and_leaves_no_run_dir(tmp_path, argv, message):
+    proc = _cli("allreduce", "--results", str(tmp_path / "res"), *argv)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("job.sbatch"))
+    assert not list(tmp_path.rglob("CANARY"))
+
+
 def test_missing_data_file_stops_a_real_submission(tmp_path):
     proc = _cli("train", "--data", "/no/such/file.h5", "--results", str(tmp_path / "res"))
     assert proc.returncode == 2
@@ -280,6 +320,31 @@ def test_make_submit_two_nodes_completes_and_writes_timing(slurm_cluster, tiny_d
                           text=True, env=slurm_cluster.env)
     assert logs.returncode == 0, logs.stderr
     assert f"slurm-{job_id}.out" in logs.stdout and "training finished" in logs.stdout
+
+
+@pytest.mark.cluster
+def test_make_allreduce_bench_records_a_run_the_report_fits(slurm_cluster, tiny_dataset, tmp_path):
+    results = tmp_path / "results"
+    proc = subprocess.run([*MAKE, "allreduce-bench", "NODES=2", "ITERATIONS=20", f"DATA={tiny_dataset}",
+                           f"RESULTS={results}"], capture_output=True, text=True, env=slurm_cluster.env)
+    assert proc.returncode == 0, proc.stderr
+    (job_id,) = _submitted(proc.stdout)
+    (run_dir,) = (results / "runs").iterdir()
+    state = slurm_cluster.wait(job_id, timeout_s=240)
+    log_text = (run_dir / f"slurm-{job_id}.out").read_text()
+    assert state == "COMPLETED", log_text
+    assert "allreduce benchmark finished" in log_text
+    events = read_json_lines(run_dir / "timing.jsonl")
+    start = events[0]
+    assert (start["kind"], start["ranks"], start["nodes"], start["job_id"]) == ("allreduce", 2, 2, job_id)
+    assert [e["steps"] for e in events if e["event"] == "epoch"] == [20, 20, 20]
+    assert events[-1]["status"] == "completed" and (run_dir / "allreduce.json").is_file()
+    # The report lists it as a benchmark (it has no dataset, so alone it is a one-line error).
+    report = subprocess.run([sys.executable, "-m", "stockpredict.report", "--runs", str(results / "runs"),
+                             "--out", str(results), "--no-plots"], capture_output=True, text=True, cwd=REPO)
+    assert report.returncode == 2, report.stderr
+    assert report.stderr.strip().splitlines()[-1] == (
+        f"error: only allreduce benchmarks in {results / 'runs'}: no training run to report on")
 
 
 @pytest.mark.cluster

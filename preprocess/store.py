@@ -24,7 +24,9 @@ import h5py
 import numpy as np
 
 from stockpredict.cli import UserError
-from stockpredict.layout import SCHEMA_VERSION as SCHEMA_VERSION, SPLITS  # re-exported for the pipeline
+from stockpredict.layout import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported for the pipeline
+from stockpredict.layout import SPLITS
+
 TEMP_SUFFIX = ".tmp"
 # gzip (deflate) is in every HDF5 build, so any HDF5 reader opens the file; level 4 measured best on
 # size and chunk-aligned read speed at an affordable write cost (docs/data.md, "HDF5 codecs").

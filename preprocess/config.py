@@ -77,7 +77,8 @@ class PreprocessConfig:
 
             zoneinfo.ZoneInfo(self.tz)
         except Exception:  # zoneinfo raises several types for bad keys
-            raise UserError(f"unknown time zone {self.tz!r} (use an IANA name like America/New_York)") from None
+            raise UserError(f"unknown time zone {self.tz!r} "
+                            "(use an IANA name like America/New_York)") from None
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "PreprocessConfig":

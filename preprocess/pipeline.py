@@ -235,8 +235,9 @@ def normalisation_arrays(tickers: list[_Ticker], config: PreprocessConfig) -> tu
     n_features = len(config.features)
     if config.normalize == "per_ticker":
         # A ticker without train windows has no windows written; NaN marks its unused statistics.
-        lo = np.array([t.norm_min if t.norm_min is not None else np.full(n_features, np.nan) for t in tickers])
-        hi = np.array([t.norm_max if t.norm_max is not None else np.full(n_features, np.nan) for t in tickers])
+        unused = np.full(n_features, np.nan)  # np.array copies it into each row
+        lo = np.array([t.norm_min if t.norm_min is not None else unused for t in tickers])
+        hi = np.array([t.norm_max if t.norm_max is not None else unused for t in tickers])
         return lo, hi
     fitted = [t for t in tickers if t.norm_min is not None]
     return (np.min([t.norm_min for t in fitted], axis=0), np.max([t.norm_max for t in fitted], axis=0))
@@ -306,7 +307,8 @@ def synthetic_optimum(raw: Path, hashes: dict[str, str], tickers: list[_Ticker],
 
 def session_open_epochs(sessions: np.ndarray) -> np.ndarray:
     """UTC epoch seconds of 09:30 exchange time on each session date (datetime64[D])."""
-    local = pd.DatetimeIndex(sessions.astype("datetime64[ns]")) + pd.Timedelta(minutes=bars.SESSION_OPEN_MINUTE)
+    open_offset = pd.Timedelta(minutes=bars.SESSION_OPEN_MINUTE)
+    local = pd.DatetimeIndex(sessions.astype("datetime64[ns]")) + open_offset
     return local.tz_localize(bars.EXCHANGE_TZ).tz_convert("UTC").asi8 // 1_000_000_000
 
 

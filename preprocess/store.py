@@ -114,7 +114,8 @@ def create_layout(h5: h5py.File, counts: dict[str, int], seq_len: int, n_feature
         chunk = max(1, min(chunk_windows, n))
         group = h5.create_group(split)
         group.create_dataset("x", shape=(n, seq_len, n_features), dtype=np.float32,
-                             chunks=(chunk, seq_len, n_features), maxshape=(None, seq_len, n_features), **codec)
+                             chunks=(chunk, seq_len, n_features), maxshape=(None, seq_len, n_features),
+                             **codec)
         for name, dtype in (("y", np.float32), ("ticker", np.int32), ("window_end", np.int64),
                             ("last_close", np.float64)):
             group.create_dataset(name, shape=(n,), dtype=dtype, chunks=(max(chunk, 1),), maxshape=(None,),

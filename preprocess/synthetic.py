@@ -140,7 +140,8 @@ def write_universe(out_dir: Path, tickers: int = 503, days: int = 21, seed: int 
     valid = set(SyntheticConfig.__dataclass_fields__) - {"tickers", "days", "seed"}
     unknown = sorted(set(options) - valid)
     if unknown:
-        raise UserError(f"unknown synthetic option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        raise UserError(f"unknown synthetic option(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(sorted(valid))}")
     config = SyntheticConfig(tickers=tickers, days=days, seed=seed, **options)
     if tickers < 1 or days < 1:
         raise UserError(f"need --tickers >= 1 and --days >= 1, got {tickers} and {days}")
@@ -192,7 +193,8 @@ def write_optimum(out_dir: Path, config: SyntheticConfig, paths: list[Path], pro
 
 
 def _timestamp_text(dates: pd.DatetimeIndex, config: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Timestamp strings of every regular minute, and of every extended-hours minute (08:00-09:29, 16:00-17:59)."""
+    """Timestamp strings of every regular minute, and of every extended-hours minute
+    (08:00-09:29, 16:00-17:59)."""
     def render(local_naive: pd.DatetimeIndex) -> np.ndarray:
         aware = local_naive.tz_localize(EXCHANGE_TZ)
         if config.timestamps == "utc":
@@ -227,7 +229,8 @@ def _bars_frame(rng, log_price, volume, regular_text, extended_text, config: Syn
     # Extended-hours bars: a few random minutes per day around the last regular close of that day.
     n_days = extended_text.shape[0]
     if config.extended_bars > 0:
-        pick = np.sort(rng.random((n_days, extended_text.shape[1])).argsort(axis=1)[:, :config.extended_bars], axis=1)
+        order = rng.random((n_days, extended_text.shape[1])).argsort(axis=1)
+        pick = np.sort(order[:, :config.extended_bars], axis=1)
         ext_text = np.take_along_axis(extended_text, pick, axis=1).ravel()
         day_close = np.repeat(close[389::390], config.extended_bars)
         ext_close = day_close * np.exp(rng.normal(0, 0.002, len(day_close)))
@@ -282,15 +285,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     defaults = SyntheticConfig()
-    parser = argparse.ArgumentParser(prog="python -m preprocess.synthetic", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m preprocess.synthetic",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="directory for <TICKER>.csv files")
     parser.add_argument("--tickers", type=int, default=defaults.tickers, help="number of tickers")
     parser.add_argument("--days", type=int, default=defaults.days, help="trading days")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed")
     for name in ("start_date", "phi", "deviation_vol", "fair_vol", "overnight_vol", "phi_spread",
-                 "vol_spread", "price_min", "price_max", "horizon", "seq_len", "extended_bars", "missing_frac",
-                 "bad_row_frac", "duplicate_frac", "unsorted_frac", "timestamps"):
+                 "vol_spread", "price_min", "price_max", "horizon", "seq_len", "extended_bars",
+                 "missing_frac", "bad_row_frac", "duplicate_frac", "unsorted_frac", "timestamps"):
         default = getattr(defaults, name)
         parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
                             help=_field_help(name))

@@ -53,7 +53,8 @@ def window_status(codes: np.ndarray, seq_len: int, horizon: int) -> np.ndarray:
 def window_inputs(values: np.ndarray, seq_len: int, horizon: int) -> np.ndarray:
     """Read-only view (n_sessions, n_windows, seq_len, n_features) of every candidate window's inputs."""
     n = windows_per_session(seq_len, horizon)
-    # sliding_window_view puts the window axis last: (s, start, feature, minute) -> (s, start, minute, feature)
+    # sliding_window_view puts the window axis last:
+    # (s, start, feature, minute) -> (s, start, minute, feature)
     return sliding_window_view(values, seq_len, axis=1)[:, :n].transpose(0, 1, 3, 2)
 
 

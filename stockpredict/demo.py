@@ -189,11 +189,14 @@ def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
                             lr=config.lr, mode="strong")
         sub = submit_train(train, profile="local", results=REPO / config.results, nodes=nodes,
                            gpus_per_node=1, cpus_per_task=cpus)
-        say("train", f"{nodes} node(s), batch {per_rank}/rank: Submitted batch job {sub.job_id} -> {sub.run_dir} "
-                     f"(make submit NODES={nodes} GPUS=1 BATCH={per_rank} EPOCHS={config.epochs}, --lr {config.lr})")
+        say("train", f"{nodes} node(s), batch {per_rank}/rank: "
+                     f"Submitted batch job {sub.job_id} -> {sub.run_dir} "
+                     f"(make submit NODES={nodes} GPUS=1 BATCH={per_rank} EPOCHS={config.epochs}, "
+                     f"--lr {config.lr})")
         state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s)[sub.job_id]
         if state != "COMPLETED":
-            raise UserError(f"training job {sub.job_id} ended {state}; see {sub.run_dir}/slurm-{sub.job_id}.out")
+            raise UserError(f"training job {sub.job_id} ended {state}; "
+                            f"see {sub.run_dir}/slurm-{sub.job_id}.out")
         run_dirs.append(sub.run_dir)
     return run_dirs + model_inputs_on_slurm(config, data, cpus)
 
@@ -208,8 +211,8 @@ def model_inputs_on_slurm(config: DemoConfig, data: Path, cpus: int | None) -> l
     sub = submit_train(train, profile="local", results=results, nodes=1, gpus_per_node=1, cpus_per_task=cpus)
     say("train", f"1 node, batch {batch}/rank, {config.second_batch_steps} steps per epoch, the compute "
                  f"fit's second batch size: Submitted batch job {sub.job_id} -> {sub.run_dir} "
-                 f"(make submit NODES=1 GPUS=1 BATCH={batch} EPOCHS={config.second_batch_epochs}, --max-steps "
-                 f"{config.second_batch_steps})")
+                 f"(make submit NODES=1 GPUS=1 BATCH={batch} EPOCHS={config.second_batch_epochs}, "
+                 f"--max-steps {config.second_batch_steps})")
     run_dirs = [_wait_for(sub, "training", config)]
     if max(config.nodes_list) < 2:
         say("allreduce", "no allreduce benchmark: the sweep has no multi-node run to predict")

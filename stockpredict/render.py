@@ -80,7 +80,8 @@ _NAME_LIST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(,[A-Za-z0-9][A-Za-z0-9.
 _CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9_.,&|:*\[\]()!-]+$")
 _MEM_RE = re.compile(r"^[1-9][0-9]*[KMGT]?$")
 # Slurm --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S.
-_TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2})$")
+_TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}"
+                      r"|\d+-\d{1,2}|\d+-\d{1,2}:\d{1,2}|\d+-\d{1,2}:\d{1,2}:\d{1,2})$")
 _EXTRA_DIRECTIVE_RE = re.compile(r"^--[a-z][a-z0-9-]*(=[^\s\"'`$\\;]+)?$")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -186,9 +187,11 @@ def validate(spec: JobSpec) -> JobSpec:
         if getattr(spec, key) is not None:
             _matches(key, getattr(spec, key), _NAME_RE, "use letters, digits, '.', '_' and '-' only")
     if spec.constraint is not None:
-        _matches("constraint", spec.constraint, _CONSTRAINT_RE, "Slurm feature syntax (names, & | , [ ] ( ) ! : *)")
+        _matches("constraint", spec.constraint, _CONSTRAINT_RE,
+                 "Slurm feature syntax (names, & | , [ ] ( ) ! : *)")
     if spec.mem is not None:
-        _matches("mem", spec.mem, _MEM_RE, "a positive integer with an optional K, M, G or T suffix, e.g. 32G")
+        _matches("mem", spec.mem, _MEM_RE,
+                 "a positive integer with an optional K, M, G or T suffix, e.g. 32G")
     _path("output path", spec.output)
     if spec.error is not None:
         _path("error path", spec.error)
@@ -331,7 +334,8 @@ def _read_profile(name: str, profile_dir: Path) -> tuple[Path, dict[str, Any]]:
     if "/" in name or name.endswith(".toml"):
         path = Path(name)
     else:
-        _matches("profile", name, _NAME_RE, f"available profiles: {', '.join(available_profiles(profile_dir))}")
+        _matches("profile", name, _NAME_RE,
+                 f"available profiles: {', '.join(available_profiles(profile_dir))}")
         path = profile_dir / f"{name}.toml"
     if not path.is_file():
         raise UserError(f"no profile {name!r} (looked for {path}); available: "

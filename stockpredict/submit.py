@@ -438,7 +438,8 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
 # --- command line -----------------------------------------------------------------------------------
 
 def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
-    parser.add_argument("--profile", default="local", help="slurm/profiles/<name>.toml, or a path (default: local)")
+    parser.add_argument("--profile", default="local",
+                        help="slurm/profiles/<name>.toml, or a path (default: local)")
     parser.add_argument("--time", help="time limit, e.g. 00:30:00 (default: the profile's)")
     parser.add_argument("--partition")
     parser.add_argument("--account")
@@ -470,8 +471,8 @@ def _add_rank_flags(parser: argparse.ArgumentParser) -> None:
 
 
 _SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
-               "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name", "extra_directives",
-               "timeline")
+               "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name",
+               "extra_directives", "timeline")
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -521,7 +522,8 @@ def _main(argv: Sequence[str] | None) -> int:
     _add_job_flags(report, train=False)
     report.add_argument("--runs", required=True)
     report.add_argument("--out", required=True)
-    commands.add_parser("status", help="this toolkit's jobs in the queue").add_argument("--results", default="results")
+    status = commands.add_parser("status", help="this toolkit's jobs in the queue")
+    status.add_argument("--results", default="results")
     logs = commands.add_parser("logs", help="a run's Slurm output and training log")
     logs.add_argument("run_id", nargs="?")
     logs.add_argument("--results", default="results")
@@ -540,7 +542,8 @@ def _main(argv: Sequence[str] | None) -> int:
         bench = BenchConfig(run_dir="", iterations=ns.iterations, epochs=ns.epochs, data=ns.data)
         _announce(submit_allreduce(bench, **common, **_overrides(ns)))
     else:
-        paths = [str(Path(p).resolve()) for p in ((ns.raw, ns.out) if ns.command == "preprocess" else (ns.runs, ns.out))]
+        given = (ns.raw, ns.out) if ns.command == "preprocess" else (ns.runs, ns.out)
+        paths = [str(Path(p).resolve()) for p in given]
         command = (["preprocess", "--raw", paths[0], "--out", paths[1]] if ns.command == "preprocess"
                    else ["stockpredict.report", "--runs", paths[0], "--out", paths[1]])
         _announce(submit_aux(ns.command, command, **common, **_overrides(ns)))
@@ -553,14 +556,15 @@ def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
     gpus = overrides.get("gpus_per_node", profile.get("gpus_per_node", JobSpec.gpus_per_node))
     tasks = overrides.get("tasks_per_node", profile.get("tasks_per_node"))
     ranks_per_node = JobSpec(gpus_per_node=gpus, tasks_per_node=tasks).ranks_per_node
-    grid = sweep_grid(parse_int_list(ns.nodes_list, "NODES_LIST"), parse_int_list(ns.batch_list, "BATCH_LIST"),
-                      ns.mode, ranks_per_node, ns.repeats)
+    grid = sweep_grid(parse_int_list(ns.nodes_list, "NODES_LIST"),
+                      parse_int_list(ns.batch_list, "BATCH_LIST"), ns.mode, ranks_per_node, ns.repeats)
     # Check every run of the grid before submitting the first, so a bad value never leaves half a sweep.
     _check_data(str(Path(ns.data).resolve()), ns.dry_run)
     for run in grid:
         args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
         train_spec(ns.profile, Path("/nonexistent/run"), args, **dict(overrides, nodes=run["nodes"]))
-    header = f"{'job_id':>8}  {'run_id':<36} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} {'global':>7} {'repeat':>6}  mode"
+    header = (f"{'job_id':>8}  {'run_id':<36} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} "
+              f"{'global':>7} {'repeat':>6}  mode")
     print(header)
     for run in grid:
         args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
@@ -572,7 +576,8 @@ def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
         print(f"dry run: nothing submitted; the {len(grid)} scripts are kept under "
               f"{Path(ns.results).resolve() / DRY_RUNS_SUBDIR}/<run id>/")
         return
-    print(f"{len(grid)} runs under {Path(ns.results).resolve() / RUNS_SUBDIR}; follow them with `make status`")
+    print(f"{len(grid)} runs under {Path(ns.results).resolve() / RUNS_SUBDIR}; "
+          "follow them with `make status`")
 
 
 if __name__ == "__main__":

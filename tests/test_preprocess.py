@@ -100,7 +100,8 @@ def test_windows_targets_and_last_close_match_the_raw_csv(tiny_dataset):
                 t = int(group["ticker"][i])
                 bars = pd.read_csv(raw / f"{tickers[t]}.csv")
                 bars["epoch"] = pd.to_datetime(bars["timestamp"], utc=True).astype("int64") // 10**9
-                bars = bars.drop_duplicates("epoch").set_index("epoch").sort_index()  # the vendor mess: unsorted rows
+                # the vendor mess: unsorted rows
+                bars = bars.drop_duplicates("epoch").set_index("epoch").sort_index()
                 end = int(group["window_end"][i])
                 expected_x = bars.loc[end - 59 * 60: end, ["close", "volume"]].to_numpy()
                 assert expected_x.shape == (60, 2)  # no missing minute inside a kept window
@@ -120,7 +121,8 @@ def test_chronological_split_orders_trading_days_and_fits_statistics_on_train(ti
     with h5py.File(tiny_dataset, "r") as h5:
         days = {}
         for split in SPLITS:
-            ends = pd.to_datetime(h5[split]["window_end"][:], unit="s", utc=True).tz_convert("America/New_York")
+            ends = pd.to_datetime(h5[split]["window_end"][:], unit="s", utc=True)
+            ends = ends.tz_convert("America/New_York")
             days[split] = sorted(set(ends.date))
         assert max(days["train"]) < min(days["val"]) and max(days["val"]) < min(days["test"])
         assert (len(days["train"]), len(days["val"]), len(days["test"])) == (7, 2, 1)

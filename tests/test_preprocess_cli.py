@@ -41,7 +41,8 @@ def _assert_one_line_error(proc, pattern):
 
 
 def test_help_lists_the_options():
-    proc = subprocess.run([str(VENV_BIN / "stockpredict-preprocess"), "--help"], capture_output=True, text=True)
+    proc = subprocess.run([str(VENV_BIN / "stockpredict-preprocess"), "--help"],
+                          capture_output=True, text=True)
     assert proc.returncode == 0
     for option in ("--raw", "--out", "--force", "--workers", "--split", "--fill-gaps", "--tz", "--normalize",
                    "--representation"):

@@ -41,7 +41,8 @@ def _build(raw, tmp_path, name="out.h5", workers=1, **config):
 
 def _datasets(path):
     with h5py.File(path, "r") as h5:
-        data = {f"{s}/{d}": h5[s][d][()] for s in ("train", "val", "test") for d in ("x", "y", "ticker", "window_end")}
+        data = {f"{s}/{d}": h5[s][d][()]
+                for s in ("train", "val", "test") for d in ("x", "y", "ticker", "window_end")}
         data["tickers"] = [t.decode() if isinstance(t, bytes) else t for t in h5["tickers"][()]]
         return data
 
@@ -75,7 +76,7 @@ def test_naive_timestamps_are_read_in_the_tz_option(tmp_path):
     raw = tmp_path / "naive"
     write_universe(raw, tickers=1, days=2, seed=1, timestamps="naive", **CLEAN)
     _, summary = _build(raw, tmp_path, "ny.h5")
-    assert summary.window_counts["train"] + summary.window_counts["val"] + summary.window_counts["test"] == 2 * 326
+    assert sum(summary.window_counts[s] for s in ("train", "val", "test")) == 2 * 326
     # Read as UTC, 09:30 local becomes 04:30 or 05:30 New York time: most of the session falls outside it.
     _, shifted = _build(raw, tmp_path, "utc.h5", tz="UTC")
     assert sum(shifted.window_counts.values()) < 2 * 326
@@ -106,7 +107,8 @@ def test_unsorted_and_exactly_duplicated_rows_are_sorted_and_dropped(clean_unive
     assert summary.row_counts["unsorted_files"] == 1
 
 
-def test_missing_minutes_nan_nonpositive_and_negative_volume_drop_windows_with_reasons(clean_universe, tmp_path):
+def test_missing_minutes_nan_nonpositive_and_negative_volume_drop_windows_with_reasons(
+        clean_universe, tmp_path):
     raw = _copy(clean_universe, tmp_path)
     path = raw / "AAPL.csv"
     bars = pd.read_csv(path)
@@ -168,16 +170,22 @@ def _rewrite(raw, name, edit):
 
 @pytest.mark.parametrize("edit,pattern", [
     (lambda lines: ["when,price,size\n"] + lines[1:], r"AAPL.csv: no usable timestamp/close/volume column"),
-    (lambda lines: lines[:9] + ["yesterday noon" + lines[9][25:]] + lines[10:], r"AAPL.csv row 10: unparsable timestamp 'yesterday noon'"),
-    (lambda lines: lines[:11] + [lines[11].rsplit(",", 1)[0] + ",lots\n"] + lines[12:], r"AAPL.csv row 12: non-numeric volume 'lots'"),
-    (lambda lines: lines[:200] + [lines[200].rsplit(",", 1)[0] + ",999999\n"] + lines[200:], r"AAPL.csv rows 20[01] and 20[12]: conflicting bars"),
+    (lambda lines: lines[:9] + ["yesterday noon" + lines[9][25:]] + lines[10:],
+     r"AAPL.csv row 10: unparsable timestamp 'yesterday noon'"),
+    (lambda lines: lines[:11] + [lines[11].rsplit(",", 1)[0] + ",lots\n"] + lines[12:],
+     r"AAPL.csv row 12: non-numeric volume 'lots'"),
+    (lambda lines: lines[:200] + [lines[200].rsplit(",", 1)[0] + ",999999\n"] + lines[200:],
+     r"AAPL.csv rows 20[01] and 20[12]: conflicting bars"),
     (lambda lines: [], r"AAPL.csv: empty file"),
     (lambda lines: lines[:1], r"AAPL.csv: empty file \(header only\)"),
-    (lambda lines: lines[:50], r"AAPL.csv: only \d+ regular-session minutes, fewer than one window \(seq_len \+ horizon = 65\)"),
-    (lambda lines: lines[:20] + [lines[20].replace("+00:00", "")] + lines[21:], r"AAPL.csv row 21: mixes timestamps with and without a UTC offset"),
+    (lambda lines: lines[:50],
+     r"AAPL.csv: only \d+ regular-session minutes, fewer than one window \(seq_len \+ horizon = 65\)"),
+    (lambda lines: lines[:20] + [lines[20].replace("+00:00", "")] + lines[21:],
+     r"AAPL.csv row 21: mixes timestamps with and without a UTC offset"),
     (lambda lines: ["\x00\x01\x02garbage\n"] * 3, r"AAPL.csv"),
 ])
-def test_a_bad_ticker_file_is_skipped_with_a_reason_naming_file_and_row(clean_universe, tmp_path, edit, pattern):
+def test_a_bad_ticker_file_is_skipped_with_a_reason_naming_file_and_row(clean_universe, tmp_path, edit,
+                                                                         pattern):
     raw = _copy(clean_universe, tmp_path)
     _rewrite(raw, "AAPL.csv", edit)
     out, summary = _build(raw, tmp_path)
@@ -247,7 +255,8 @@ def test_global_normalisation_stores_one_min_max_per_feature(clean_universe, tmp
     out, _ = _build(clean_universe, tmp_path, representation="seed", normalize="global",
                     features=("close", "volume", "high"))
     with h5py.File(out, "r") as h5:
-        assert h5.attrs["norm_min"].shape == (3,) and list(h5.attrs["features"]) == ["close", "volume", "high"]
+        assert h5.attrs["norm_min"].shape == (3,)
+        assert list(h5.attrs["features"]) == ["close", "volume", "high"]
         x = h5["train"]["x"][:]
         assert x.shape[2] == 3
         np.testing.assert_allclose(x.min(axis=(0, 1)), 0, atol=1e-6)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -13,8 +12,16 @@ import pytest
 
 from conftest import REPO
 from stockpredict.cli import UserError
-from stockpredict.render import (JobSpec, PROFILE_KEYS, SPEC_FIELDS, available_profiles, load_profile, make_spec,
-                                 render_job, sbatch_directives)
+from stockpredict.render import (
+    PROFILE_KEYS,
+    SPEC_FIELDS,
+    JobSpec,
+    available_profiles,
+    load_profile,
+    make_spec,
+    render_job,
+    sbatch_directives,
+)
 
 GOLDEN = REPO / "tests" / "golden"
 UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -33,13 +40,15 @@ CASES = {
     "train_site_mpirun_n4_g2": dict(nodes=4, gpus_per_node=2, cpus_per_task=8, time="1-12:00:00",
                                     partition="gpu,gpu-long", account="lab-42", qos="normal",
                                     constraint="a100|v100", mem="64G", launcher="mpirun", requeue=True,
-                                    signal_seconds=300, extra_directives=("--reservation=course", "--exclusive"),
+                                    signal_seconds=300,
+                                    extra_directives=("--reservation=course", "--exclusive"),
                                     run_dir="/scratch/my runs/r2", output="/scratch/my runs/r2/slurm-%j.out",
                                     error="/scratch/my runs/r2/slurm-%j.err", setup=SETUP,
                                     command=TRAIN_CMD, job_name="lstm.scaling_n4", profile="site"),
     "train_cpu_horovodrun_n2_t2": dict(nodes=2, gpus_per_node=0, tasks_per_node=2, launcher="horovodrun-gloo",
                                        requeue=True, time="90", run_dir="/results/runs/r3",
-                                       output="/results/runs/r3/slurm-%j.out", setup=SETUP, command=TRAIN_CMD),
+                                       output="/results/runs/r3/slurm-%j.out", setup=SETUP,
+                                       command=TRAIN_CMD),
     # make submit TIMELINE=1: the default case plus the HOROVOD_TIMELINE export.
     "train_local_n2_g1_timeline": dict(nodes=2, gpus_per_node=1, partition="debug", requeue=True,
                                        run_dir="/results/runs/r1", output="/results/runs/r1/slurm-%j.out",
@@ -49,12 +58,13 @@ CASES = {
                                partition="debug", run_dir="/results/runs/a1",
                                output="/results/runs/a1/slurm-%j.out",
                                setup=SETUP, command=ALLREDUCE_CMD, profile="local"),
-    "preprocess": dict(kind="preprocess", job_name="stockpredict-preprocess", launcher="none", time="02:00:00",
-                       output="/results/jobs/p/slurm-%j.out", setup=SETUP,
+    "preprocess": dict(kind="preprocess", job_name="stockpredict-preprocess", launcher="none",
+                       time="02:00:00", output="/results/jobs/p/slurm-%j.out", setup=SETUP,
                        command=("python", "-m", "preprocess", "--raw", "/data/raw", "--out", "/data/seq.h5")),
     "report": dict(kind="report", job_name="stockpredict-report", launcher="none", time="10",
                    output="/results/jobs/q/slurm-%j.out", setup=SETUP,
-                   command=("python", "-m", "stockpredict.report", "--runs", "/results/runs", "--out", "/results")),
+                   command=("python", "-m", "stockpredict.report", "--runs", "/results/runs",
+                            "--out", "/results")),
 }
 
 
@@ -65,7 +75,8 @@ def test_golden(case):
     if UPDATE:
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
-    assert path.exists(), f"missing {path}; create it with: UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py"
+    assert path.exists(), (
+        f"missing {path}; create it with: UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py")
     assert text == path.read_text(), (
         f"rendered script differs from {path}. If the change is intended, regenerate the golden files with "
         f"UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py and review the diff (git diff tests/golden)")
@@ -122,12 +133,14 @@ def test_slurm_time_formats_accepted(time_limit):
 
 @pytest.mark.parametrize("changes, message", [
     (dict(time="1h"), "time limit"), (dict(time="00:30:00; id"), "time limit"), (dict(time=""), "time limit"),
-    (dict(nodes=0), "nodes"), (dict(nodes=-1), "nodes"), (dict(nodes=True), "nodes"), (dict(nodes="2"), "nodes"),
+    (dict(nodes=0), "nodes"), (dict(nodes=-1), "nodes"), (dict(nodes=True), "nodes"),
+    (dict(nodes="2"), "nodes"),
     (dict(gpus_per_node=-1), "gpus per node"), (dict(tasks_per_node=0), "tasks per node"),
     (dict(cpus_per_task=0), "cpus per task"), (dict(signal_seconds=0), "signal seconds"),
     (dict(mem="lots"), "mem"), (dict(launcher="ssh"), "launcher"), (dict(kind="eval"), "kind"),
     (dict(extra_directives=("--exclusive; id",)), "extra directive"),
-    (dict(extra_directives=("--nodes=8",)), "conflicts"), (dict(extra_directives=("-N 8",)), "extra directive"),
+    (dict(extra_directives=("--nodes=8",)), "conflicts"),
+    (dict(extra_directives=("-N 8",)), "extra directive"),
     (dict(setup=("echo a\necho b",)), "setup line"), (dict(command=()), "no command"),
 ])
 def test_invalid_values_rejected_with_a_clear_message(changes, message):

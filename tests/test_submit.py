@@ -28,8 +28,8 @@ RUN_ID_RE = re.compile(r"^\d{8}-\d{6}-\d{3}-n(\d+)-g(\d+)-b(\d+)$")
 
 
 def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stockpredict.submit", *argv], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=120)
+    return subprocess.run([sys.executable, "-m", "stockpredict.submit", *argv], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=120)
 
 
 # --- pure functions ---------------------------------------------------------------------------------
@@ -49,8 +49,8 @@ def test_concurrent_run_directories_are_disjoint(tmp_path):
 
 def test_strong_sweep_divides_the_global_batch():
     grid = submit.sweep_grid([1, 2, 4], [256], "strong", ranks_per_node=1)
-    assert [(r["ranks"], r["batch_per_rank"], r["global_batch"]) for r in grid] == [(1, 256, 256), (2, 128, 256),
-                                                                                   (4, 64, 256)]
+    assert [(r["ranks"], r["batch_per_rank"], r["global_batch"]) for r in grid] == [
+        (1, 256, 256), (2, 128, 256), (4, 64, 256)]
 
 
 def test_weak_sweep_keeps_the_per_rank_batch_and_repeats():
@@ -303,7 +303,8 @@ def test_make_submit_two_nodes_completes_and_writes_timing(slurm_cluster, tiny_d
     (job_id,) = _submitted(proc.stdout)
     (run_dir,) = (results / "runs").iterdir()
     assert RUN_ID_RE.match(run_dir.name).groups() == ("2", "1", "32")
-    assert str(run_dir / f"slurm-{job_id}.out") in proc.stdout and str(run_dir / "timing.jsonl") in proc.stdout
+    assert str(run_dir / f"slurm-{job_id}.out") in proc.stdout
+    assert str(run_dir / "timing.jsonl") in proc.stdout
     state = slurm_cluster.wait(job_id, timeout_s=240)
     log_text = (run_dir / f"slurm-{job_id}.out").read_text()
     assert state == "COMPLETED", log_text
@@ -358,7 +359,7 @@ def test_make_sweep_one_and_two_nodes_completes(slurm_cluster, tiny_dataset, tmp
     assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("1", "1", "64", "64"), ("2", "2", "32", "64")]
     states = {job_id: slurm_cluster.wait(job_id, timeout_s=300) for job_id, *_ in rows}
     assert set(states.values()) == {"COMPLETED"}, states
-    for job_id, run_id, nodes, ranks, per_rank, *_ in rows:
+    for _job_id, run_id, _nodes, ranks, per_rank, *_ in rows:
         start = read_json_lines(results / "runs" / run_id / "timing.jsonl")[0]
         assert start["ranks"] == int(ranks) and start["batch_size_per_rank"] == int(per_rank)
         assert start["global_batch_size"] == 64 and start["mode"] == "strong"

@@ -40,14 +40,16 @@ def test_shards_partition_the_split_and_every_rank_can_run_the_steps(n, size):
 def test_epoch_buffers_cover_the_shard_once_deterministically_and_reshuffle_per_epoch():
     start, stop = 1000, 9000
     plan = data.epoch_buffers(start, stop, seed=3, epoch=1, rank=0, block=512, blocks_per_buffer=4)
-    rows = np.concatenate([np.concatenate([np.arange(a, b) for a, b in blocks])[perm] for blocks, perm in plan])
+    rows = np.concatenate([np.concatenate([np.arange(a, b) for a, b in blocks])[perm]
+                           for blocks, perm in plan])
     assert sorted(rows.tolist()) == list(range(start, stop))
     # block edges on multiples of the block (HDF5 chunk) length
     assert all(a % 512 == 0 or a == start for blocks, _ in plan for a, _ in blocks)
     again = data.epoch_buffers(start, stop, seed=3, epoch=1, rank=0, block=512, blocks_per_buffer=4)
     assert all(np.array_equal(p1, p2) and b1 == b2 for (b1, p1), (b2, p2) in zip(plan, again))
     other = data.epoch_buffers(start, stop, seed=3, epoch=2, rank=0, block=512, blocks_per_buffer=4)
-    rows2 = np.concatenate([np.concatenate([np.arange(a, b) for a, b in blocks])[perm] for blocks, perm in other])
+    rows2 = np.concatenate([np.concatenate([np.arange(a, b) for a, b in blocks])[perm]
+                            for blocks, perm in other])
     assert not np.array_equal(rows, rows2)
 
 
@@ -223,7 +225,8 @@ def test_timing_events_refuse_missing_or_unknown_fields():
     with pytest.raises(ValueError, match="status"):
         timing.make_event("run_end", status="done", total_seconds=1.0, test=None)
     record = timing.make_event("run_end", status="failed", total_seconds=None, test=None)
-    assert record == {"schema": 1, "event": "run_end", "status": "failed", "total_seconds": None, "test": None}
+    assert record == {"schema": 1, "event": "run_end", "status": "failed", "total_seconds": None,
+                      "test": None}
 
 
 def test_timing_close_appends_failed_run_end_only_once(tmp_path, capsys):

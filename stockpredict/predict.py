@@ -309,11 +309,11 @@ def forecast_table(windows: Windows, model_output: np.ndarray, run: RunInputs) -
     }, columns=list(COLUMNS))
 
 
-def predict(run: RunInputs, raw: Path, every: bool, model_predict: Callable[[np.ndarray], np.ndarray]
-            ) -> tuple[pd.DataFrame, dict[str, str], list[str]]:
-    """Read `raw`, build windows, run `model_predict` (x -> (n,) outputs), convert back to prices.
+def prepare(run: RunInputs, raw: Path, every: bool) -> tuple[Windows, dict[str, str], list[str]]:
+    """Read `raw` as preprocessing would and build the model inputs, before any TensorFlow.
 
-    Returns (table, {ticker or file: skip reason}, input warnings). Raises UserError when no ticker is left.
+    Returns (windows, {ticker or file: skip reason}, the input checks' warnings); logs each skip as one
+    warning line. Raises UserError when no ticker is left, naming the first reasons.
     """
     from preprocess import inputs
 
@@ -326,9 +326,16 @@ def predict(run: RunInputs, raw: Path, every: bool, model_predict: Callable[[np.
         more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
         raise UserError(f"no ticker in {raw} can be forecast with this model (seq_len {run.seq_len}, horizon "
                         f"{run.horizon}, features {','.join(run.features)}): {reasons or 'no bars'}{more}")
-    outputs = np.concatenate([np.asarray(model_predict(built.x[i:i + PREDICT_BATCH_WINDOWS])).reshape(-1)
-                              for i in range(0, len(built.x), PREDICT_BATCH_WINDOWS)])
-    return forecast_table(built, outputs, run), skipped, report.warnings
+    for name, reason in skipped.items():
+        if name not in skipped_files:  # load_universe logged those already
+            log.warning("skipping %s: %s", name, reason)
+    return built, skipped, report.warnings
+
+
+def run_model(model_predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """model_predict (x -> (n,) outputs) over x in batches of PREDICT_BATCH_WINDOWS; (n,) float."""
+    return np.concatenate([np.asarray(model_predict(x[i:i + PREDICT_BATCH_WINDOWS])).reshape(-1)
+                           for i in range(0, len(x), PREDICT_BATCH_WINDOWS)])
 
 
 def write_table(table: pd.DataFrame, out: Path) -> None:
@@ -368,17 +375,12 @@ def _main(argv: Sequence[str] | None) -> int:
     run = read_run(args.run, overrides)
     if not args.out.parent.is_dir():
         raise UserError(f"output directory {args.out.parent} does not exist")
-    model = load_model(run.run_dir / MODEL_FILE)
-    check_model_shape(model.input_shape, run)
-
-    def model_predict(x: np.ndarray) -> np.ndarray:
-        return model(x, training=False).numpy()[:, 0]
-
-    table, skipped, warnings = predict(run, args.raw, args.every, model_predict)
+    built, skipped, warnings = prepare(run, args.raw, args.every)  # user mistakes fail before TensorFlow
     for warning in warnings:
         log.warning(warning)
-    for name, reason in skipped.items():
-        log.warning("skipping %s: %s", name, reason)
+    model = load_model(run.run_dir / MODEL_FILE)
+    check_model_shape(model.input_shape, run)
+    table = forecast_table(built, run_model(lambda x: model(x, training=False).numpy()[:, 0], built.x), run)
     write_table(table, args.out)
     used = table["ticker"].nunique()
     print(f"wrote {len(table):,} forecast(s) of the close {run.horizon} minutes ahead for {used} ticker(s) "

@@ -281,7 +281,8 @@ def _statistics_kind(transform: transforms.Transform) -> str:
 
 def _has_statistics(transform: transforms.Transform, index: int) -> bool:
     if isinstance(transform, transforms.SeedTransform):
-        return bool(np.isfinite(transform.norm_min[index]).all() and np.isfinite(transform.norm_max[index]).all())
+        return bool(np.isfinite(transform.norm_min[index]).all()
+                    and np.isfinite(transform.norm_max[index]).all())
     return bool(np.isfinite(transform.volume_mean[index]) and np.isfinite(transform.volume_std[index]))
 
 

@@ -341,19 +341,22 @@ def test_all_windows_of_the_test_days_reproduce_the_trainers_test_rmse(trained_r
 @pytest.mark.slow
 def test_latest_forecasts_are_one_plausible_row_per_ticker(trained_run, tiny_dataset, tmp_path, capsys):
     out = tmp_path / "latest.csv"
-    assert predict.main(["--run", str(trained_run), "--raw", str(_raw_of(tiny_dataset)), "--out", str(out)]) == 0
+    raw = _raw_of(tiny_dataset)
+    assert predict.main(["--run", str(trained_run), "--raw", str(raw), "--out", str(out)]) == 0
     table = pd.read_csv(out)
     assert list(table.columns) == list(predict.COLUMNS)
     assert sorted(table["ticker"]) == predict.inputs_record(tiny_dataset)["tickers"]
     assert (table["predicted_return"].abs() < 0.03).all()
-    np.testing.assert_allclose(table["predicted_close"], table["last_close"] * (1 + table["predicted_return"]),
-                               rtol=1e-12)
+    np.testing.assert_allclose(table["predicted_close"],
+                               table["last_close"] * (1 + table["predicted_return"]), rtol=1e-12)
     assert table["window_end"].str.startswith("2024-03-15T").all()  # the last day of the tiny universe
-    assert f"wrote 8 forecast(s) of the close 5 minutes ahead for 8 ticker(s) to {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"wrote 8 forecast(s) of the close 5 minutes ahead for 8 ticker(s) to {out}" in printed
 
 
 @pytest.mark.slow
-def test_a_model_of_another_window_length_is_rejected_in_one_line(trained_run, tiny_dataset, tmp_path, capsys):
+def test_a_model_of_another_window_length_is_rejected_in_one_line(trained_run, tiny_dataset, tmp_path,
+                                                                  capsys):
     run = tmp_path / "mixed"
     shutil.copytree(trained_run, run)
     record = json.loads((run / predict.INPUTS_FILE).read_text())
@@ -367,7 +370,8 @@ def test_a_model_of_another_window_length_is_rejected_in_one_line(trained_run, t
 
 
 @pytest.mark.slow
-def test_make_predict_finds_a_run_id_under_hostile_results_and_writes_out(trained_run, tiny_dataset, tmp_path):
+def test_make_predict_finds_a_run_id_under_hostile_results_and_writes_out(trained_run, tiny_dataset,
+                                                                          tmp_path):
     canary = tmp_path / "canary"
     hostile = f"my dir;touch {canary};$(touch {canary})`touch {canary}` 'q\""
     results = tmp_path / hostile / "results"

@@ -211,8 +211,10 @@ def series_windows(series, run: RunInputs, every: bool) -> tuple[np.ndarray, np.
     return np.ascontiguousarray(values), ends[usable].astype(np.int64)
 
 
-def normalisation_problem(transform: transforms.Transform, x: np.ndarray, raw: np.ndarray) -> str | None:
-    """Why a ticker's model inputs are not what the model was trained on, or None.
+def normalisation_problem(transform: transforms.Transform, x: np.ndarray, raw: np.ndarray, index: int
+                          ) -> str | None:
+    """Why a ticker's model inputs (x, from raw values `raw`, statistics row `index`) are not what the model
+    was trained on, or None.
 
     seed: min-max scaled values beyond SEED_INPUT_RANGE (prices or volumes in other units, or a price level
     the training never saw); returns: the mean standardised log volume beyond +-VOLUME_Z_LIMIT (volume in
@@ -232,7 +234,7 @@ def normalisation_problem(transform: transforms.Transform, x: np.ndarray, raw: n
         j = transform.features.index("volume")
         z = float(np.mean(x[..., j]))
         if abs(z) > VOLUME_Z_LIMIT:
-            return (f"its volume is {np.exp(z * float(np.mean(transform.volume_std))):.3g}x the training "
+            return (f"its volume is {np.exp(z * float(transform.volume_std[index])):.3g}x the training "
                     f"level (mean standardised log volume {z:+.1f}): other units (lots, thousands)?")
     return None
 
@@ -259,7 +261,7 @@ def build_windows(series_list: list, run: RunInputs, every: bool) -> tuple[Windo
             continue
         raw, ends = found
         x = run.transform.inputs_forward(raw, index)
-        problem = normalisation_problem(run.transform, x, raw)
+        problem = normalisation_problem(run.transform, x, raw, index)
         if problem:
             skipped[name] = problem
             continue

@@ -42,7 +42,11 @@ RESULTS ?= results
 # VENV names a make target too, so it cannot contain spaces (a make limitation).
 USER_VARS := PYTHON_SYS VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
-             SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS ITERATIONS
+             SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS ITERATIONS \
+             ALL PREDICT_ARGS
+# `make predict` writes predictions.csv unless OUT is given (OUT's own default names the HDF5 file);
+# read before the line below turns OUT's origin into "override".
+OUT_GIVEN := $(filter command environment,$(origin OUT))
 raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
 $(foreach v,$(USER_VARS),$(eval export SP_$(v) := $$($(v))))
@@ -145,6 +149,17 @@ preprocess: setup ## Raw minute bars -> windowed HDF5 [RAW=data/raw OUT=data/pro
 .PHONY: download
 download: setup ## Yahoo Finance 1-minute bars into RAW [SYMBOLS="AAPL MSFT" or SYMBOLS=sp500 DAYS=21 RAW=data/raw]
 	@$(show) "$$SP_PY" -m preprocess.download --symbols="$$SP_SYMBOLS" --days="$$SP_DAYS" --out="$$SP_RAW"
+
+# Forecasts from a finished run: RUN is a run directory or a run id under RESULTS/runs; RAW fresh bars in any
+# format preprocessing reads; ALL=1 every window instead of the latest per ticker; PREDICT_ARGS extra flags.
+.PHONY: predict
+predict: setup ## Forecasts of a trained run on fresh bars [RUN= RAW= OUT=predictions.csv ALL=1 PREDICT_ARGS=]
+	@$(call words_of,PREDICT_ARGS,extra); run="$$SP_RUN"; \
+	if [[ -z "$$run" ]]; then echo "predict: set RUN= to a run directory or a run id under $$SP_RESULTS/runs" >&2; exit 2; fi; \
+	if [[ ! -d "$$run" && -d "$$SP_RESULTS/runs/$$run" ]]; then run="$$SP_RESULTS/runs/$$run"; fi; \
+	$(if $(filter 1 yes true,$(ALL)),extra+=(--all);) \
+	$(show) "$$SP_PY" -m stockpredict.predict --run="$$run" --raw="$$SP_RAW" \
+		--out="$(if $(OUT_GIVEN),$$SP_OUT,predictions.csv)" "$${extra[@]}"
 
 # --- training jobs (stockpredict.submit) ---------------------------------------------------------
 # NODES, GPUS (per node; 0 = CPU only), EPOCHS, BATCH (per rank), DATA, PROFILE, DRY_RUN=1, TIME.

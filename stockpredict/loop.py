@@ -378,6 +378,7 @@ def finish(run: Run) -> int:
         # How to turn the model's output into a price (and fresh bars into its input): the run
         # directory is self-contained for `python -m stockpredict.predict`.
         write_atomic(plan.run_dir / TRANSFORM_FILE, transforms.to_json(plan.info.transform))
+        write_inputs_record(plan)
         timing.append_event(plan.run_dir / timing.TIMING_FILE, timing.make_event(
             "run_end", status="completed", total_seconds=run.elapsed(), test=test))
     if test is not None:
@@ -386,6 +387,18 @@ def finish(run: Run) -> int:
                  _fmt(test["skill"]), test["rmse_price"], test["mae_price"],
                  _fmt(test["direction_accuracy"]))
     return 0
+
+
+def write_inputs_record(plan: RunPlan) -> None:
+    """inputs.json: the data file's preprocessing config and tickers, what predict needs besides the
+    transform. A file without them (a benchmark's synthetic file) only loses `predict`, not the run."""
+    from .predict import INPUTS_FILE, inputs_record
+
+    try:
+        write_json_atomic(plan.run_dir / INPUTS_FILE, inputs_record(plan.info.path))
+    except (KeyError, OSError, ValueError) as err:
+        log.warning("no %s (%s: %s): python -m stockpredict.predict cannot use this run", INPUTS_FILE,
+                    type(err).__name__, err)
 
 
 # --- the whole attempt ---------------------------------------------------------------------------------

@@ -84,6 +84,8 @@ class JobSpec:
     extra_directives: tuple[str, ...] = ()   # passthrough, e.g. ("--exclusive", "--reservation=gpu")
     requeue: bool = False                    # train jobs: requeueable, resume from the checkpoint
     signal_seconds: int = 120                # train jobs: SIGUSR1 this many seconds before the limit
+    max_requeues_without_progress: int = 3   # train jobs: requeues in a row without a newer checkpoint
+    #                                          before the job fails instead (a crash loop; docs/training.md)
     run_dir: str | None = None               # train jobs: the trainer's --run-dir (absolute path)
     command: tuple[str, ...] = ()            # the program's argv (quoted here; run after setup)
     profile: str = "custom"                  # profile name, recorded in the script's header
@@ -149,6 +151,7 @@ def validate(spec: JobSpec) -> JobSpec:
         _positive_int("tasks per node", spec.tasks_per_node)
     _positive_int("cpus per task", spec.cpus_per_task)
     _positive_int("signal seconds", spec.signal_seconds)
+    _positive_int("max_requeues_without_progress", spec.max_requeues_without_progress, minimum=0)
     _matches("time limit", spec.time, _TIME_RE,
              "Slurm accepts M, M:S, H:M:S, D-H, D-H:M or D-H:M:S (e.g. 00:30:00 or 1-12:00:00)")
     if spec.partition is not None:
@@ -277,6 +280,7 @@ def render_job(spec: JobSpec) -> str:
         run_dir=shlex.quote(spec.run_dir) if spec.run_dir is not None else "",
         signal=REQUEUE_SIGNAL,
         done_marker=TRAIN_DONE_MARKER,
+        max_requeues_without_progress=spec.max_requeues_without_progress,
     )
 
 

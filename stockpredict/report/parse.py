@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from .. import timing
 from ..cli import UserError
 from .keys import ComparabilityKey, run_start_key
+from .restarts import Restart, restarts_of
 
 SCHEMA_VERSION = timing.SCHEMA_VERSION
 TIMING_LOG_NAME = timing.TIMING_FILE
@@ -68,6 +69,7 @@ class Run:
     test: Mapping[str, Any] | None
     total_seconds: float | None
     key: ComparabilityKey      # dataset fingerprint (or path), model config, engine: see keys.py
+    restarts: tuple[Restart, ...] = ()  # one per run_start after the first, with the time it lost
 
     @property
     def group_key(self) -> "GroupKey":
@@ -190,7 +192,8 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
             except ValueError as why:
                 raise SkipLog(f"corrupt: line {lineno} (run_start) has {why}") from None
             if starts:
-                for name in ("mode", *_RUN_START_FIELDS, *timing.RUN_START_OPTIONAL_FIELDS):
+                for name in ("mode", *_RUN_START_FIELDS, *(f for f in timing.RUN_START_OPTIONAL_FIELDS
+                                                           if f not in timing.RUN_START_PER_ATTEMPT_FIELDS)):
                     if event.get(name) != starts[0].get(name):
                         raise SkipLog(f"corrupt: run_start on line {lineno} changes {name} from "
                                       f"{starts[0].get(name)!r} to {event.get(name)!r}")
@@ -253,6 +256,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         test=test if isinstance(test, dict) else None,
         total_seconds=total if isinstance(total, (int, float)) and not isinstance(total, bool) else None,
         key=key,
+        restarts=restarts_of([event for _, event in events]),
     )
     return run, tuple(notes)
 

@@ -254,7 +254,8 @@ def stalled_requeues(attempts: Sequence[Mapping[str, Any]]) -> int:
     last = attempts[-1]
     count = 0
     for previous in reversed(attempts[:-1]):
-        if previous.get("job_id") != last.get("job_id") or previous.get("checkpoint") != last.get("checkpoint"):
+        same = all(previous.get(k) == last.get(k) for k in ("job_id", "checkpoint"))
+        if not same:
             break
         count += 1
     return count

@@ -6,7 +6,6 @@ and concurrent submissions. Real sbatch, real srun --mpi=pmix, real trainer, rea
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import psutil
 import pytest
 
 from conftest import REPO, read_json_lines, wait_until
-from stockpredict import checkpoints, submit
+from stockpredict import checkpoints
 from stockpredict.report.restarts import restarts_of
 from test_faults import fill, tmpfs
 
@@ -152,8 +151,8 @@ def test_preempted_by_an_urgent_job_resumes_mid_epoch(slurm_cluster, tiny_datase
     log_path = run_dir / f"slurm-{job_id}.out"
     # After epoch 1: the first stop check of an attempt comes after its first 20 steps, which include
     # building the training graph, and that took longer than the 30 s GraceTime on this loaded 2-core VM.
-    assert wait_until(lambda: any(e["event"] == "epoch" for e in _events(run_dir)), timeout_s=240, poll_s=0.2), \
-        log_path.read_text()
+    epoch_logged = lambda: any(e["event"] == "epoch" for e in _events(run_dir))  # noqa: E731
+    assert wait_until(epoch_logged, timeout_s=240, poll_s=0.2), log_path.read_text()
     nodes = slurm_cluster.info(job_id)["NodeList"]
     urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--nodes=2", f"--nodelist={nodes}",
                              f"--output={tmp_path}/urgent-%j.out", "--wrap", "sleep 1"],

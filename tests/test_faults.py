@@ -196,9 +196,11 @@ def test_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_previous(tmp_
         fill(run / "checkpoints", leave_bytes=8192)
         with pytest.raises(files.DiskFull) as err:
             write(run, 2, data_bytes=60_000)
-        assert str(err.value) == (f"cannot write {run / 'checkpoints' / 'ckpt-e0002-s0000000'}: No space left "
-                                  "on device (ENOSPC); free space (or quota) there and rerun")
-        assert [d.name for d in (run / "checkpoints").iterdir() if d.name != "filler"] == ["ckpt-e0001-s0000000"]
+        target = run / "checkpoints" / "ckpt-e0002-s0000000"
+        assert str(err.value) == (f"cannot write {target}: No space left on device (ENOSPC); free space (or "
+                                  "quota) there and rerun")
+        left = [d.name for d in (run / "checkpoints").iterdir() if d.name != "filler"]
+        assert left == ["ckpt-e0001-s0000000"]
         point = checkpoints.find_resume(resume_config(run), 60, FEATURES)
         assert point.dir.name == "ckpt-e0001-s0000000" and not point.skipped
 
@@ -240,8 +242,7 @@ def test_preprocessing_on_a_full_disk_is_one_line_and_leaves_no_output(tmp_path)
 # --- the crash-loop guard -------------------------------------------------------------------------
 
 def test_stalled_requeues_count_only_the_same_job_at_the_same_checkpoint():
-    a = [{"job_id": "7", "checkpoint": "none"}, {"job_id": "7", "checkpoint": "ckpt-e0001-s0000000"},
-         {"job_id": "7", "checkpoint": "ckpt-e0001-s0000000"}, {"job_id": "7", "checkpoint": "ckpt-e0001-s0000000"}]
+    a = [{"job_id": "7", "checkpoint": "none"}] + [{"job_id": "7", "checkpoint": "ckpt-e0001-s0000000"}] * 3
     assert checkpoints.stalled_requeues(a) == 2
     assert checkpoints.stalled_requeues(a + [{"job_id": "7", "checkpoint": "ckpt-e0001-s0000040"}]) == 0
     assert checkpoints.stalled_requeues(a + [{"job_id": "8", "checkpoint": "ckpt-e0001-s0000000"}]) == 0
@@ -263,7 +264,8 @@ def test_guard_command_prints_one_error_line_and_exits_2(tmp_path):
     command = [sys.executable, "-m", "stockpredict.checkpoints", "guard", str(tmp_path),
                "--max-requeues-without-progress", "1"]
     for restart in ("0", "1"):
-        proc = subprocess.run(command, env=dict(env, SLURM_RESTART_COUNT=restart), capture_output=True, text=True)
+        proc = subprocess.run(command, env=dict(env, SLURM_RESTART_COUNT=restart), capture_output=True,
+                              text=True)
         assert proc.returncode == 0 and "starts from checkpoint none" in proc.stderr, proc.stderr
     proc = subprocess.run(command, env=dict(env, SLURM_RESTART_COUNT="2"), capture_output=True, text=True)
     assert proc.returncode == 2
@@ -296,8 +298,8 @@ def run_train_script(tmp_path: Path, exit_status: int, preempt_time: str) -> sub
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "scontrol"
-    fake.write_text(f"#!/bin/bash\nif [[ $1 == requeue ]]; then echo \"$@\" >> {tmp_path}/requeued; exit 0; fi\n"
-                    f"echo '   PreemptEligibleTime=2026-11-28T07:56:36 PreemptTime={preempt_time}'\n")
+    fake.write_text(f"#!/bin/bash\nif [[ $1 == requeue ]]; then echo \"$@\" >> {tmp_path}/requeued; exit 0; "
+                    f"fi\necho '   PreemptEligibleTime=2026-11-28T07:56:36 PreemptTime={preempt_time}'\n")
     fake.chmod(0o755)
     run_dir = tmp_path / "run"
     run_dir.mkdir(exist_ok=True)
@@ -308,19 +310,19 @@ def run_train_script(tmp_path: Path, exit_status: int, preempt_time: str) -> sub
     spec = make_spec(dict(kind="train", launcher="none", setup=(), run_dir=str(run_dir), requeue=True,
                           command=(sys.executable, "-c", f"raise SystemExit({exit_status})")))
     return subprocess.run(["bash", "-c", render_job(spec)], capture_output=True, text=True, cwd=tmp_path,
-                          env=dict(os.environ, PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-                                   PYTHONPATH=str(REPO), SLURM_JOB_ID="5"))
+                          env=dict(os.environ, PYTHONPATH=str(REPO), SLURM_JOB_ID="5",
+                                   PATH=f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"))
 
 
 @pytest.mark.parametrize("exit_status, preempt_time, requeued, job_status, says", [
-    (75, "2026-11-28T07:56:40", True, 0, "ranks stopped after preemption (SIGTERM from Slurm) and wrote a checkpoint"),
-    (137, "2026-11-28T07:56:40", True, 0, "without a new checkpoint; requeueing job 5 to resume from the last"),
+    (75, "2026-11-28T07:56:40", True, 0, "ranks stopped after preemption (SIGTERM from Slurm) and wrote a"),
+    (137, "2026-11-28T07:56:40", True, 0, "without a new checkpoint; requeueing job 5 to resume from the"),
     (2, "2026-11-28T07:56:40", False, 2, "training FAILED"),          # disk full while being preempted
     (143, "None", False, 143, "training FAILED"),                     # srun --kill-on-bad-exit
     (75, "None", False, 75, "neither the time-limit warning nor a preemption"),
 ])
-def test_train_script_requeues_only_a_preempted_job_that_can_rerun(tmp_path, exit_status, preempt_time, requeued,
-                                                                   job_status, says):
+def test_train_script_requeues_only_a_preempted_job_that_can_rerun(tmp_path, exit_status, preempt_time,
+                                                                   requeued, job_status, says):
     proc = run_train_script(tmp_path, exit_status, preempt_time)
     assert proc.returncode == job_status, proc.stderr
     assert says in proc.stderr
@@ -334,7 +336,8 @@ def test_train_script_requeues_only_a_preempted_job_that_can_rerun(tmp_path, exi
 
 def _start(resumed_from_epoch=None, resumed_from_step=None):
     event = {"schema": 1, "event": "run_start", "time": "2026-11-28T08:00:00Z", "job_id": "9", "attempt": 0,
-             "ranks": 2, "nodes": 2, "gpus_per_node": 0, "hosts": ["node1", "node2"], "batch_size_per_rank": 32,
+             "ranks": 2, "nodes": 2, "gpus_per_node": 0, "hosts": ["node1", "node2"],
+             "batch_size_per_rank": 32,
              "global_batch_size": 64, "learning_rate": 2e-4, "epochs": 3, "mode": None, "dataset": "/d.h5",
              "windows": {"train": 6400, "val": 64, "test": 64}, "versions": {}, "config": {}, "hardware": {},
              "resumed_from_epoch": resumed_from_epoch}

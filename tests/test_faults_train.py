@@ -39,8 +39,8 @@ def test_zero_length_latest_checkpoint_falls_back_and_the_run_completes(short_da
     assert events(run)[-1]["status"] == "completed" and (run / "model.keras").exists()
 
 
-def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_resumes(short_dataset, tmp_path,
-                                                                                      capsys):
+def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_resumes(
+        short_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--data", short_dataset, "--run-dir", run, "--batch-size", "64", "--seed", "3"]
     with tmpfs(run / "checkpoints", 1024):
@@ -50,8 +50,9 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_r
         capsys.readouterr()
         assert run_main(*common, "--epochs", "2", "--resume") == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1] == (f"error: cannot write {run / 'checkpoints' / 'ckpt-e0002-s0000000'}: No space left "
-                           "on device (ENOSPC); free space (or quota) there and rerun")
+        target = run / "checkpoints" / "ckpt-e0002-s0000000"
+        assert err[-1] == (f"error: cannot write {target}: No space left on device (ENOSPC); free space (or "
+                           "quota) there and rerun")
         # The log is whole (the earlier attempt's lines unchanged, no torn line); the checkpoint is intact.
         log_after = (run / timing.TIMING_FILE).read_text()
         assert log_after.startswith(log_before) and all(json.loads(line) for line in log_after.splitlines())

@@ -82,7 +82,9 @@ def restart_summary(runs: Sequence[Any]) -> str:
         known = sum(x for x in lost if x is not None)
         text = f"{run.run_id}: {len(lost)} restart{'s' if len(lost) > 1 else ''}, {known:.1f} s lost"
         unknown = sum(1 for x in lost if x is None)
-        parts.append(text + (f" (+ {unknown} unmeasured: attempt killed before its run_end)" if unknown else ""))
+        if unknown:
+            text += f" (+ {unknown} unmeasured: attempt killed before its run_end)"
+        parts.append(text)
     return (f"- **Restarts:** {sum(len(r.restarts) for r in restarted)} in {len(restarted)} run(s); training "
             "time lost = wall time of an interrupted attempt not kept as training (start-up, checkpoints, "
             "steps after the last checkpoint): " + "; ".join(parts) + ".")

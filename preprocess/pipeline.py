@@ -335,7 +335,10 @@ def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], 
 
     `check` runs after every ticker; it raises to abort (see store.AtomicOutput).
     """
-    with h5py.File(path, "w") as h5:
+    # No chunk cache (rdcc_nbytes=0): SplitWriter writes whole chunks once, and a write that fails (a full
+    # disk) then raises here; a cached chunk would fail only when h5py flushes it while closing, where the
+    # error is swallowed and the process crashed (measured: SIGSEGV on a full tmpfs).
+    with h5py.File(path, "w", rdcc_nbytes=0) as h5:
         store.create_layout(h5, counts, config.seq_len, len(config.features),
                             [t.series.ticker for t in tickers], config.chunk_windows, config.compression)
         for key, value in attrs.items():
@@ -348,6 +351,7 @@ def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], 
             check()
         for writer in writers:
             writer.close()
+        h5.flush()  # metadata too: a full disk raises here rather than while closing
 
 
 def _ignore_sigint() -> None:

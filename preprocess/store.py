@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from stockpredict.cli import UserError
+from stockpredict.files import DiskFull, disk_full_cause
 from stockpredict.layout import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported for the pipeline
 from stockpredict.layout import SPLITS
 
@@ -79,7 +80,8 @@ class AtomicOutput:
 def atomic_output(out: Path, force: bool) -> Iterator[AtomicOutput]:
     """Yield an AtomicOutput in out's directory; rename its file to `out` only if the block completes.
 
-    On an exception, SIGINT or SIGTERM the temporary file is removed and `out` is untouched. After a
+    On an exception, SIGINT or SIGTERM the temporary file is removed and `out` is untouched (a full disk
+    becomes DiskFull: one line naming `out` and the cause). After a
     SIGKILL the temporary file stays behind (nothing can run), never at `out`; the next run removes
     temporary files of processes that no longer exist.
     """
@@ -95,9 +97,12 @@ def atomic_output(out: Path, force: bool) -> Iterator[AtomicOutput]:
         if out.exists() and not force:  # another run finished first while we worked
             raise UserError(f"output {out} already exists; pass --force to overwrite it")
         os.replace(output.path, out)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             output.path.unlink()
+        cause = disk_full_cause(err) if isinstance(err, Exception) else None
+        if cause is not None:  # one line naming the output, never a traceback; nothing was written
+            raise DiskFull(out, cause) from None
         raise
     finally:
         for signum, handler in previous.items():

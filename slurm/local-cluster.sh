@@ -27,6 +27,11 @@ CONF="$CLUSTER_DIR/etc/slurm.conf"
 CTLD_PORT="${CLUSTER_CTLD_PORT:-17817}"
 SLURMD_BASE_PORT="${CLUSTER_SLURMD_BASE_PORT:-17000}"
 PARTITION="debug"
+# Preemption as shared clusters do it (docs/training.md, "Preemption by a higher-priority partition"):
+# a job in partition "urgent" (same nodes, higher PriorityTier) requeues the "debug" jobs it needs room
+# from, after SIGTERM and GRACE_TIME seconds.
+URGENT_PARTITION="urgent"
+GRACE_TIME="${CLUSTER_GRACE_TIME:-30}"
 MUNGE_DIR="${CLUSTER_MUNGE_DIR:-/run/stockpredict-munge/$(printf '%s' "$CLUSTER_DIR" | sha256sum | cut -c1-16)}"
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
@@ -100,9 +105,17 @@ KillWait=5
 InactiveLimit=0
 MinJobAge=600
 SchedulerParameters=sched_interval=2
+# Partition-priority preemption: a pending "urgent" job requeues running "debug" jobs on the nodes it needs.
+# Slurm first sends SIGCONT + SIGTERM to the job's tasks, waits GraceTime (set per partition below), then
+# SIGTERM + SIGKILL (after KillWait) to the tasks and the batch shell, and requeues the job.
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName=node[1-$n] NodeHostname=$host Port=[$((SLURMD_BASE_PORT + 1))-$((SLURMD_BASE_PORT + n))] CPUs=$(cpus_per_node "$n") \
     Gres=gpu:1 State=UNKNOWN
-PartitionName=$PARTITION Nodes=node[1-$n] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+PartitionName=$PARTITION Nodes=node[1-$n] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO \
+    PriorityTier=1 PreemptMode=REQUEUE GraceTime=$GRACE_TIME
+PartitionName=$URGENT_PARTITION Nodes=node[1-$n] MaxTime=INFINITE State=UP OverSubscribe=NO \
+    PriorityTier=10 PreemptMode=OFF
 EOF
     # Fake GPUs: File=/dev/null makes the configured count match what slurmd "finds".
     cat >"$CLUSTER_DIR/etc/gres.conf" <<EOF
@@ -143,13 +156,17 @@ cmd_up() {
     require_root_and_packages
     if pid_alive "$CLUSTER_DIR/run/slurmctld.pid"; then
         # A running cluster with at least N nodes serves: never shrink it under someone's jobs.
-        if (( $(node_count) >= n )); then
+        if ! grep -q "^PartitionName=$URGENT_PARTITION " "$CONF" 2>/dev/null; then
+            say "running with a configuration from before the '$URGENT_PARTITION' partition; restarting"
+            cmd_down
+        elif (( $(node_count) >= n )); then
             say "already running with $(node_count) nodes"
             wait_for_nodes "$(node_count)"
             return
+        else
+            say "running with $(node_count) nodes; restarting with $n"
+            cmd_down
         fi
-        say "running with $(node_count) nodes; restarting with $n"
-        cmd_down
     fi
     write_config "$n"
     start_munge
@@ -162,7 +179,7 @@ cmd_up() {
             || taskset -c "$(node_cpus "$k" "$n")" slurmd -N "node$k"
     done
     wait_for_nodes "$n"
-    say "up: $n nodes, partition '$PARTITION', cores per node: $(paste -sd' ' "$CLUSTER_DIR/etc/node-cpus")"
+    say "up: $n nodes, partition '$PARTITION' (preemptible, GraceTime ${GRACE_TIME} s) and '$URGENT_PARTITION', cores per node: $(paste -sd' ' "$CLUSTER_DIR/etc/node-cpus")"
     (( n <= $(nproc) )) || say "note: $n nodes on $(nproc) cores share cores; only up to $(nproc) nodes scale"
     say "Point Slurm commands at it with:"
     echo "  export SLURM_CONF=$CONF"

@@ -31,7 +31,7 @@ from .config import TrainConfig, resolve_config
 from .data import SequencesInfo
 from .engine import Engine
 from .hardware import affinity_summary
-from .files import write_atomic, write_json_atomic
+from .files import reporting_disk_full, write_atomic, write_json_atomic
 
 MODEL_FILE = "model.keras"
 TRANSFORM_FILE = "transform.json"  # stockpredict.transform.to_json of the data file's transform
@@ -248,6 +248,8 @@ def train_epochs(run: Run, position: Position) -> int:
              size, ",".join(start["hosts"]), cfg.batch_size * size, cfg.lr * size, plan.warmup_steps, steps)
     if cfg.resume and plan.resume is None:
         log.info("--resume: no checkpoint in %s, starting fresh", plan.run_dir / checkpoints.CHECKPOINT_DIR)
+    for warning in plan.resume.fallback_warnings() if plan.resume is not None and run.is_root else ():
+        log.warning("%s", warning)  # every rank skipped the same checkpoints; rank 0 says so
 
     first_epoch = True
     for epoch in range(position.epochs_done + 1, cfg.epochs + 1):
@@ -337,12 +339,14 @@ def save_checkpoint(run: Run, epochs_done: int, step: int, loss_sum: float) -> N
 def preempt(run: Run, epochs_done: int, step: int, carried: float, local_loss_sum: float,
             checkpoint_written: bool = False) -> int:
     """Checkpoint (unless the epoch-end one just was), log `run_end` "preempted", wait for rank 0."""
+    started = time.monotonic()
     if not checkpoint_written:
         # The partial epoch's loss, summed over ranks, travels in the checkpoint.
         loss_sum = run.engine.allreduce_sum([local_loss_sum])[0] + carried
         save_checkpoint(run, epochs_done, step, float(loss_sum))
-    log.warning("stop signal: checkpoint after %d epoch(s) + %d step(s) written; exiting %d for requeue",
-                epochs_done, step, preemption.EXIT_PREEMPTED)
+    log.warning("stop signal (%s): checkpoint after %d epoch(s) + %d step(s) written in %.2f s; exiting %d "
+                "for requeue", preemption.stop_signal_name(), epochs_done, step, time.monotonic() - started,
+                preemption.EXIT_PREEMPTED)
     if run.is_root:
         timing.append_event(run.plan.run_dir / timing.TIMING_FILE, timing.make_event(
             "run_end", status="preempted", total_seconds=run.elapsed(), test=None))
@@ -373,7 +377,12 @@ def finish(run: Run) -> int:
         # Keras picks the format from the suffix, so the temporary name keeps ".keras". The model
         # is not compiled, so no optimizer state goes in (checkpoints/ hold that).
         tmp = plan.run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
-        run.replica.model.save(tmp)
+        try:
+            with reporting_disk_full(plan.run_dir / MODEL_FILE):
+                run.replica.model.save(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # never leave a partial model behind (a full disk)
+            raise
         os.replace(tmp, plan.run_dir / MODEL_FILE)
         # How to turn the model's output into a price (and fresh bars into its input): the run
         # directory is self-contained for `python -m stockpredict.predict`.
@@ -464,6 +473,7 @@ def run_start_record(run: Run, position: Position) -> dict:
         "run_start", time=timing.utc_now_iso(), job_id=os.environ.get("SLURM_JOB_ID"),
         attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
         resumed_from_epoch=position.epochs_done if plan.resume is not None else None,
+        resumed_from_step=position.skip_steps if plan.resume is not None else None,
         ranks=engine.size, nodes=len(hosts), gpus_per_node=len(gpu_devices), hosts=hosts,
         batch_size_per_rank=cfg.batch_size, global_batch_size=cfg.batch_size * engine.size,
         learning_rate=cfg.lr * engine.size, epochs=cfg.epochs, mode=cfg.mode,

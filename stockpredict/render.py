@@ -110,6 +110,8 @@ class JobSpec:
     requeue: bool = False                    # train jobs: requeueable, resume from the checkpoint
                                              # (allreduce jobs are not: a benchmark has nothing to resume)
     signal_seconds: int = 120                # train jobs: SIGUSR1 this many seconds before the limit
+    max_requeues_without_progress: int = 3   # train jobs: requeues in a row without a newer checkpoint
+    #                                          before the job fails instead (a crash loop; docs/training.md)
     run_dir: str | None = None               # train and allreduce jobs: the program's --run-dir (absolute)
     command: tuple[str, ...] = ()            # the program's argv (quoted here; run after setup)
     timeline: bool = False                   # train jobs: export HOROVOD_TIMELINE=<run_dir>/timeline.json
@@ -178,6 +180,7 @@ def validate(spec: JobSpec) -> JobSpec:
         _positive_int("tasks per node", spec.tasks_per_node)
     _positive_int("cpus per task", spec.cpus_per_task)
     _positive_int("signal seconds", spec.signal_seconds)
+    _positive_int("max_requeues_without_progress", spec.max_requeues_without_progress, minimum=0)
     _matches("time limit", spec.time, _TIME_RE,
              "Slurm accepts M, M:S, H:M:S, D-H, D-H:M or D-H:M:S (e.g. 00:30:00 or 1-12:00:00)")
     if spec.partition is not None:
@@ -320,6 +323,7 @@ def render_job(spec: JobSpec) -> str:
         rerender="make allreduce-bench" if spec.kind == "allreduce" else "make submit",
         timeline=spec.timeline,
         timeline_file=TIMELINE_FILE,
+        max_requeues_without_progress=spec.max_requeues_without_progress,
     )
 
 

@@ -16,6 +16,7 @@ logs still read, and old readers still read new logs; that is why the schema num
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .cli import UserError, run_cli
+from .files import reporting_disk_full
 
 SCHEMA_VERSION = 1
 TIMING_FILE = "timing.jsonl"
@@ -54,7 +56,10 @@ RUN_START_OPTIONAL_FIELDS = (
     # only one before) and its known optimum {"kalman_skill", "window_skill", ...} (absent/null = unknown).
     "representation",
     "optimum",
+    "resumed_from_step",  # steps into the resumed epoch (0: resumed at an epoch boundary); absent: fresh
 )
+# Optional run_start fields that describe one attempt, not the run: they may differ between attempts.
+RUN_START_PER_ATTEMPT_FIELDS = ("resumed_from_step",)
 OPTIONAL_FIELDS = {"run_start": RUN_START_OPTIONAL_FIELDS, "epoch": (), "run_end": ()}
 DEFAULT_ENGINE = "horovod"
 DATASET_ID_FIELDS = ("fingerprint", "name", "windows")
@@ -98,6 +103,9 @@ def make_event(event: str, **fields: Any) -> dict:
         raise ValueError(f"run_start dataset_id must be a dict with exactly {DATASET_ID_FIELDS}")
     if "model" in extra and not isinstance(extra["model"], dict):
         raise ValueError("run_start model must be a dict")
+    if "resumed_from_step" in extra and not (type(extra["resumed_from_step"]) is int
+                                             and extra["resumed_from_step"] >= 0):
+        raise ValueError("run_start resumed_from_step must be an integer >= 0")
     if "engine" in extra and not (isinstance(extra["engine"], str) and extra["engine"]):
         raise ValueError("run_start engine must be a non-empty string")
     if "gradient_bytes" in extra and (isinstance(extra["gradient_bytes"], bool)
@@ -117,17 +125,29 @@ def make_event(event: str, **fields: Any) -> dict:
 
 
 def append_event(path: Path | str, record: Mapping[str, Any]) -> None:
-    """Append one record as a line and fsync, so a job killed right after still leaves it on disk."""
-    line = json.dumps(record, sort_keys=False) + "\n"
-    with open(path, "a+b") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() > 0:
-            handle.seek(-1, os.SEEK_END)
-            if handle.read(1) != b"\n":  # a job killed mid-write left a torn line: keep ours separate
-                line = "\n" + line
-        handle.write(line.encode("utf-8"))
-        handle.flush()
-        os.fsync(handle.fileno())
+    """Append one record as a line and fsync, so a job killed right after still leaves it on disk.
+
+    If the write fails (a full disk: DiskFull naming the path), the file is cut back to its old length,
+    so the log never keeps half a record.
+    """
+    data = (json.dumps(record, sort_keys=False) + "\n").encode("utf-8")
+    with reporting_disk_full(path):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            size = os.lseek(fd, 0, os.SEEK_END)
+            if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + data  # a job killed mid-write left a torn line: keep ours separate
+            try:
+                view = memoryview(data)
+                while view:  # os.write may write less than asked
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
 
 def read_events(path: Path | str) -> list[dict]:

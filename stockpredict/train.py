@@ -9,9 +9,10 @@ The same command runs as one process, under horovodrun (Gloo) and under Slurm's 
 Outputs in --run-dir (rank 0 only): config.json, timing.jsonl (the report's input, schema in
 stockpredict/timing.py), train.log, checkpoints/, and at the end metrics.json and model.keras.
 
-Preemption: SIGUSR1 on any rank -> all ranks agree at the next check, finish the step, rank 0 writes a
-mid-epoch checkpoint and `run_end` "preempted", and every rank exits 75 (EX_TEMPFAIL) so the batch
-script requeues the job; `--resume` then continues exactly where it stopped. See docs/training.md.
+Preemption: SIGUSR1 (the time-limit warning) or SIGTERM (Slurm preempting the job) on any rank -> all
+ranks agree at the next check, finish the step, rank 0 writes a mid-epoch checkpoint and `run_end`
+"preempted", and every rank exits 75 (EX_TEMPFAIL) so the batch script requeues the job; `--resume` then
+continues exactly where it stopped. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from .cli import EXIT_USER_ERROR, UserError
 from .config import parse_args
 from .preemption import EXIT_PREEMPTED
 
-# Before anything imports TensorFlow (seconds): USR1's default action would kill the process.
+# Before anything imports TensorFlow (seconds): USR1's default action would kill the process. SIGTERM
+# too when run as a program (main() installs it for console-script and in-process callers).
 # The heavy modules (loop, engine) are imported inside main(), after this line has run.
-preemption.install_stop_handler()
+preemption.install_stop_handler(sigterm=__name__ == "__main__")
 
 
 def main(argv: Sequence[str] | None = None, *, exit_now_when_preempted: bool = True) -> int:
@@ -39,9 +41,11 @@ def main(argv: Sequence[str] | None = None, *, exit_now_when_preempted: bool = T
     with status 75, skipping interpreter teardown: the launcher kills the remaining tasks as soon as
     the first exits non-zero, and a rank still tearing down TensorFlow would then report "killed"
     instead of 75, so srun's status would not say "requeue". Tests calling main() in-process pass
-    exit_now_when_preempted=False.
+    exit_now_when_preempted=False. The same immediate exit ends a run that fails after the ranks started
+    (e.g. rank 0 finds the disk full): a clean interpreter exit could block in the engine's shutdown
+    while the other ranks wait in a collective.
     """
-    preemption.install_stop_handler()
+    preemption.install_stop_handler(sigterm=True)
     engine = None
     try:
         config = parse_args(argv, description=__doc__)
@@ -50,13 +54,8 @@ def main(argv: Sequence[str] | None = None, *, exit_now_when_preempted: bool = T
 
         engine = HorovodEngine()
         status = run_training(config, engine)
-        if status == EXIT_PREEMPTED and not exit_now_when_preempted:
-            preemption.restore_sigterm()  # in-process caller: undo loop.preempt()
-        elif status == EXIT_PREEMPTED:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_PREEMPTED)
+        if status == EXIT_PREEMPTED and exit_now_when_preempted:
+            _exit_now(EXIT_PREEMPTED)
         return status
     except UserError as err:
         rank = engine.initialized_rank() if engine is not None else None
@@ -66,10 +65,23 @@ def main(argv: Sequence[str] | None = None, *, exit_now_when_preempted: bool = T
             # The launcher kills the other ranks once one exits non-zero; give rank 0 time to print.
             # (No barrier here: a rank that failed before the first collective must never wait on one.)
             time.sleep(2)
+        if rank is not None and exit_now_when_preempted:
+            _exit_now(EXIT_USER_ERROR)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if not exit_now_when_preempted:
+            preemption.restore_sigterm()  # in-process caller: SIGTERM kills it again
+
+
+def _exit_now(status: int) -> None:
+    """Leave at once with `status`, skipping interpreter teardown (see main)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def rank_from_env(environ=os.environ) -> int:

@@ -1,10 +1,11 @@
-"""Failures on the local Slurm cluster (issue 8): preemption signal + requeue + resume, a dead rank, and
-concurrent submissions. Real sbatch, real srun --mpi=pmix, real trainer, real HDF5 file."""
+"""Failures on the local Slurm cluster (issues 8 and 14): the time-limit signal + requeue + resume, a
+preemption by a job in the `urgent` partition (SIGTERM, grace time, requeue, resume mid-epoch), a dead
+rank (fails fast, never requeued), a zero-length newest checkpoint, a disk that fills during a checkpoint,
+and concurrent submissions. Real sbatch, real srun --mpi=pmix, real trainer, real HDF5 file."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import psutil
 import pytest
 
 from conftest import REPO, read_json_lines, wait_until
-from stockpredict import submit
+from stockpredict import checkpoints
+from stockpredict.report.restarts import restarts_of
+from test_faults import fill, tmpfs
 
 pytestmark = pytest.mark.cluster
 
@@ -103,6 +106,8 @@ def test_killed_rank_fails_the_job_within_60_seconds(slurm_cluster, tiny_dataset
     assert state == "FAILED", log_text
     assert elapsed < 60
     assert "stockpredict: training FAILED" in log_text
+    # The survivor got SIGTERM from srun --kill-on-bad-exit: no preemption, so no requeue.
+    assert slurm_cluster.info(job_id).get("Restarts") == "0" and "requeueing" not in log_text
     ends = [e for e in _events(run_dir) if e["event"] == "run_end"]
     assert ends and ends[-1]["status"] == "failed"
 
@@ -128,3 +133,100 @@ def test_simultaneous_submissions_get_disjoint_run_dirs(slurm_cluster, tiny_data
         assert {e["job_id"] for e in events if e["event"] == "run_start"} == {record["job_id"]}
         owners.add(record["job_id"])
     assert owners == set(job_ids)
+
+
+def _release_when_pending(cluster, job_id: str) -> None:
+    """Start a requeued job now instead of after its ~2.5 min BeginTime (see the USR1 test above)."""
+    assert wait_until(lambda: cluster.info(job_id).get("JobState") == "PENDING", timeout_s=60)
+    assert wait_until(lambda: not _step_daemons(job_id), timeout_s=60)
+    _scontrol(cluster, "update", f"JobId={job_id}", "StartTime=now")
+
+
+def test_preempted_by_an_urgent_job_resumes_mid_epoch(slurm_cluster, tiny_dataset, tmp_path):
+    """A job in partition `urgent` needs the training job's nodes: Slurm sends SIGTERM to the ranks (not
+    to the batch shell), the ranks agree, rank 0 checkpoints mid-epoch inside the grace time, the script
+    sees PreemptTime and requeues, and the next attempt resumes at that step."""
+    job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
+                              "--epochs", "2", "--batch-size", "64")
+    log_path = run_dir / f"slurm-{job_id}.out"
+    # After epoch 1: the first stop check of an attempt comes after its first 20 steps, which include
+    # building the training graph, and that took longer than the 30 s GraceTime on this loaded 2-core VM.
+    epoch_logged = lambda: any(e["event"] == "epoch" for e in _events(run_dir))  # noqa: E731
+    assert wait_until(epoch_logged, timeout_s=240, poll_s=0.2), log_path.read_text()
+    nodes = slurm_cluster.info(job_id)["NodeList"]
+    urgent = subprocess.run(["sbatch", "--parsable", "--partition=urgent", "--nodes=2", f"--nodelist={nodes}",
+                             f"--output={tmp_path}/urgent-%j.out", "--wrap", "sleep 1"],
+                            env=slurm_cluster.env, capture_output=True, text=True, check=True).stdout.strip()
+    assert wait_until(lambda: slurm_cluster.info(job_id).get("Restarts") == "1", timeout_s=60), \
+        log_path.read_text()
+    assert slurm_cluster.wait(urgent, timeout_s=60) == "COMPLETED"
+    _release_when_pending(slurm_cluster, job_id)
+    state = slurm_cluster.wait(job_id, timeout_s=240)
+    log_text = log_path.read_text()
+    assert state == "COMPLETED", log_text
+    assert "ranks stopped after preemption (SIGTERM from Slurm) and wrote a checkpoint" in log_text
+
+    events = _events(run_dir)
+    starts = [e for e in events if e["event"] == "run_start"]
+    assert [e["status"] for e in events if e["event"] == "run_end"] == ["preempted", "completed"]
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2]  # each epoch logged once
+    assert len(starts) == 2 and starts[1]["attempt"] == 1
+    assert (starts[1]["resumed_from_epoch"], starts[1]["resumed_from_step"] > 0) == (1, True)  # mid-epoch 2
+    # No step lost: the next attempt resumed exactly where the preempted one wrote its checkpoint.
+    train_log = (run_dir / "train.log").read_text()
+    stopped = (f"stop signal (SIGTERM): checkpoint after {starts[1]['resumed_from_epoch']} epoch(s) + "
+               f"{starts[1]['resumed_from_step']} step(s) written")
+    assert stopped in train_log, train_log
+    (restart,) = restarts_of(events)
+    assert restart.lost_seconds is not None
+    print(f"lost to the preemption: {restart.lost_seconds} s; {stopped}")
+
+
+def test_zero_length_newest_checkpoint_falls_back_and_completes(slurm_cluster, tiny_dataset, tmp_path):
+    job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "1", "--epochs", "2",
+                              "--batch-size", "256")
+    assert slurm_cluster.wait(job_id, timeout_s=240) == "COMPLETED"
+    newest = checkpoints.list_checkpoints(run_dir)[-1][2]
+    (newest / "weights.data-00000-of-00001").write_bytes(b"")  # what a node crash can leave behind
+    for name in ("model.keras", "metrics.json"):
+        (run_dir / name).unlink()
+    again = slurm_cluster.sbatch(run_dir / "job.sbatch", cwd=run_dir)
+    state = slurm_cluster.wait(again, timeout_s=240)
+    log_text = (run_dir / f"slurm-{again}.out").read_text()
+    assert state == "COMPLETED", log_text
+    assert (f"checkpoint {newest.name} is unreadable (weights.data-00000-of-00001 has 0 bytes, expected"
+            in log_text)
+    assert "resuming from ckpt-e0001-s0000000 instead" in log_text
+    starts = [e for e in _events(run_dir) if e["event"] == "run_start"]
+    assert (starts[-1]["resumed_from_epoch"], starts[-1]["resumed_from_step"]) == (1, 0)
+    assert _events(run_dir)[-1]["status"] == "completed" and (run_dir / "model.keras").exists()
+
+
+def test_disk_full_during_a_checkpoint_fails_the_job_and_the_previous_checkpoint_resumes(
+        slurm_cluster, tiny_dataset, tmp_path):
+    job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
+                              "--epochs", "2", "--batch-size", "64")
+    log_path = run_dir / f"slurm-{job_id}.out"
+    with tmpfs(run_dir / "checkpoints", 1024):  # before the first checkpoint: the job is still starting
+        assert wait_until(lambda: any(e["event"] == "epoch" for e in _events(run_dir)), timeout_s=180), \
+            log_path.read_text()
+        fill(run_dir / "checkpoints")  # epoch 2's checkpoint finds the disk full
+        state = slurm_cluster.wait(job_id, timeout_s=120)
+        log_text = log_path.read_text()
+        assert state == "FAILED", log_text
+        assert slurm_cluster.info(job_id).get("Restarts") == "0" and "requeueing" not in log_text
+        target = run_dir / "checkpoints" / "ckpt-e0002-s0000000"
+        assert (f"error: cannot write {target}: No space left on device (ENOSPC); free space (or quota) "
+                "there and rerun") in log_text
+        assert "stockpredict: training FAILED" in log_text
+        events = _events(run_dir)  # every line whole; the script closed the attempt as failed
+        assert [e["event"] for e in events] == ["run_start", "epoch", "run_end"]
+        assert events[-1]["status"] == "failed"
+        assert checkpoints.read_state(run_dir / "checkpoints" / "ckpt-e0001-s0000000")["epochs_done"] == 1
+        (run_dir / "checkpoints" / "filler").unlink()
+        again = slurm_cluster.sbatch(run_dir / "job.sbatch", cwd=run_dir)
+        assert slurm_cluster.wait(again, timeout_s=240) == "COMPLETED", \
+            (run_dir / f"slurm-{again}.out").read_text()
+    starts = [e for e in _events(run_dir) if e["event"] == "run_start"]
+    assert starts[-1]["resumed_from_epoch"] == 1
+    assert [e["epoch"] for e in _events(run_dir) if e["event"] == "epoch"] == [1, 2]

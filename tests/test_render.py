@@ -186,8 +186,10 @@ def test_hostile_values_in_paths_and_arguments_are_quoted_never_executed(tmp_pat
                           command=(sys.executable, "-c", echo_argv, *HOSTILE, str(run_dir))))
     script = tmp_path / "job.sbatch"
     script.write_text(render_job(spec))
+    # As a job whose setup activated the venv: the script's own python steps (the crash-loop guard) run.
     proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                          env=dict(os.environ, HOME=str(tmp_path)))
+                          env=dict(os.environ, HOME=str(tmp_path), PYTHONPATH=str(REPO),
+                                   PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"))
     assert proc.returncode == 0, proc.stderr
     argv = json.loads(proc.stdout.splitlines()[0])
     assert argv == [*HOSTILE, str(run_dir)]

@@ -16,6 +16,7 @@ from .. import timing
 from ..cli import UserError
 from ..timeline import StepBreakdown, TimelineError, read_timeline
 from .keys import ComparabilityKey, run_start_key
+from .restarts import Restart, restarts_of
 
 SCHEMA_VERSION = timing.SCHEMA_VERSION
 TIMING_LOG_NAME = timing.TIMING_FILE
@@ -75,6 +76,7 @@ class Run:
     gradient_bytes: int | None = None  # run_start `gradient_bytes`; None in logs written before it
     timeline: StepBreakdown | None = None  # from TIMELINE_NAME in the run directory, if readable
     timeline_recorded: bool = False        # the run directory holds TIMELINE_NAME (readable or not)
+    restarts: tuple[Restart, ...] = ()  # one per run_start after the first, with the time it lost
 
     @property
     def group_key(self) -> "GroupKey":
@@ -204,7 +206,8 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
                 raise SkipLog(f"corrupt: line {lineno} has kind={run_kind!r}, expected one of "
                               f"{timing.RUN_KINDS}")
             if starts:
-                for name in ("mode", *_RUN_START_FIELDS, *timing.RUN_START_OPTIONAL_FIELDS):
+                for name in ("mode", *_RUN_START_FIELDS, *(f for f in timing.RUN_START_OPTIONAL_FIELDS
+                                                           if f not in timing.RUN_START_PER_ATTEMPT_FIELDS)):
                     if event.get(name) != starts[0].get(name):
                         raise SkipLog(f"corrupt: run_start on line {lineno} changes {name} from "
                                       f"{starts[0].get(name)!r} to {event.get(name)!r}")
@@ -269,6 +272,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         key=key,
         kind=first.get("kind") or "train",
         gradient_bytes=first.get("gradient_bytes"),
+        restarts=restarts_of([event for _, event in events]),
     )
     return run, tuple(notes)
 

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 from .. import scaling_render
 from .parse import MODES, SCHEMA_VERSION, TIMING_LOG_NAME
 from .registry import PLOTS, SCALING, SCALING_PLOT, STEP_BREAKDOWN, TABLES
+from .restarts import restart_summary
 from .tables import Report, Section
 
 
@@ -152,6 +153,7 @@ def render_markdown(report: Report, plot_files: Mapping[str, str],
         f"- **Runs used:** {len(runs)} ({modes['strong']} strong, {modes['weak']} weak, {modes[None]} "
         f"without a mode: those appear only in the batch-size and accuracy tables); {len(resumed)} "
         "resumed after preemption" + (f" ({', '.join(resumed)})" if resumed else "") + ".",
+        restart_summary(runs),
         f"- **Statistic:** the first {w} epoch(s) logged after every run start (graph building; again "
         "after a restart) and epochs flagged `resumed` are excluded; each run contributes the median over "
         "its remaining epochs, and each row is the median over its runs. `runs` and `epochs` give how "

@@ -104,8 +104,8 @@ def main(argv=None) -> int:
         suffix = f"-lr{args.lr:g}" if case == "b" and args.lr is not None else ""
         run_dir = args.work / f"run-{case}{suffix}"
         if case == "b":
-            command = [args.horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", *train, "--data", str(data),
-                       "--run-dir", str(run_dir), "--batch-size", "64"]
+            command = [args.horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", *train,
+                       "--data", str(data), "--run-dir", str(run_dir), "--batch-size", "64"]
             command += ["--lr", str(args.lr)] if args.lr is not None else []
         else:
             command = train + ["--data", str(data), "--run-dir", str(run_dir)]

@@ -687,7 +687,7 @@ def test_accuracy_table_sets_skill_against_the_optimum_or_says_it_is_unknown(tmp
     assert "**Optimum: unknown.**" in real_part and "of a possible" not in real_part
     assert "| unknown |  | unknown |" in real_part                  # Kalman, skill / optimum, window cells
     rw_part = markdown.split("## rw:")[1].split("\n## ")[0]
-    assert "skill -0.010 of a possible 0.000;" in rw_part
+    assert "1 rank(s), global batch 128, LR 0.0001, 3 epochs: skill -0.0100; the optimum is 0 " in rw_part
 
 
 def test_accuracy_csv_appends_the_optimum_columns_after_the_key_columns(tmp_path):

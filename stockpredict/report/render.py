@@ -110,6 +110,10 @@ def _optimum_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
             continue
         ratio = r.get("skill_of_optimum")
         window = r.get("window_skill")
+        if r["kalman_skill"] == 0:
+            out.append(f"- {config}: skill {_number(r.get('skill'), '{:.4f}')}; the optimum is 0 (nothing is "
+                       "learnable, e.g. a random walk: 0 is the best a model can do).")
+            continue
         out.append(f"- {config}: skill {_number(r.get('skill'), '{:.3f}')} of a possible "
                    f"{r['kalman_skill']:.3f}" + (f" ({ratio:.2f} x)" if ratio is not None else "")
                    + (f"; window-limited optimum {window:.3f}" if window is not None else "") + ".")

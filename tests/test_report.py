@@ -680,9 +680,9 @@ def test_accuracy_table_sets_skill_against_the_optimum_or_says_it_is_unknown(tmp
 
     markdown = report.render_markdown(built, {})
     syn_part = markdown.split("## syn:")[1].split("\n## ")[0]
-    assert "- 1 rank(s), global batch 128, LR 0.0001, 3 epochs: skill 0.270 of a possible 0.300 (0.90 x); " \
+    assert "- 1 rank(s), global batch 128, LR 0.0001, 3 epochs: skill 0.270 of a possible 0.300 (0.900 x); " \
            "window-limited optimum 0.280." in syn_part
-    assert "skill 0.210 of a possible 0.300 (0.70 x)" in syn_part
+    assert "skill 0.210 of a possible 0.300 (0.700 x)" in syn_part
     real_part = markdown.split("## real:")[1].split("\n## ")[0]
     assert "**Optimum: unknown.**" in real_part and "of a possible" not in real_part
     assert "| unknown |  | unknown |" in real_part                  # Kalman, skill / optimum, window cells

@@ -40,7 +40,7 @@ _FORMATS = {
     "rmse_price": "{:.4f}", "mae_price": "{:.4f}", "persistence_rmse_price": "{:.4f}", "skill": "{:.3f}",
     "direction_accuracy": "{:.1%}", "compute_share": "{:.1%}", "negotiate_share": "{:.1%}",
     "allreduce_share": "{:.1%}", "model_communication_share": "{:.1%}",
-    "kalman_skill": "{:.3f}", "window_skill": "{:.3f}", "skill_of_optimum": "{:.2f}",
+    "kalman_skill": "{:.3f}", "window_skill": "{:.3f}", "skill_of_optimum": "{:.3f}",
 }
 # Blank means "unknown" here, and the table says so (real data has no known optimum).
 _UNKNOWN_WHEN_BLANK = ("kalman_skill", "window_skill")
@@ -115,7 +115,7 @@ def _optimum_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
                        "learnable, e.g. a random walk: 0 is the best a model can do).")
             continue
         out.append(f"- {config}: skill {_number(r.get('skill'), '{:.3f}')} of a possible "
-                   f"{r['kalman_skill']:.3f}" + (f" ({ratio:.2f} x)" if ratio is not None else "")
+                   f"{r['kalman_skill']:.3f}" + (f" ({ratio:.3f} x)" if ratio is not None else "")
                    + (f"; window-limited optimum {window:.3f}" if window is not None else "") + ".")
     return out
 

@@ -12,10 +12,10 @@ Cases (docs/training.md, "Accuracy"):
 The universes are the ones benchmarks/bench_accuracy.py trains on, built through the command lines a user
 runs: `python -m preprocess.synthetic` (34 tickers x 21 days, prices 10-900, --phi-spread 0.1 --vol-spread
 0.5, seed 1; the random walk has --deviation-vol 0 --fair-vol 0.0008), then `python -m preprocess`. Each
-file and each run directory is made only when absent, so an interrupted benchmark continues where it
-stopped. The numbers come from each run's logs: test skill from run_end (timing.jsonl), the optimum from
-run_start. Runs one after another (each takes minutes on 2 cores). Prints a table and one JSON line per
-case.
+file and each run directory is made only when absent (a run without metrics.json is continued with
+--resume), so an interrupted benchmark continues where it stopped. The numbers come from each run's
+logs: test skill from run_end (timing.jsonl), the optimum from run_start. Runs one after another (each
+takes minutes on 2 cores). Prints a table and one JSON line per case.
 """
 
 from __future__ import annotations
@@ -38,23 +38,24 @@ GOALS = {"a": 0.9, "b": 0.85}  # skill / Kalman optimum
 RANDOM_WALK_GOAL = -0.02       # skill on the random walk
 
 
-def run(command: list[str], log: Path | None = None) -> None:
-    """Run one command from the repository root; its output goes to `log` (or this terminal)."""
+def run(command: list[str], log: Path) -> None:
+    """Run one command from the repository root, its output into `log`; a one-line error if it fails."""
     print("$ " + " ".join(command), flush=True)
-    if log is None:
-        subprocess.run(command, cwd=ROOT, check=True)
-        return
     with open(log, "w") as out:
-        subprocess.run(command, cwd=ROOT, check=True, stdout=out, stderr=subprocess.STDOUT)
+        status = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+    if status != 0:
+        raise SystemExit(f"error: the command above exited {status}; its output is in {log}")
 
 
 def dataset(work: Path, name: str, universe: list[str], seed: int, python: str) -> Path:
     """The sequences file of one universe under `work` (generated and preprocessed when absent)."""
     raw, out = work / f"{name}-raw", work / f"{name}.h5"
     if not (raw / "optimum.json").exists():
-        run([python, "-m", "preprocess.synthetic", "--out", str(raw), "--seed", str(seed), *universe])
+        run([python, "-m", "preprocess.synthetic", "--out", str(raw), "--seed", str(seed), *universe],
+            log=work / f"{name}-synthetic.log")
     if not out.exists():
-        run([python, "-m", "preprocess", "--raw", str(raw), "--out", str(out), "--no-progress"])
+        run([python, "-m", "preprocess", "--raw", str(raw), "--out", str(out), "--no-progress"],
+            log=work / f"{name}-preprocess.log")
     return out
 
 
@@ -111,7 +112,9 @@ def main(argv=None) -> int:
             command = train + ["--data", str(data), "--run-dir", str(run_dir)]
         if not (run_dir / "metrics.json").exists():
             started = time.perf_counter()
-            run(command, log=args.work / f"run-{case}{suffix}.log")
+            # --resume: a run this script started before and that was interrupted continues (the trainer
+            # starts fresh when the directory holds no checkpoint).
+            run(command + ["--resume"], log=args.work / f"run-{case}{suffix}.log")
             print(f"case {case}: {time.perf_counter() - started:.0f} s wall", flush=True)
         results[case] = {"case": case, "command": " ".join(command), **summary(run_dir)}
         print(json.dumps(results[case]), flush=True)

@@ -459,6 +459,23 @@ def configure_tensorflow(config: TrainConfig, local_rank: int) -> None:
         tf.config.experimental.set_memory_growth(gpus[index], True)
 
 
+def dataset_warnings(path: str) -> list[str] | None:
+    """The data file's `warnings` attribute (a JSON list of preprocessing warnings), None if absent."""
+    import json
+
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        text = h5.attrs.get("warnings")
+    if text is None:
+        return None
+    try:
+        warnings = json.loads(text.decode() if isinstance(text, bytes) else str(text))
+    except ValueError:  # another tool's attribute: not ours to interpret
+        return None
+    return [str(w) for w in warnings] if isinstance(warnings, list) else None
+
+
 def run_start_record(run: Run, position: Position) -> dict:
     """The timing log's run_start event (all ranks call this: it gathers every rank's node name)."""
     plan, engine, cfg = run.plan, run.engine, run.plan.config
@@ -482,6 +499,7 @@ def run_start_record(run: Run, position: Position) -> dict:
         config=dataclasses.asdict(cfg), hardware=hardware,
         engine=engine.name, dataset_id=identity.dataset_identity(cfg.data),
         representation=plan.info.representation, optimum=plan.info.optimum,
+        dataset_warnings=dataset_warnings(cfg.data),
         # What one allreduce moves per step (fp32 gradients): the scaling model's S (docs/scaling.md).
         gradient_bytes=4 * sum(int(np.prod(v.shape)) for v in run.replica.model.trainable_variables),
         model=identity.model_identity(dataclasses.asdict(cfg), plan.info.seq_len, plan.info.n_features))

@@ -196,6 +196,63 @@ def skill_figure(per_dataset: Sequence[tuple[str, Rows]]) -> Figure:
     return fig
 
 
+# The accuracy-at-scale figure: rows of panels (measure) x columns (x axis).
+# (row column, y label, title); (x column, x label, the series' column, its name in a legend, title)
+ACCURACY_MEASURES = (("skill", "skill vs persistence", "Skill"),
+                     ("skill_of_optimum", "skill / Kalman optimum (1 = best achievable)", "Skill / optimum"))
+ACCURACY_AXES = (("ranks", "ranks p", "global_batch_size", "global batch", "ranks"),
+                 ("global_batch_size", "effective (global) batch size", "ranks", "rank(s)", "global batch"))
+
+
+def accuracy_scale_series(per_key: Series, measure: str, x: str) -> dict[str, list[tuple[Any, Any]]]:
+    """The points of one accuracy-at-scale panel: legend label -> [(x, value), ...] sorted by x.
+
+    One series per (key, the other axis's value): against ranks, one line per global batch (the
+    data-parallel question at a fixed global batch); against global batch, one line per rank count.
+    Each label starts with the key's label (the dataset's name, plus what tells keys apart): only skill
+    and skill / optimum, both relative to the same dataset's persistence forecast, share an axis across
+    datasets. Rows without the measure (no optimum known: real data) are left out.
+    """
+    [(_, _, other, other_name, _)] = [a for a in ACCURACY_AXES if a[0] == x]
+    out: dict[str, list[tuple[Any, Any]]] = {}
+    for label, rows in per_key:
+        for value, members in _series([r for r in rows if r.get(measure) is not None],
+                                      lambda r: r[other]).items():
+            text = f"{label}: {value} {other_name}" if other == "ranks" else f"{label}: {other_name} {value}"
+            out[text] = sorted((r[x], r[measure]) for r in members)
+    return out
+
+
+def accuracy_scale_figure(per_key: Series) -> Figure:
+    """Does data-parallel training at a larger global batch cost accuracy? Skill (top) and skill /
+    Kalman optimum (bottom, only where the optimum is known) against ranks (left) and global batch
+    (right), from the accuracy table's rows of each key."""
+    width, height = FIGSIZE_INCHES
+    fig = Figure(figsize=(2 * width, 2 * height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (measure, ylabel, measure_title) in enumerate(ACCURACY_MEASURES):
+        for j, (x, xlabel, _, _, x_title) in enumerate(ACCURACY_AXES):
+            ax = fig.add_subplot(2, 2, 2 * i + j + 1)
+            series = accuracy_scale_series(per_key, measure, x)
+            if not series:
+                _no_data(ax, "no runs with test metrics" if measure == "skill"
+                         else "optimum unknown for every dataset (real data): no skill / optimum")
+                continue
+            for label, points in series.items():
+                ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=label)
+            if measure == "skill":
+                ax.axhline(0.0, color="0.5", linestyle=":", label="persistence (skill 0)")
+            else:
+                ax.axhline(1.0, color="0.5", linestyle=":", label="the optimum")
+            if x == "ranks":
+                _rank_axis(ax, [p[0] for points in series.values() for p in points])
+            else:
+                ax.set_xscale("log", base=2)
+                ax.xaxis.set_major_formatter(PLAIN_NUMBERS)
+            _finish(ax, xlabel=xlabel, ylabel=ylabel, title=f"{measure_title} vs {x_title}")
+    return fig
+
+
 def figures(report: "Report") -> dict[str, Figure]:
     """Every plot of the report, keyed like the registry's PLOTS (report/registry.py)."""
     from .report.keys import dataset_labels
@@ -212,6 +269,7 @@ def figures(report: "Report") -> dict[str, Figure]:
         "seconds_per_epoch": seconds_per_epoch_figure([(s.label, s.batch_size) for s in sections]),
         "test_loss": test_loss_figure(per_dataset),
         "skill": skill_figure([(name, [r for _, rows in keys for r in rows]) for name, keys in per_dataset]),
+        "accuracy_scale": accuracy_scale_figure([(s.label, s.accuracy) for s in sections]),
     }
 
 

@@ -57,6 +57,10 @@ RUN_START_OPTIONAL_FIELDS = (
     "representation",
     "optimum",
     "resumed_from_step",  # steps into the resumed epoch (0: resumed at an epoch boundary); absent: fresh
+    # The preprocessing stage's warnings about the inputs (the HDF5 attribute `warnings`, e.g. a
+    # time-zone assumption, docs/data.md): a list of one-line strings; absent = a file or trainer
+    # from before the attribute, [] = none.
+    "dataset_warnings",
 )
 # Optional run_start fields that describe one attempt, not the run: they may differ between attempts.
 RUN_START_PER_ATTEMPT_FIELDS = ("resumed_from_step",)
@@ -114,6 +118,9 @@ def make_event(event: str, **fields: Any) -> dict:
         raise ValueError("run_start gradient_bytes must be a positive integer")
     if "kind" in extra and extra["kind"] not in RUN_KINDS:
         raise ValueError(f"run_start kind must be one of {RUN_KINDS}")
+    if "dataset_warnings" in extra and not (isinstance(extra["dataset_warnings"], list)
+                                            and all(isinstance(w, str) for w in extra["dataset_warnings"])):
+        raise ValueError("run_start dataset_warnings must be a list of strings")
     if "optimum" in extra and not (isinstance(extra["optimum"], dict) and "kalman_skill" in extra["optimum"]):
         raise ValueError("run_start optimum must be a dict with kalman_skill (or None when unknown)")
     if event == "run_end":

@@ -295,7 +295,8 @@ def test_registry_names_every_table_and_plot_once(tmp_path):
         assert rows, table.name
         assert all(list(row) == list(table.csv_columns) for row in rows), table.name
         section_rows = getattr(built.sections[0], table.name)           # Markdown: the table's own columns
-        assert all(list(row) == list(table.columns) for row in section_rows), table.name
+        assert all(list(row) == list(table.row_columns) for row in section_rows), table.name
+        assert sorted(table.markdown_columns) == sorted(table.row_columns), table.name
     files = [t.csv_file for t in report.TABLES] + [p.file for p in report.PLOTS] + [report.MARKDOWN_NAME]
     assert len(files) == len(set(files))
     assert set(plots.render_all(built)) == {p.name for p in report.PLOTS}
@@ -624,3 +625,139 @@ def test_identity_of_a_preprocessed_file_round_trips_through_run_start(tiny_data
     windows = dataset_id["windows"]
     assert run.key.dataset.windows_text == f"{windows['train']}/{windows['val']}/{windows['test']}"
     assert dict(run.key.model) == SMALL and run.key.engine == "horovod"
+
+
+# --- accuracy against the optimum and at scale (issue 11), dataset warnings (issue 13) ---------------
+
+FP_SYN, FP_REAL, FP_RW = "c3" * 32, "d4" * 32, "e5" * 32
+SYN_OPTIMUM = {"kalman_skill": 0.30, "window_skill": 0.28, "horizon": 5, "seq_len": 60}
+PERSISTENCE_MSE = 2e-4  # run_end's persistence MSE: skill = 1 - mse / 2e-4
+
+
+def mse_for(skill):
+    return (1 - skill) * PERSISTENCE_MSE
+
+
+def accuracy_runs(runs: Path) -> None:
+    """Synthetic dataset "syn" (optimum known: Kalman 0.30, window 0.28): 1 rank at global batch 128
+    (skill 0.27 = 0.9 x), 2 ranks at global batch 128 (0.24 = 0.8 x) and 2 ranks at 256 (0.21 = 0.7 x).
+    Real dataset "real" (no optimum): 1 and 2 ranks at 128 (skill 0.05, 0.04). A random walk "rw"
+    (optimum 0): 1 rank, skill -0.01."""
+    syn = {**keyed(FP_SYN, "syn"), "optimum": SYN_OPTIMUM, "representation": "returns"}
+    for run_id, ranks, global_batch, skill in (("syn-1", 1, 128, 0.27), ("syn-2", 2, 128, 0.24),
+                                               ("syn-2-256", 2, 256, 0.21)):
+        write_log(runs, run_id, simple_run(ranks, [10.0, 10.0], batch=global_batch // ranks, mode=None,
+                                           global_batch=global_batch, mse=mse_for(skill),
+                                           dataset_warnings=[], **syn))
+    for run_id, ranks, skill in (("real-1", 1, 0.05), ("real-2", 2, 0.04)):
+        write_log(runs, run_id, simple_run(ranks, [10.0, 10.0], batch=128 // ranks, mode=None,
+                                           global_batch=128, mse=mse_for(skill), **keyed(FP_REAL, "real"),
+                                           dataset_warnings=["AAA: times without a UTC offset were read "
+                                                             "as America/New_York",
+                                                             "BBB: the bars look end-labelled"]))
+    write_log(runs, "rw-1", simple_run(1, [10.0, 10.0], batch=128, mode=None, mse=mse_for(-0.01),
+                                       optimum={"kalman_skill": 0.0, "window_skill": 0.0},
+                                       **keyed(FP_RW, "rw")))
+
+
+def test_accuracy_table_sets_skill_against_the_optimum_or_says_it_is_unknown(tmp_path):
+    runs = tmp_path / "runs"
+    accuracy_runs(runs)
+    built = build(runs, plots=False)
+    syn = {(r["ranks"], r["global_batch_size"]): r for r in section(built, "syn").accuracy}
+    assert syn[(1, 128)]["skill"] == pytest.approx(0.27)
+    assert syn[(1, 128)]["kalman_skill"] == 0.30 and syn[(1, 128)]["window_skill"] == 0.28
+    assert syn[(1, 128)]["skill_of_optimum"] == pytest.approx(0.9)
+    assert syn[(2, 128)]["skill_of_optimum"] == pytest.approx(0.8)
+    assert syn[(2, 256)]["skill_of_optimum"] == pytest.approx(0.7)
+    [real_1, real_2] = section(built, "real").accuracy
+    for row in (real_1, real_2):
+        assert (row["kalman_skill"], row["skill_of_optimum"], row["window_skill"]) == (None, None, None)
+    assert real_2["skill"] == pytest.approx(0.04)
+    [rw] = section(built, "rw").accuracy
+    # Optimum 0 is known (nothing to learn), but a ratio to it is not defined.
+    assert (rw["kalman_skill"], rw["skill_of_optimum"]) == (0.0, None)
+
+    markdown = report.render_markdown(built, {})
+    syn_part = markdown.split("## syn:")[1].split("\n## ")[0]
+    assert "- 1 rank(s), global batch 128, LR 0.0001, 3 epochs: skill 0.270 of a possible 0.300 (0.900 x); " \
+           "window-limited optimum 0.280." in syn_part
+    assert "skill 0.210 of a possible 0.300 (0.700 x)" in syn_part
+    real_part = markdown.split("## real:")[1].split("\n## ")[0]
+    assert "**Optimum: unknown.**" in real_part and "of a possible" not in real_part
+    assert "| unknown |  | unknown |" in real_part                  # Kalman, skill / optimum, window cells
+    rw_part = markdown.split("## rw:")[1].split("\n## ")[0]
+    assert "1 rank(s), global batch 128, LR 0.0001, 3 epochs: skill -0.0100; the optimum is 0 " in rw_part
+
+
+def test_accuracy_csv_appends_the_optimum_columns_after_the_key_columns(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    accuracy_runs(runs)
+    proc = run_cli("--runs", str(runs), "--out", str(out), "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    header = (out / "accuracy.csv").read_text().splitlines()[0].split(",")
+    # Extended, never renamed or reordered: the original columns, the key columns, then the new ones.
+    assert header == [*report.ACCURACY_COLUMNS, *report.KEY_COLUMNS, "kalman_skill", "skill_of_optimum",
+                      "window_skill"]
+    rows = {(r["dataset"], r["ranks"], r["global_batch_size"]): r for r in read_csv(out / "accuracy.csv")}
+    assert float(rows[("syn", "2", "128")]["skill_of_optimum"]) == pytest.approx(0.8)
+    assert float(rows[("syn", "2", "128")]["kalman_skill"]) == 0.30
+    assert rows[("real", "1", "128")]["kalman_skill"] == "" and rows[("real", "1", "128")]["skill"] != ""
+    rw = rows[("rw", "1", "128")]
+    assert rw["kalman_skill"] == "0.0" and rw["skill_of_optimum"] == ""
+
+
+def test_accuracy_at_scale_plot_series_by_dataset_and_optimum_only_where_known(tmp_path):
+    from stockpredict import plots
+
+    runs = tmp_path / "runs"
+    accuracy_runs(runs)
+    built = build(runs)
+    per_key = [(s.label, s.accuracy) for s in built.sections]
+    by_ranks = plots.accuracy_scale_series(per_key, "skill", "ranks")
+    assert set(by_ranks) == {"syn: global batch 128", "syn: global batch 256", "real: global batch 128",
+                             "rw: global batch 128"}
+    assert by_ranks["syn: global batch 128"] == [(1, pytest.approx(0.27)), (2, pytest.approx(0.24))]
+    assert by_ranks["real: global batch 128"] == [(1, pytest.approx(0.05)), (2, pytest.approx(0.04))]
+    by_batch = plots.accuracy_scale_series(per_key, "skill_of_optimum", "global_batch_size")
+    # Only the dataset with a known, non-zero optimum has skill / optimum.
+    assert by_batch == {"syn: 1 rank(s)": [(128, pytest.approx(0.9))],
+                        "syn: 2 rank(s)": [(128, pytest.approx(0.8)), (256, pytest.approx(0.7))]}
+    fig = plots.figures(built)["accuracy_scale"]
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["Skill vs ranks", "Skill vs global batch",
+                                               "Skill / optimum vs ranks", "Skill / optimum vs global batch"]
+    drawn = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in axes[2].get_lines()
+             if line.get_label() != "the optimum"}
+    assert drawn == {"syn: global batch 128": [(1, pytest.approx(0.9)), (2, pytest.approx(0.8))],
+                     "syn: global batch 256": [(2, pytest.approx(0.7))]}
+
+    real_only = build(runs, dataset="real")                    # real data alone: no skill / optimum at all
+    bottom = plots.figures(real_only)["accuracy_scale"].axes[2]
+    assert not bottom.get_lines() and "optimum unknown" in bottom.texts[0].get_text()
+
+
+def test_header_lists_each_datasets_preprocessing_warnings(tmp_path):
+    runs = tmp_path / "runs"
+    accuracy_runs(runs)
+    built = build(runs, plots=False)
+    assert section(built, "real").runs[0].dataset_warnings == (
+        "AAA: times without a UTC offset were read as America/New_York", "BBB: the bars look end-labelled")
+    header = report.render_markdown(built, {}).split("\n## ")[0]
+    assert ("- **Dataset warnings** (from preprocessing, as the runs recorded them):\n"
+            "  - real:\n"
+            "    - AAA: times without a UTC offset were read as America/New_York\n"
+            "    - BBB: the bars look end-labelled\n") in header
+    assert "  - syn: none." in header
+    assert "  - rw: not recorded" in header                      # a log without the field
+
+
+@pytest.mark.parametrize("field, value", [
+    ("optimum", {"window_skill": 0.2}), ("optimum", {"kalman_skill": "0.3"}), ("optimum", 0.3),
+    ("dataset_warnings", "one string"), ("dataset_warnings", [1, 2]),
+])
+def test_malformed_optimum_or_dataset_warnings_make_the_log_corrupt(field, value):
+    with pytest.raises(report.SkipLog, match=f"corrupt: line 1 has {field}="):
+        parse(simple_run(1, [10.0], **{field: value}))
+    run, _ = parse(simple_run(1, [10.0], **{field: None}))     # null = unknown / not recorded
+    assert run.optimum is None and run.dataset_warnings is None

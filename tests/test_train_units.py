@@ -12,7 +12,7 @@ import pytest
 from stockpredict import data, layout, metrics, timing
 from stockpredict.cli import UserError
 from stockpredict.config import TrainConfig, parse_args, resolve_config
-from stockpredict.loop import WarmupSchedule, choose_gpu
+from stockpredict.loop import WarmupSchedule, choose_gpu, dataset_warnings
 from stockpredict.transform import SeedTransform
 
 
@@ -242,3 +242,24 @@ def test_timing_close_appends_failed_run_end_only_once(tmp_path, capsys):
     assert "already closed" in capsys.readouterr().out
     with pytest.raises(UserError, match="no timing.jsonl"):
         timing.close_run(tmp_path / "nowhere")
+
+
+def test_dataset_warnings_come_from_the_files_attribute_and_absent_stays_absent(tmp_path):
+    said = ["AAA: times without a UTC offset were read as America/New_York", "BBB: bars look end-labelled"]
+    files = {}
+    for name, attr in (("with", json.dumps(said)), ("none", "[]"), ("old", None), ("other", "not json")):
+        files[name] = tmp_path / f"{name}.h5"
+        with h5py.File(files[name], "w") as h5:
+            if attr is not None:
+                h5.attrs["warnings"] = attr
+    assert dataset_warnings(str(files["with"])) == said
+    assert dataset_warnings(str(files["none"])) == []
+    assert dataset_warnings(str(files["old"])) is None      # a file from before the attribute
+    assert dataset_warnings(str(files["other"])) is None    # another tool's attribute of that name
+    start = dict(time="t", job_id=None, attempt=0, resumed_from_epoch=None, ranks=1, nodes=1, gpus_per_node=0,
+                 hosts=["h"], batch_size_per_rank=1, global_batch_size=1, learning_rate=1e-3, epochs=1,
+                 mode=None, dataset="d", windows={}, versions={}, config={}, hardware=None)
+    assert timing.make_event("run_start", **start, dataset_warnings=said)["dataset_warnings"] == said
+    assert "dataset_warnings" not in timing.make_event("run_start", **start, dataset_warnings=None)
+    with pytest.raises(ValueError, match="dataset_warnings"):
+        timing.make_event("run_start", **start, dataset_warnings="AAA: one string, not a list")

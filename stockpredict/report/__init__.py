@@ -4,7 +4,7 @@
 
 Reads every `<runs>/*/timing.jsonl` (schema 1, written by stockpredict.train; the contract is
 stockpredict/timing.py) and writes into `--out`: `scaling.md`, one CSV per table beside it
-(strong_scaling.csv, weak_scaling.csv, batch_size.csv, accuracy.csv, environment.csv) and five PNG plots,
+(strong_scaling.csv, weak_scaling.csv, batch_size.csv, accuracy.csv, environment.csv) and six PNG plots,
 plus the scaling model per key (scaling_prediction.csv and .png, docs/scaling.md) and the step-time
 breakdown of any Horovod timeline.json in a run directory (step_breakdown.csv).
 

@@ -77,6 +77,10 @@ class Run:
     timeline: StepBreakdown | None = None  # from TIMELINE_NAME in the run directory, if readable
     timeline_recorded: bool = False        # the run directory holds TIMELINE_NAME (readable or not)
     restarts: tuple[Restart, ...] = ()  # one per run_start after the first, with the time it lost
+    # run_start `optimum`: the best achievable skill ({"kalman_skill", "window_skill", ...}); None = unknown
+    optimum: Mapping[str, Any] | None = None
+    # run_start `dataset_warnings`: the preprocessing warnings; None = not recorded (older logs)
+    dataset_warnings: tuple[str, ...] | None = None
 
     @property
     def group_key(self) -> "GroupKey":
@@ -153,6 +157,24 @@ def _record_after_torn_fragment(line: str) -> dict | None:
     return None
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_accuracy_fields(event: Mapping[str, Any], lineno: int) -> None:
+    """run_start's optional `optimum` (an object with a numeric kalman_skill) and `dataset_warnings` (a
+    list of strings): a log that breaks their types is corrupt."""
+    optimum, warnings = event.get("optimum"), event.get("dataset_warnings")
+    if optimum is not None and not (isinstance(optimum, Mapping) and _is_number(optimum.get("kalman_skill"))
+                                    and (optimum.get("window_skill") is None
+                                         or _is_number(optimum["window_skill"]))):
+        raise SkipLog(f"corrupt: line {lineno} has optimum={optimum!r}, expected an object with a numeric "
+                      f"kalman_skill (or null)")
+    if warnings is not None and not (isinstance(warnings, list)
+                                     and all(isinstance(w, str) for w in warnings)):
+        raise SkipLog(f"corrupt: line {lineno} has dataset_warnings={warnings!r}, expected a list of strings")
+
+
 def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, tuple[str, ...]]:
     """Parse one timing.jsonl into a Run, or raise SkipLog saying why it cannot be used.
 
@@ -205,6 +227,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
             if run_kind is not None and run_kind not in timing.RUN_KINDS:
                 raise SkipLog(f"corrupt: line {lineno} has kind={run_kind!r}, expected one of "
                               f"{timing.RUN_KINDS}")
+            _check_accuracy_fields(event, lineno)
             if starts:
                 for name in ("mode", *_RUN_START_FIELDS, *(f for f in timing.RUN_START_OPTIONAL_FIELDS
                                                            if f not in timing.RUN_START_PER_ATTEMPT_FIELDS)):
@@ -273,6 +296,9 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         kind=first.get("kind") or "train",
         gradient_bytes=first.get("gradient_bytes"),
         restarts=restarts_of([event for _, event in events]),
+        optimum=first.get("optimum"),
+        dataset_warnings=(None if first.get("dataset_warnings") is None
+                          else tuple(first["dataset_warnings"])),
     )
     return run, tuple(notes)
 

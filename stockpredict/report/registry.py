@@ -36,15 +36,37 @@ class TableSpec:
     title: str                       # section heading in scaling.md
     text: str                        # what the section shows and how it is computed
     csv_file: str
-    columns: tuple[str, ...]         # CSV header and Markdown columns, in order
+    columns: tuple[str, ...]         # the CSV's first columns, in order (never renamed or reordered)
     plots: tuple[PlotSpec, ...] = ()  # drawn from this table's rows
+    # Columns added after the key columns existed: the CSV appends them after KEY_COLUMNS, so a reader
+    # of the older files (by name or by position) keeps working.
+    added_columns: tuple[str, ...] = ()
+    # Markdown order of all row columns (None: columns, then added_columns), e.g. the optimum next to
+    # the skill it qualifies.
+    markdown_order: tuple[str, ...] | None = None
 
     @property
     def csv_columns(self) -> tuple[str, ...]:
         """The CSV header: the table's columns, then the comparability key's (added later, at the end,
-        so readers of the older files keep working)."""
-        return self.columns + KEY_COLUMNS
+        so readers of the older files keep working), then the columns added after those."""
+        return self.columns + KEY_COLUMNS + self.added_columns
 
+    @property
+    def row_columns(self) -> tuple[str, ...]:
+        """The columns of one section's rows (a section has no key columns: its heading names the key)."""
+        return self.columns + self.added_columns
+
+    @property
+    def markdown_columns(self) -> tuple[str, ...]:
+        return self.markdown_order or self.row_columns
+
+
+ACCURACY_BASE_COLUMNS = (
+    "mode", "ranks", "nodes", "gpus_per_node", "batch_size_per_rank", "global_batch_size", "learning_rate",
+    "epochs", "test_mse", "rmse_price", "mae_price", "persistence_mse", "persistence_rmse_price", "skill",
+    "direction_accuracy", "runs")
+# From run_start `optimum` (blank when unknown: real data, or logs from before the field).
+ACCURACY_OPTIMUM_COLUMNS = ("kalman_skill", "skill_of_optimum", "window_skill")
 
 TABLES: tuple[TableSpec, ...] = (
     TableSpec(
@@ -79,14 +101,21 @@ TABLES: tuple[TableSpec, ...] = (
         text="Test split, median over runs. MSE on the normalised scale (the seed's metric); RMSE and MAE "
              "in price units; persistence = forecasting the window's last close; skill = 1 - "
              "MSE/MSE_persistence (> 0 beats persistence); direction accuracy = share of correctly "
-             "predicted signs of the move.",
-        columns=("mode", "ranks", "nodes", "gpus_per_node", "batch_size_per_rank", "global_batch_size",
-                 "learning_rate", "epochs", "test_mse", "rmse_price", "mae_price", "persistence_mse",
-                 "persistence_rmse_price", "skill", "direction_accuracy", "runs"),
+             "predicted signs of the move. Optimum = the best achievable skill on this test split, known "
+             "only for synthetic data (from its generating parameters): Kalman = the best forecast of "
+             "all, window = the best from the window alone; skill / optimum = skill / Kalman optimum "
+             "(1 = nothing left to learn).",
+        columns=ACCURACY_BASE_COLUMNS,
+        added_columns=ACCURACY_OPTIMUM_COLUMNS,
+        markdown_order=ACCURACY_BASE_COLUMNS[:ACCURACY_BASE_COLUMNS.index("skill") + 1]
+        + ACCURACY_OPTIMUM_COLUMNS + ACCURACY_BASE_COLUMNS[ACCURACY_BASE_COLUMNS.index("skill") + 1:],
         plots=(PlotSpec("test_loss", "test_loss_vs_batch.png",
                         "Test loss vs effective batch size (one panel per dataset)"),
                PlotSpec("skill", "skill_vs_batch.png",
-                        "Skill vs effective batch size (one series per dataset)"))),
+                        "Skill vs effective batch size (one series per dataset)"),
+               PlotSpec("accuracy_scale", "accuracy_vs_scale.png",
+                        "Accuracy at scale: skill, and skill / optimum where known, against ranks and "
+                        "global batch (one series per dataset and batch or rank count)"))),
     TableSpec(
         name="environment", title="Environment", csv_file="environment.csv",
         text="Hosts and software versions as each run recorded them.",

@@ -9,6 +9,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from .. import scaling_render
+from .keys import dataset_labels
 from .parse import MODES, SCHEMA_VERSION, TIMING_LOG_NAME
 from .registry import PLOTS, SCALING, SCALING_PLOT, STEP_BREAKDOWN, TABLES
 from .restarts import restart_summary
@@ -40,7 +41,10 @@ _FORMATS = {
     "rmse_price": "{:.4f}", "mae_price": "{:.4f}", "persistence_rmse_price": "{:.4f}", "skill": "{:.3f}",
     "direction_accuracy": "{:.1%}", "compute_share": "{:.1%}", "negotiate_share": "{:.1%}",
     "allreduce_share": "{:.1%}", "model_communication_share": "{:.1%}",
+    "kalman_skill": "{:.3f}", "window_skill": "{:.3f}", "skill_of_optimum": "{:.3f}",
 }
+# Blank means "unknown" here, and the table says so (real data has no known optimum).
+_UNKNOWN_WHEN_BLANK = ("kalman_skill", "window_skill")
 _HEADINGS = {
     "global_batch_size": "global batch", "batch_size_per_rank": "batch/rank", "gpus_per_node": "GPUs/node",
     "seconds_per_epoch": "s/epoch", "seconds_per_step": "s/step", "samples_per_second": "samples/s",
@@ -49,12 +53,14 @@ _HEADINGS = {
     "mae_price": "MAE (price)",
     "persistence_mse": "persist. MSE (norm.)", "persistence_rmse_price": "persist. RMSE (price)",
     "direction_accuracy": "direction acc.", "first_start": "first run", "last_start": "last run",
+    "kalman_skill": "optimum (Kalman)", "window_skill": "optimum (window)",
+    "skill_of_optimum": "skill / optimum",
 }
 
 
 def _md_cell(column: str, value: Any) -> str:
     if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
-        return ""
+        return "unknown" if column in _UNKNOWN_WHEN_BLANK else ""
     fmt = _FORMATS.get(column)
     text = fmt.format(value) if fmt and isinstance(value, (int, float)) else str(value)
     return text.replace("|", "\\|").replace("\n", " ")
@@ -80,6 +86,63 @@ def _keys_table(report: Report) -> list[str]:
                  key.engine, str(count), "yes" if key in shown else "no (--dataset)")
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return lines
+
+
+def _number(value: Any, fmt: str) -> str:
+    return "?" if value is None else fmt.format(value)
+
+
+def _optimum_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Below a key's accuracy table: each configuration's skill against the best achievable ("skill
+    0.263 of a possible 0.290"), or that the optimum is unknown (real data)."""
+    if not rows:
+        return []
+    if all(r.get("kalman_skill") is None for r in rows):
+        return ["", "**Optimum: unknown.** These runs recorded no optimum (real data, or logs written "
+                "before `run_start` carried `optimum`), so skill is measured against persistence only; how "
+                "much more is learnable cannot be said."]
+    out = ["", "**Against the optimum** (the best achievable skill on this test split, from the synthetic "
+           "data's generating parameters):", ""]
+    for r in rows:
+        config = (f"{r['ranks']} rank(s), global batch {r['global_batch_size']}, LR "
+                  f"{_number(r.get('learning_rate'), '{:.3g}')}, {r['epochs']} epochs")
+        if r.get("kalman_skill") is None:
+            out.append(f"- {config}: skill {_number(r.get('skill'), '{:.3f}')}; optimum not recorded.")
+            continue
+        ratio = r.get("skill_of_optimum")
+        window = r.get("window_skill")
+        if r["kalman_skill"] == 0:
+            out.append(f"- {config}: skill {_number(r.get('skill'), '{:.4f}')}; the optimum is 0 (nothing is "
+                       "learnable, e.g. a random walk: 0 is the best a model can do).")
+            continue
+        out.append(f"- {config}: skill {_number(r.get('skill'), '{:.3f}')} of a possible "
+                   f"{r['kalman_skill']:.3f}" + (f" ({ratio:.3f} x)" if ratio is not None else "")
+                   + (f"; window-limited optimum {window:.3f}" if window is not None else "") + ".")
+    return out
+
+
+def _warning_lines(report: Report) -> list[str]:
+    """The header's list of each shown dataset's preprocessing warnings (run_start `dataset_warnings`)."""
+    per_dataset: dict[Any, tuple[list[bool], list[str]]] = {}
+    for section in report.sections:
+        recorded, warnings = per_dataset.setdefault(section.key.dataset, ([], []))
+        for run in section.runs:
+            recorded.append(run.dataset_warnings is not None)
+            warnings.extend(w for w in run.dataset_warnings or () if w not in warnings)
+    if not per_dataset:
+        return []
+    labels = dataset_labels(per_dataset)
+    out = ["- **Dataset warnings** (from preprocessing, as the runs recorded them):"]
+    for dataset, (recorded, warnings) in per_dataset.items():
+        if warnings:
+            out.append(f"  - {labels[dataset]}:")
+            out += [f"    - {w}" for w in warnings]
+        elif any(recorded):
+            out.append(f"  - {labels[dataset]}: none.")
+        else:
+            out.append(f"  - {labels[dataset]}: not recorded (logs from before `run_start` carried "
+                       "`dataset_warnings`).")
+    return out
 
 
 def _section_heading(section) -> list[str]:
@@ -172,6 +235,7 @@ def render_markdown(report: Report, plot_files: Mapping[str, str],
         out.append(f"- **Keyed by path:** {by_path} run(s) have logs without a dataset fingerprint (written "
                    "before run_start recorded `dataset_id`); they are keyed by the recorded dataset path and "
                    "window counts, which cannot tell a regenerated file from the old one at the same path.")
+    out += _warning_lines(report)
     if report.skipped:
         out.append(f"- **Skipped logs ({len(report.skipped)}):**")
         out += [f"  - `{s.path}`: {s.reason}" for s in report.skipped]
@@ -188,7 +252,9 @@ def render_markdown(report: Report, plot_files: Mapping[str, str],
         out.extend(_section_heading(section))
         for table in TABLES:
             out.extend(["", f"### {table.title}", "", table.text, "",
-                        render_markdown_table(getattr(section, table.name), table.columns).rstrip("\n"), "",
+                        render_markdown_table(getattr(section, table.name),
+                                              table.markdown_columns).rstrip("\n"),
+                        *(_optimum_lines(section.accuracy) if table.name == "accuracy" else ()), "",
                         f"CSV: [{table.csv_file}]({table.csv_file})"])
         out.extend(_model_sections(section, scaling_plots.get(index)))
     if plot_files:

@@ -14,10 +14,11 @@ from typing import Any, Iterable, Sequence
 
 from .. import timing
 from ..cli import UserError
+from ..metrics import skill_of_optimum
 from .config import ReportConfig
 from .keys import ComparabilityKey, DatasetKey, section_labels, select_dataset
 from .parse import TIMING_LOG_NAME, GroupKey, LoadedRuns, Run, SkippedLog
-from .registry import KEY_COLUMNS, SCALING, SCALING_COST_COLUMNS
+from .registry import KEY_COLUMNS, SCALING, SCALING_COST_COLUMNS, TABLES_BY_NAME
 
 # --- statistics ----------------------------------------------------------------------------------
 
@@ -198,8 +199,23 @@ def accuracy_table(runs: Iterable[Run]) -> list[dict[str, Any]]:
             column = "test_mse" if metric == "mse" else metric
             row[column] = _median_or_none(r.test.get(metric) for r in members)
         row["runs"] = len(members)
+        row.update(optimum_columns(members))
         rows.append(row)
     return rows
+
+
+def optimum_columns(runs: Sequence[Run]) -> dict[str, float | None]:
+    """The optimum columns of an accuracy row (registry.ACCURACY_OPTIMUM_COLUMNS), medians over the runs
+    that recorded an optimum; all None when none did (real data, or logs from before the field).
+    skill_of_optimum is each run's skill / Kalman optimum (metrics.skill_of_optimum), so it is None
+    when the optimum is 0 (a random walk: there is nothing to learn, and no ratio)."""
+    known = [r for r in runs if r.optimum is not None]
+    return {
+        "kalman_skill": _median_or_none(r.optimum.get("kalman_skill") for r in known),
+        "skill_of_optimum": _median_or_none(skill_of_optimum(r.test.get("skill"), dict(r.optimum))
+                                            for r in known if r.test is not None),
+        "window_skill": _median_or_none(r.optimum.get("window_skill") for r in known),
+    }
 
 
 def environment_table(runs: Iterable[Run]) -> list[dict[str, Any]]:
@@ -281,7 +297,12 @@ class Report:
     benchmarks: tuple[Run, ...] = ()    # allreduce microbenchmarks (run_start kind "allreduce")
 
     def _rows(self, table: str) -> list[dict[str, Any]]:
-        return [{**row, **s.key.columns()} for s in self.sections for row in getattr(s, table)]
+        """Every section's rows in CSV column order: the table's columns, the key's, the added ones."""
+        spec = TABLES_BY_NAME.get(table)
+        added = spec.added_columns if spec is not None else ()
+        return [{**{c: v for c, v in row.items() if c not in added}, **s.key.columns(),
+                 **{c: row.get(c) for c in added}}
+                for s in self.sections for row in getattr(s, table)]
 
     @property
     def scaling_prediction(self) -> list[dict[str, Any]]:

@@ -41,6 +41,7 @@ from stockpredict import demo, report, slurmjobs  # noqa: E402
 from stockpredict.allreduce_bench import BenchConfig  # noqa: E402
 from stockpredict.cli import UserError, run_cli  # noqa: E402
 from stockpredict.config import TrainConfig  # noqa: E402
+from stockpredict.follow import EpochPrinter  # noqa: E402
 from stockpredict.hardware import cpu_affinity  # noqa: E402
 from stockpredict.submit import Submission, submit_allreduce, submit_train  # noqa: E402
 
@@ -55,7 +56,8 @@ def say(message: str) -> None:
 
 def _wait(sub: Submission, what: str, timeout_s: float) -> Path:
     started = time.monotonic()
-    state = slurmjobs.wait_for_jobs([sub.job_id], timeout_s)[sub.job_id]
+    printer = EpochPrinter(sub.run_dir, label=f"bench_scaling: {what}")  # each finished epoch, as it lands
+    state = slurmjobs.wait_for_jobs([sub.job_id], timeout_s, on_poll=printer)[sub.job_id]
     if state != "COMPLETED":
         raise UserError(f"{what} (job {sub.job_id}) ended {state}; see {sub.run_dir}/slurm-{sub.job_id}.out")
     say(f"{what}: job {sub.job_id} {state} in {time.monotonic() - started:.0f} s -> {sub.run_dir.name}")

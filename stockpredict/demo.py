@@ -39,6 +39,7 @@ from . import report, slurmjobs
 from .allreduce_bench import BenchConfig
 from .cli import UserError, get_logger, parse_int_list, run_cli
 from .config import TrainConfig
+from .follow import EpochPrinter
 from .hardware import cpu_affinity, usable_node_counts
 from .identity import dataset_identity
 from .report.keys import FINGERPRINT_SHOWN
@@ -193,7 +194,9 @@ def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
                      f"Submitted batch job {sub.job_id} -> {sub.run_dir} "
                      f"(make submit NODES={nodes} GPUS=1 BATCH={per_rank} EPOCHS={config.epochs}, "
                      f"--lr {config.lr})")
-        state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s)[sub.job_id]
+        # Never silent while a job runs: each finished epoch, as the trainer logged it.
+        printer = EpochPrinter(sub.run_dir, label=f"demo [train] {nodes} node(s)")
+        state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s, on_poll=printer)[sub.job_id]
         if state != "COMPLETED":
             raise UserError(f"training job {sub.job_id} ended {state}; "
                             f"see {sub.run_dir}/slurm-{sub.job_id}.out")
@@ -226,7 +229,8 @@ def model_inputs_on_slurm(config: DemoConfig, data: Path, cpus: int | None) -> l
 
 
 def _wait_for(sub, what: str, config: DemoConfig) -> Path:
-    state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s)[sub.job_id]
+    printer = EpochPrinter(sub.run_dir, label=f"demo [{what}]")
+    state = slurmjobs.wait_for_jobs([sub.job_id], config.job_timeout_s, on_poll=printer)[sub.job_id]
     if state != "COMPLETED":
         raise UserError(f"{what} job {sub.job_id} ended {state}; see {sub.run_dir}/slurm-{sub.job_id}.out")
     return sub.run_dir

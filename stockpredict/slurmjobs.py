@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from .cli import UserError
 
@@ -67,8 +67,11 @@ def job_state(job_id: str, env: Mapping[str, str] | None = None) -> str:
 
 
 def wait_for_jobs(job_ids: Iterable[str], timeout_s: float, env: Mapping[str, str] | None = None,
-                  poll_s: float = 2.0) -> dict[str, str]:
-    """Wait until every job reaches a final state; return {job_id: state}. Raises TimeoutError."""
+                  poll_s: float = 2.0, on_poll: Callable[[], None] | None = None) -> dict[str, str]:
+    """Wait until every job reaches a final state; return {job_id: state}. Raises TimeoutError.
+
+    `on_poll` runs after every poll and once at the end (e.g. stockpredict.follow.EpochPrinter, so a
+    terminal waiting on a training job shows each finished epoch)."""
     pending = {str(j) for j in job_ids}
     states: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
@@ -78,6 +81,8 @@ def wait_for_jobs(job_ids: Iterable[str], timeout_s: float, env: Mapping[str, st
             if state in FINAL_STATES:
                 states[job_id] = state
                 pending.discard(job_id)
+        if on_poll is not None:
+            on_poll()
         if not pending:
             break
         if time.monotonic() > deadline:

@@ -5,7 +5,11 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 PYTHON_SYS ?= python3
-VENV       ?= .venv
+# The training engine: empty or `horovod` (default: Horovod, built in .venv) or `tf` (tf.distribute's
+# MultiWorkerMirroredStrategy on TensorFlow 2.21 + tf-keras, in .venv-tf, no Horovod build; see
+# docs/training.md, "Engines"). setup, submit, sweep and the other targets then use that environment.
+ENGINE     ?=
+VENV       ?= $(if $(filter tf,$(ENGINE)),.venv-tf,.venv)
 # The setup sentinel: `make setup` runs again when pyproject.toml or constraints.txt are newer.
 # SETUP_DONE= (empty) means "use VENV as it is and never run setup": the tests run make this way
 # (make ... VENV=<the venv running pytest> SETUP_DONE=), so a test can never reinstall the environment.
@@ -39,7 +43,7 @@ RESULTS ?= results
 #      in double quotes, passed as --flag="$$SP_X" so a value starting with '-' stays a value.
 # The extra-argument lists (PREPROCESS_ARGS, PYTEST_ARGS) are split into words by `words_of` below.
 # VENV names a make target too, so it cannot contain spaces (a make limitation).
-USER_VARS := PYTHON_SYS VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
+USER_VARS := PYTHON_SYS ENGINE VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS
 raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
@@ -81,10 +85,21 @@ system-deps: ## Install Slurm, munge, Open MPI, cmake, g++ (apt-get, as root on 
 		echo "system-deps: missing $${missing[*]}; install the packages $(SYSTEM_PACKAGES) (as root: apt-get install $(SYSTEM_PACKAGES)), or 'module load' them on your cluster" >&2; exit 1; \
 	fi
 
-.PHONY: setup
-setup: $(SETUP_DONE) ## Create .venv, install pinned dependencies, build and check Horovod
+.PHONY: setup setup-tf
+setup: $(SETUP_DONE) ## Create .venv, install pinned dependencies, build and check Horovod [ENGINE=tf: .venv-tf]
 
+# The tf engine's stack has its own pins (constraints-tf.txt): TensorFlow 2.21, tf-keras 2.21, numpy 2.
+# No Horovod, no MPI, no compiler: pip wheels only (about 5 minutes on 2 cores).
 ifneq ($(SETUP_DONE),)
+ifeq ($(ENGINE),tf)
+$(SETUP_DONE): pyproject.toml constraints-tf.txt
+	@if [[ ! -x "$$SP_PY" ]]; then $(show) "$$SP_PYTHON_SYS" -m venv "$$SP_VENV"; fi
+	@$(show) "$$SP_PY" -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	@$(show) "$$SP_PY" -m pip install -q -c constraints-tf.txt -e ".[tf-$$SP_TF_EXTRA,test]"
+	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_PY" -c 'import stockpredict, tensorflow as tf; 		import sys; v = tf.keras.__version__; print("setup: TensorFlow", tf.__version__, "with Keras", v); 		sys.exit(0 if v.startswith("2.") else "setup: tf.keras is not Keras 2 (tf-keras missing?)")'
+	@touch "$$SP_SETUP_DONE"
+	@echo "setup: done ($$SP_VENV)"
+else
 $(SETUP_DONE): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
 	@if [[ ! -x "$$SP_PY" ]]; then $(show) "$$SP_PYTHON_SYS" -m venv "$$SP_VENV"; fi
@@ -102,6 +117,11 @@ $(SETUP_DONE): pyproject.toml constraints.txt
 	@touch "$$SP_SETUP_DONE"
 	@echo "setup: done"
 endif
+endif
+
+# `make test` covers both engines, so it builds .venv-tf too (once; it is reused like .venv).
+setup-tf: ## Create .venv-tf for the tf engine (same as make setup ENGINE=tf)
+	@$(MAKE) --no-print-directory setup ENGINE=tf VENV=.venv-tf
 
 # --- local Slurm cluster -------------------------------------------------------------------------
 
@@ -118,7 +138,7 @@ cluster-status: ## Show sinfo and squeue of the local cluster
 # --- tests ---------------------------------------------------------------------------------------
 
 .PHONY: test test-fast lint
-test: setup ## Run the whole test suite (starts the local cluster itself); what CI runs
+test: setup setup-tf ## Run the whole test suite, both engines (starts the local cluster itself); what CI runs
 	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" "$${args[@]}"
 
 test-fast: setup ## The suite without the cluster and slow tests: the edit-test loop [PYTEST_ARGS=]
@@ -141,17 +161,18 @@ preprocess: setup ## Raw minute bars -> windowed HDF5 [RAW=data/raw OUT=data/pro
 	$(show) "$$SP_PY" -m preprocess --raw="$$SP_RAW" --out="$$SP_OUT" "$${extra[@]}"
 
 # --- training jobs (stockpredict.submit) ---------------------------------------------------------
-# NODES, GPUS (per node; 0 = CPU only), EPOCHS, BATCH (per rank), DATA, PROFILE, DRY_RUN=1, TIME.
+# NODES, GPUS (per node; 0 = CPU only), EPOCHS, BATCH (per rank), DATA, PROFILE, DRY_RUN=1, TIME, ENGINE.
 # Unset variables fall back to the profile's and the trainer's defaults. SUBMIT_FLAGS is shell code that
 # fills the bash array `flags` from the SP_* variables (see "how user values reach the programs").
 flag = [[ -z "$$SP_$(1)" ]] || flags+=("$(2)=$$SP_$(1)");
 SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-node) \
                $(call flag,EPOCHS,--epochs) $(call flag,BATCH,--batch-size) flags+=("--data=$$SP_DATA"); \
+               $(call flag,ENGINE,--engine) \
                $(call flag,PROFILE,--profile) $(call flag,TIME,--time) \
                $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) flags+=("--results=$$SP_RESULTS")
 
 .PHONY: submit sweep status logs
-submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1]
+submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 ENGINE=tf]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
 sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1]

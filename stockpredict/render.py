@@ -41,8 +41,13 @@ PROFILE_DIR = PACKAGE_DIR / "profiles"
 
 JOB_KINDS = ("train", "preprocess", "report")
 # How ranks are started. srun-* use Slurm's PMI plugins (no ssh, no host file); mpirun reads the
-# allocation from Slurm; horovodrun-gloo starts ranks itself (multi-node needs passwordless ssh).
-LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none")
+# allocation from Slurm; horovodrun-gloo starts ranks itself (multi-node needs passwordless ssh);
+# srun (plain, no MPI) is the tf engine's: each task builds TF_CONFIG from the step (tfcluster.py).
+LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "srun", "none")
+# Per engine: the environment `{venv}` in a profile's setup lines names (make setup [ENGINE=tf]) and
+# the launchers that can start its ranks (the first is the default).
+ENGINE_VENVS = {"horovod": ".venv", "tf": ".venv-tf"}
+ENGINE_LAUNCHERS = {"horovod": ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none"), "tf": ("srun",)}
 # The warning signal Slurm sends before the time limit. USR1: Open MPI, PMIx and NCCL install no handler
 # for it (SIGTERM is what Slurm itself sends at the limit, SIGINT/SIGQUIT have shell meanings, and
 # submitit uses USR2 for its own checkpointing), so it reaches our trainer's handler untouched.
@@ -220,6 +225,9 @@ def sbatch_directives(spec: JobSpec) -> list[str]:
 
 def launcher_prefix(spec: JobSpec) -> str:
     """The words before the program on the launch line (already shell-safe)."""
+    if spec.launcher == "srun":
+        # No MPI: the tf engine's workers find each other through TF_CONFIG; --kill-on-bad-exit as below.
+        return "srun --kill-on-bad-exit=1"
     if spec.launcher in ("srun-pmix", "srun-pmi2"):
         plugin = spec.launcher.split("-", 1)[1]
         # --kill-on-bad-exit: one dead rank ends the step at once instead of leaving the others
@@ -286,8 +294,9 @@ def available_profiles(profile_dir: Path = PROFILE_DIR) -> list[str]:
     return sorted(p.stem for p in profile_dir.glob("*.toml"))
 
 
-def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
-    """A profile's settings as JobSpec keyword arguments. `{repo}` in setup lines becomes the repo path.
+def load_profile(name: str, profile_dir: Path = PROFILE_DIR, engine: str = "horovod") -> dict[str, Any]:
+    """A profile's settings as JobSpec keyword arguments. `{repo}` in setup lines becomes the repo path,
+    `{venv}` the engine's environment in it (`.venv`, or `.venv-tf` for the tf engine: ENGINE_VENVS).
 
     A name containing '/' or ending in .toml is read as a file path, so a user can keep a site profile
     outside the repository.
@@ -310,7 +319,8 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
         raise UserError(f"profile {path}: unknown key(s) {', '.join(unknown)}; valid: "
                         f"description, {', '.join(PROFILE_KEYS)}")
     repo = shlex.quote(str(REPO))
+    venv = shlex.quote(str(REPO / ENGINE_VENVS[engine]))
     if "setup" in data:
-        data["setup"] = [str(line).replace("{repo}", repo) for line in data["setup"]]
+        data["setup"] = [str(line).replace("{repo}", repo).replace("{venv}", venv) for line in data["setup"]]
     data["profile"] = path.stem
     return data

@@ -38,6 +38,12 @@ CASES = {
     "train_cpu_horovodrun_n2_t2": dict(nodes=2, gpus_per_node=0, tasks_per_node=2, launcher="horovodrun-gloo",
                                        requeue=True, time="90", run_dir="/results/runs/r3",
                                        output="/results/runs/r3/slurm-%j.out", setup=SETUP, command=TRAIN_CMD),
+    # ENGINE=tf: plain srun (no MPI), the tf environment, --engine tf on the trainer.
+    "train_local_tf_n2_g1": dict(nodes=2, gpus_per_node=1, partition="debug", requeue=True, launcher="srun",
+                                 run_dir="/results/runs/r4", output="/results/runs/r4/slurm-%j.out",
+                                 setup=("source /opt/venvs/stockpredict-tf/bin/activate",
+                                        "export TF_CPP_MIN_LOG_LEVEL=2"),
+                                 command=(*TRAIN_CMD, "--engine", "tf"), profile="local"),
     "preprocess": dict(kind="preprocess", job_name="stockpredict-preprocess", launcher="none", time="02:00:00",
                        output="/results/jobs/p/slurm-%j.out", setup=SETUP,
                        command=("python", "-m", "preprocess", "--raw", "/data/raw", "--out", "/data/seq.h5")),

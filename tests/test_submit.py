@@ -142,10 +142,53 @@ def test_fractional_warmup_and_every_trainer_flag_reach_the_job_script(tmp_path)
     assert record["run_dir"] == str(run_dir) and record["data"] == str(data.resolve())
 
 
+def test_engine_tf_renders_plain_srun_in_the_tf_environment_and_horovod_stays_as_it_was(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    scripts = {}
+    for engine in ("horovod", "tf"):
+        proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / engine),
+                    "--nodes", "2", "--engine", engine)
+        assert proc.returncode == 0, proc.stderr
+        (kept,) = (tmp_path / engine / "dry-runs").iterdir()
+        scripts[engine] = (kept / "job.sbatch").read_text()
+        assert kept.name.endswith("-n2-g0-b32" + ("-tf" if engine == "tf" else ""))
+        assert json.loads((kept / "submit.json").read_text())["train"]["engine"] == engine
+    launch = {e: next(line for line in s.splitlines() if "stockpredict.train" in line) for e, s in scripts.items()}
+    assert launch["tf"].startswith("srun --kill-on-bad-exit=1 python -m stockpredict.train ")
+    assert launch["tf"].endswith(" --engine tf &")
+    assert launch["horovod"].startswith("srun --mpi=pmix --kill-on-bad-exit=1 ") and "--engine" not in launch["horovod"]
+    assert f"source {REPO}/.venv-tf/bin/activate" in scripts["tf"]
+    assert f"source {REPO}/.venv/bin/activate" in scripts["horovod"]
+    # the same script as before the tf engine existed, apart from the run directory's name
+    assert scripts["horovod"].count(".venv") == 1 and ".venv-tf" not in scripts["horovod"]
+
+
+def test_engine_tf_with_an_mpi_launcher_is_a_one_line_error(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"), "--engine", "tf",
+                "--launcher", "srun-pmix")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "launcher 'srun-pmix' cannot start the tf engine; use srun" in proc.stderr
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"), "--launcher", "srun")
+    assert proc.returncode == 2 and "cannot start the horovod engine" in proc.stderr
+
+
+def test_make_submit_engine_tf_dry_run(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = subprocess.run([*MAKE_NO_SETUP, "submit", "ENGINE=tf", "DRY_RUN=1", "NODES=2", f"DATA={data}",
+                           f"RESULTS={tmp_path / 'res'}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "srun --kill-on-bad-exit=1 python -m stockpredict.train" in proc.stdout
+    assert "--engine tf &" in proc.stdout and ".venv-tf/bin/activate" in proc.stdout
+
+
 def test_the_control_side_imports_neither_tensorflow_nor_horovod():
     modules = ["stockpredict.submit", "stockpredict.report", "stockpredict.demo", "stockpredict.config",
                "stockpredict.layout", "stockpredict.checkpoints", "stockpredict.preemption",
-               "preprocess.store"]
+               "stockpredict.tfcluster", "preprocess.store"]
     code = ("import importlib, json, sys\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'horovod',"

@@ -18,7 +18,9 @@ SETUP_DONE  = $(VENV)/.setup-done
 # TensorFlow build: `cpu` (default) or `gpu` (CUDA build, for GPU clusters).
 TF_EXTRA   ?= cpu
 # Horovod is compiled against the installed TensorFlow. Any HOROVOD_* variable in your environment
-# (e.g. HOROVOD_GPU_OPERATIONS=NCCL, HOROVOD_CUDA_HOME=...) passes through to the build.
+# (e.g. HOROVOD_CUDA_HOME=...) passes through to the build. With TF_EXTRA=gpu, stockpredict.nccl picks
+# NCCL (HOROVOD_NCCL_* if set, a site module's NCCL_HOME, else pip's nvidia-nccl-cu12 wheel, given the
+# libnccl.so link it lacks), says which, and sets HOROVOD_GPU_OPERATIONS=NCCL and HOROVOD_NCCL_*.
 HOROVOD_BUILD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
                      HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev cmake g++
@@ -106,12 +108,14 @@ $(SETUP_DONE): pyproject.toml constraints.txt
 	@$(show) "$$SP_PY" -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
 	@$(show) "$$SP_PY" -m pip install -q -c constraints.txt -e ".[$$SP_TF_EXTRA,test]"
 	@if ! "$$SP_PY" -c 'import horovod.tensorflow' 2>/dev/null; then \
+		nccl=(); \
+		if [[ "$$SP_TF_EXTRA" == gpu ]]; then mapfile -t nccl < <("$$SP_PY" -m stockpredict.nccl); wait $$!; fi; \
 		echo "setup: building horovod 0.28.1 against TensorFlow (about 3 minutes on 2 cores)"; \
-		env $(HOROVOD_BUILD_ENV) "$$SP_PY" -m pip install -q --no-build-isolation --no-cache-dir \
+		env $(HOROVOD_BUILD_ENV) "$${nccl[@]}" "$$SP_PY" -m pip install -q --no-build-isolation --no-cache-dir \
 			-c constraints.txt horovod==0.28.1; \
 	fi
 	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_VENV/bin/horovodrun" --check-build | tee "$$SP_VENV/horovod-check-build.txt"
-	@for want in TensorFlow MPI Gloo; do \
+	@for want in TensorFlow MPI Gloo $$([[ "$$SP_TF_EXTRA" == gpu ]] && echo NCCL); do \
 		grep -qE "\[X\] $$want" "$$SP_VENV/horovod-check-build.txt" \
 			|| { echo "setup: horovod was built without $$want (see above)" >&2; exit 1; }; done
 	@touch "$$SP_SETUP_DONE"
@@ -179,6 +183,14 @@ sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit sweep "$${flags[@]}" \
 		--nodes-list="$${SP_NODES_LIST:-1 2 4}" --batch-list="$${SP_BATCH_LIST:-32 64 128 256}" \
 		--mode="$${SP_MODE:-strong}" --repeats="$${SP_REPEATS:-1}"
+
+# GPU preflight: a short 1-node job printing, per engine, the GPUs TensorFlow sees, whether the LSTM runs
+# cuDNN, the NCCL build, and a 2-GPU allreduce time (GPUS=2). Each missing piece: one line naming the fix.
+.PHONY: gpu-check
+gpu-check: setup ## Submit the GPU preflight job of both engines [PROFILE=mysite GPUS= TIME= DRY_RUN=1]
+	@flags=(); $(call flag,PROFILE,--profile) $(call flag,GPUS,--gpus-per-node) $(call flag,TIME,--time) \
+	$(call flag,ENGINE,--engine) $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) \
+	"$$SP_PY" -m stockpredict.submit gpu-check "$${flags[@]}" --results="$$SP_RESULTS"
 
 status: ## Show this toolkit's jobs in the Slurm queue (found by the job ids in RESULTS)
 	@"$$SP_PY" -m stockpredict.submit status --results="$$SP_RESULTS"

@@ -39,7 +39,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
 PROFILE_DIR = PACKAGE_DIR / "profiles"
 
-JOB_KINDS = ("train", "preprocess", "report")
+JOB_KINDS = ("train", "preprocess", "report", "gpu-check")
 # How ranks are started. srun-* use Slurm's PMI plugins (no ssh, no host file); mpirun reads the
 # allocation from Slurm; horovodrun-gloo starts ranks itself (multi-node needs passwordless ssh);
 # srun (plain, no MPI) is the tf engine's: each task builds TF_CONFIG from the step (tfcluster.py).

@@ -53,6 +53,7 @@ DRY_RUNS_SUBDIR = "dry-runs"  # results/dry-runs/<id>/: what a dry run rendered 
 SCRIPT_NAME = "job.sbatch"
 RECORD_NAME = "submit.json"
 OUTPUT_PATTERN = "slurm-%j.out"
+GPU_CHECK_TIME = "00:15:00"  # the preflight takes a few minutes; a short job starts sooner
 DEFAULT_BATCH = TrainConfig.batch_size  # per rank; the seed's baseline
 # The trainer flags `submit train` and `submit sweep` take (typed once, in stockpredict/config.py).
 TRAIN_FLAGS = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "engine")
@@ -174,14 +175,23 @@ def _job_dir(results: str | Path, subdir: str, suffix: str, dry_run: bool) -> tu
 
 
 def submit_aux(kind: str, command: list[str], profile: str = "local", results: str | Path = "results",
-               dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
-    """Render and submit a one-process preprocess or report job into results/jobs/<id>/."""
+               dry_run: bool = False, after: str | None = None, engine: str = "horovod",
+               **overrides: Any) -> Submission:
+    """Render and submit a one-process preprocess, report or gpu-check job into results/jobs/<id>/
+    (`engine` picks the environment `{venv}` names in the profile's setup lines)."""
     if not dry_run:
         slurmjobs.require_sbatch()
     sbatch_args = _dependency_args(after)
-    values: dict[str, Any] = dict(load_profile(profile))
+    values: dict[str, Any] = dict(load_profile(profile, engine=engine))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values.update(kind=kind, nodes=1, tasks_per_node=1, gpus_per_node=0, launcher="none",
+    # gpu-check keeps the profile's (or GPUS=) GPUs: it checks them; the others need none.
+    gpus = values.get("gpus_per_node", 0) if kind == "gpu-check" else 0
+    if kind == "gpu-check" and not gpus:
+        raise UserError("gpu-check needs a GPU node: pass GPUS=1 (GPUS=2 also times a 2-GPU allreduce) or "
+                        "use a profile with gpus_per_node")
+    if kind == "gpu-check" and "time" not in overrides:
+        values["time"] = GPU_CHECK_TIME
+    values.update(kind=kind, nodes=1, tasks_per_node=1, gpus_per_node=gpus, launcher="none",
                   job_name=f"stockpredict-{kind}", command=["python", "-m", *command])
     validate(make_spec(dict(values, output="/nonexistent/x")))
     job_dir, target = _job_dir(results, JOBS_SUBDIR, kind, dry_run)
@@ -497,6 +507,11 @@ def _main(argv: Sequence[str] | None) -> int:
     _add_job_flags(report, train=False)
     report.add_argument("--runs", required=True)
     report.add_argument("--out", required=True)
+    gpu_check = commands.add_parser("gpu-check", help="submit the GPU preflight of both engines (1 node)")
+    _add_job_flags(gpu_check, train=False)
+    gpu_check.add_argument("--gpus-per-node", type=int, help="default: the profile's")
+    gpu_check.add_argument("--engine", choices=tuple(ENGINE_VENVS), default="horovod",
+                           help="whose environment the job activates (default horovod: .venv)")
     commands.add_parser("status", help="this toolkit's jobs in the queue").add_argument("--results", default="results")
     logs = commands.add_parser("logs", help="a run's Slurm output and training log")
     logs.add_argument("run_id", nargs="?")
@@ -510,6 +525,9 @@ def _main(argv: Sequence[str] | None) -> int:
     common = dict(profile=ns.profile, results=ns.results, dry_run=ns.dry_run, after=ns.after)
     if ns.command == "train":
         _announce(submit_train(_train_args(ns), **common, **_overrides(ns)))
+    elif ns.command == "gpu-check":
+        _announce(submit_aux("gpu-check", ["stockpredict.gpucheck"], engine=ns.engine, **common,
+                             **_overrides(ns)))
     elif ns.command == "sweep":
         _run_sweep(ns, common)
     else:

@@ -33,7 +33,8 @@ def test_the_pip_wheel_gets_its_unversioned_library_link_and_horovod_its_paths(t
     link = root / "lib" / "libnccl.so"
     assert link.is_symlink() and link.readlink() == Path("libnccl.so.2")  # relative, inside the venv
     assert (nccl.version, nccl.source) == ("2.21.5", "pip wheel nvidia-nccl-cu12")
-    assert nccl.horovod_env() == {"HOROVOD_GPU_OPERATIONS": "NCCL", "HOROVOD_NCCL_INCLUDE": str(root / "include"),
+    assert nccl.horovod_env() == {"HOROVOD_GPU_OPERATIONS": "NCCL",
+                                  "HOROVOD_NCCL_INCLUDE": str(root / "include"),
                                   "HOROVOD_NCCL_LIB": str(root / "lib"), "HOROVOD_NCCL_HOME": str(root)}
     assert find_nccl([tmp_path / "site-packages"], environ={}).lib == root / "lib"  # again: link kept
 
@@ -78,13 +79,14 @@ def test_check_build_parsing():
 def test_missing_environments_are_one_line_failures_naming_make_setup(tmp_path, capsys):
     assert gpucheck.check_all(repo=tmp_path) is False
     lines = capsys.readouterr().out.splitlines()
-    assert lines == [f"horovod: FAIL no environment {tmp_path / '.venv'}; fix: make setup TF_EXTRA=gpu",
-                     f"tf: FAIL no environment {tmp_path / '.venv-tf'}; fix: make setup ENGINE=tf TF_EXTRA=gpu"]
+    assert lines == [
+        f"horovod: FAIL no environment {tmp_path / '.venv'}; fix: make setup TF_EXTRA=gpu",
+        f"tf: FAIL no environment {tmp_path / '.venv-tf'}; fix: make setup ENGINE=tf TF_EXTRA=gpu"]
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stockpredict.submit", *argv], capture_output=True, text=True,
-                          cwd=REPO, timeout=120)
+    return subprocess.run([sys.executable, "-m", "stockpredict.submit", *argv], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
 
 
 def test_gpu_check_job_renders_one_gpu_node_and_refuses_cpu_only(tmp_path):
@@ -99,8 +101,9 @@ def test_gpu_check_job_renders_one_gpu_node_and_refuses_cpu_only(tmp_path):
 @pytest.mark.slow
 def test_on_this_cpu_machine_the_tf_checks_fail_in_one_line_each():
     require_tf_venv()
-    proc = subprocess.run([str(TF_PYTHON), "-m", "stockpredict.gpucheck", "--engine", "tf"], capture_output=True,
-                          text=True, cwd=REPO, timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run([str(TF_PYTHON), "-m", "stockpredict.gpucheck", "--engine", "tf"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("tf: ")]
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert len(lines) == 4 and "TensorFlow sees no GPU" in lines[0] and "fix: " in lines[0]

@@ -307,7 +307,8 @@ def test_engines_are_compared_side_by_side_never_pooled(tmp_path):
     # weak runs at 256 per rank: Horovod 1 -> 2 ranks at 1.8x, the tf engine at 1.5x
     for engine, seconds in (("horovod", (10.0, 5.56)), ("tf", (12.0, 8.0))):
         for ranks, s in zip((1, 2), seconds):
-            write_log(runs, f"{engine}-{ranks}", simple_run(ranks, [s, s], batch=256, mode="weak", engine=engine))
+            write_log(runs, f"{engine}-{ranks}",
+                      simple_run(ranks, [s, s], batch=256, mode="weak", engine=engine))
     built = build(runs)
     assert [s.key.engine for s in built.sections] == ["horovod", "tf"]
     assert all(s.label.endswith(s.key.engine) for s in built.sections), [s.label for s in built.sections]

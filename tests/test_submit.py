@@ -154,10 +154,12 @@ def test_engine_tf_renders_plain_srun_in_the_tf_environment_and_horovod_stays_as
         scripts[engine] = (kept / "job.sbatch").read_text()
         assert kept.name.endswith("-n2-g0-b32" + ("-tf" if engine == "tf" else ""))
         assert json.loads((kept / "submit.json").read_text())["train"]["engine"] == engine
-    launch = {e: next(line for line in s.splitlines() if "stockpredict.train" in line) for e, s in scripts.items()}
+    launch = {e: next(line for line in text.splitlines() if "stockpredict.train" in line)
+              for e, text in scripts.items()}
     assert launch["tf"].startswith("srun --kill-on-bad-exit=1 python -m stockpredict.train ")
     assert launch["tf"].endswith(" --engine tf &")
-    assert launch["horovod"].startswith("srun --mpi=pmix --kill-on-bad-exit=1 ") and "--engine" not in launch["horovod"]
+    assert launch["horovod"].startswith("srun --mpi=pmix --kill-on-bad-exit=1 ")
+    assert "--engine" not in launch["horovod"]
     assert f"source {REPO}/.venv-tf/bin/activate" in scripts["tf"]
     assert f"source {REPO}/.venv/bin/activate" in scripts["horovod"]
     # the same script as before the tf engine existed, apart from the run directory's name
@@ -167,11 +169,12 @@ def test_engine_tf_renders_plain_srun_in_the_tf_environment_and_horovod_stays_as
 def test_engine_tf_with_an_mpi_launcher_is_a_one_line_error(tmp_path):
     data = tmp_path / "seq.h5"
     data.write_bytes(b"")
-    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"), "--engine", "tf",
-                "--launcher", "srun-pmix")
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"),
+                "--engine", "tf", "--launcher", "srun-pmix")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "launcher 'srun-pmix' cannot start the tf engine; use srun" in proc.stderr
-    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"), "--launcher", "srun")
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"),
+                "--launcher", "srun")
     assert proc.returncode == 2 and "cannot start the horovod engine" in proc.stderr
 
 
@@ -343,15 +346,16 @@ def test_make_sweep_one_and_two_nodes_completes(slurm_cluster, tiny_dataset, tmp
 
 
 @pytest.mark.cluster
-def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypatch):
+def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypatch, engine):
     for key, value in slurm_cluster.env.items():
         monkeypatch.setenv(key, value)
     job = submit.submit_training(data=str(tiny_dataset), nodes=2, gpus_per_node=1, epochs=1, batch_size=32,
-                                 results=tmp_path / "results", time="00:10:00")
+                                 results=tmp_path / "results", time="00:10:00", engine=engine)
     results = job.results()
     assert results == [0, 0]
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()
     events = read_json_lines(run_dir / "timing.jsonl")
     assert events[0]["ranks"] == 2 and events[0]["job_id"] == str(job.job_id)
+    assert events[0]["engine"] == engine
     assert events[-1]["status"] == "completed" and (run_dir / "model.keras").exists()
     assert json.loads((run_dir / "submit.json").read_text())["submitit"]["cluster"] == "slurm"

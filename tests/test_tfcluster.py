@@ -92,7 +92,8 @@ def test_virtual_nodes_on_one_host_connect_to_its_address_on_distinct_ports():
                SLURM_STEP_NUM_TASKS="2", SLURMD_NODENAME="node2")
     cluster = slurm_cluster(env, addresses_of=lambda nodes: {n: "vm" for n in nodes})
     base = port_base("41", "0", environ={})
-    assert cluster.workers == (f"vm:{base}", f"vm:{base + 1}") and (cluster.index, cluster.local_rank) == (1, 0)
+    assert cluster.workers == (f"vm:{base}", f"vm:{base + 1}")
+    assert (cluster.index, cluster.local_rank) == (1, 0)
 
 
 def test_outside_a_step_or_with_another_distribution():

@@ -201,7 +201,8 @@ def test_a_checkpoint_of_one_engine_resumes_on_the_other(small_dataset, tmp_path
     assert run_trainer("horovod", *common, "--epochs", "3", "--resume") == 0
     log = events(tmp_path / "run")
     starts = [e for e in log if e["event"] == "run_start"]
-    assert [(s["engine"], s["resumed_from_epoch"]) for s in starts] == [("horovod", None), ("tf", 1), ("horovod", 2)]
+    assert [(s["engine"], s["resumed_from_epoch"]) for s in starts] == [("horovod", None), ("tf", 1),
+                                                                        ("horovod", 2)]
     assert starts[1]["versions"]["tf_keras"].startswith("2.") and "horovod" not in starts[1]["versions"]
     assert [e["status"] for e in log if e["event"] == "run_end"] == ["completed"] * 3
     losses = [e["train_loss"] for e in log if e["event"] == "epoch"]

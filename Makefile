@@ -98,7 +98,10 @@ $(SETUP_DONE): pyproject.toml constraints-tf.txt
 	@if [[ ! -x "$$SP_PY" ]]; then $(show) "$$SP_PYTHON_SYS" -m venv "$$SP_VENV"; fi
 	@$(show) "$$SP_PY" -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
 	@$(show) "$$SP_PY" -m pip install -q -c constraints-tf.txt -e ".[tf-$$SP_TF_EXTRA,test]"
-	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_PY" -c 'import stockpredict, tensorflow as tf; 		import sys; v = tf.keras.__version__; print("setup: TensorFlow", tf.__version__, "with Keras", v); 		sys.exit(0 if v.startswith("2.") else "setup: tf.keras is not Keras 2 (tf-keras missing?)")'
+	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_PY" -c 'import stockpredict, sys, tensorflow as tf, tf_keras; \
+		where = tf.keras.Sequential.__module__; \
+		print("setup: TensorFlow", tf.__version__, "with tf-keras", tf_keras.__version__, "as tf.keras"); \
+		sys.exit(0 if where.startswith("tf_keras") else f"setup: tf.keras is {where}, not tf-keras")'
 	@touch "$$SP_SETUP_DONE"
 	@echo "setup: done ($$SP_VENV)"
 else

@@ -231,7 +231,8 @@ TF_BAD_INPUTS = ("batch_too_large", "feature_mismatch")
 
 @pytest.mark.parametrize("case, message, engine_name", [
     *((case, message, "horovod") for case, message in BAD_INPUTS),
-    *((case, message, "tf") for case, message in BAD_INPUTS if case in TF_BAD_INPUTS)])
+    *(pytest.param(case, message, "tf", marks=pytest.mark.slow)
+      for case, message in BAD_INPUTS if case in TF_BAD_INPUTS)])
 def test_bad_input_is_one_line_and_nonzero(case, message, engine_name, small_dataset, one_epoch_run, tmp_path,
                                            capsys):
     data, run, extra = small_dataset, tmp_path / "run", []

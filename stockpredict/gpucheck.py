@@ -198,8 +198,10 @@ def check_all(engines: Sequence[str] = tuple(ENGINE_VENVS), repo: Path = REPO) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stockpredict.gpucheck", description=__doc__.split("\n")[0])
-    parser.add_argument("--engine", choices=tuple(ENGINE_VENVS), help="check one engine in this interpreter")
+    parser = argparse.ArgumentParser(prog="python -m stockpredict.gpucheck",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--engine", choices=tuple(ENGINE_VENVS),
+                        help="check one engine in this interpreter")
     parser.add_argument("--horovod-allreduce-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.horovod_allreduce_worker:

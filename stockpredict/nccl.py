@@ -39,7 +39,7 @@ class Nccl:
     include: Path
     lib: Path
     version: str | None   # "2.21.5" from nccl.h, None if unreadable
-    source: str           # "HOROVOD_NCCL_* as set", "site module (NCCL_HOME)", "pip wheel nvidia-nccl-cu12"
+    source: str           # "HOROVOD_NCCL_* as set", "site module (...)" or "pip wheel nvidia-nccl-cu12"
 
     def horovod_env(self) -> dict[str, str]:
         """The variables Horovod's setup.py reads for an NCCL GPU build."""
@@ -107,11 +107,13 @@ def find_nccl(site_packages: Sequence[Path], environ: Mapping[str, str] = os.env
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stockpredict.nccl", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m stockpredict.nccl",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--site-packages", action="append", type=Path,
                         help="where to look for the pip wheel (default: this interpreter's)")
     args = parser.parse_args(argv)
-    sites = args.site_packages or [Path(sysconfig.get_paths()["purelib"]), Path(sysconfig.get_paths()["platlib"])]
+    paths = sysconfig.get_paths()
+    sites = args.site_packages or [Path(paths["purelib"]), Path(paths["platlib"])]
     nccl = find_nccl(sites)
     print(f"setup: building Horovod with {nccl.describe()}", file=sys.stderr)
     for key, value in nccl.horovod_env().items():

@@ -47,7 +47,8 @@ LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "srun", "non
 # Per engine: the environment `{venv}` in a profile's setup lines names (make setup [ENGINE=tf]) and
 # the launchers that can start its ranks (the first is the default).
 ENGINE_VENVS = {"horovod": ".venv", "tf": ".venv-tf"}
-ENGINE_LAUNCHERS = {"horovod": ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none"), "tf": ("srun",)}
+ENGINE_LAUNCHERS = {"horovod": ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none"),
+                    "tf": ("srun",)}
 # The warning signal Slurm sends before the time limit. USR1: Open MPI, PMIx and NCCL install no handler
 # for it (SIGTERM is what Slurm itself sends at the limit, SIGINT/SIGQUIT have shell meanings, and
 # submitit uses USR2 for its own checkpointing), so it reaches our trainer's handler untouched.
@@ -321,6 +322,7 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR, engine: str = "horo
     repo = shlex.quote(str(REPO))
     venv = shlex.quote(str(REPO / ENGINE_VENVS[engine]))
     if "setup" in data:
-        data["setup"] = [str(line).replace("{repo}", repo).replace("{venv}", venv) for line in data["setup"]]
+        data["setup"] = [str(line).replace("{repo}", repo).replace("{venv}", venv)
+                         for line in data["setup"]]
     data["profile"] = path.stem
     return data

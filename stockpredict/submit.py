@@ -43,7 +43,8 @@ from . import slurmjobs
 from .cli import UserError, get_logger, parse_int_list, run_cli
 from .config import TrainConfig, add_train_arguments
 from .files import write_atomic
-from .render import ENGINE_LAUNCHERS, ENGINE_VENVS, REPO, JobSpec, load_profile, make_spec, render_job, validate
+from .render import (ENGINE_LAUNCHERS, ENGINE_VENVS, REPO, JobSpec, load_profile, make_spec, render_job,
+                     validate)
 
 log = get_logger("stockpredict.submit")
 

@@ -187,7 +187,8 @@ def slurm_cluster(environ: Mapping[str, str] = os.environ,
     per_node = expand_tasks_per_node(environ.get("SLURM_STEP_TASKS_PER_NODE") or "1")
     if len(per_node) != len(nodes):
         raise UserError(f"SLURM_STEP_TASKS_PER_NODE={environ.get('SLURM_STEP_TASKS_PER_NODE')!r} does not "
-                        f"match the {len(nodes)} nodes of SLURM_STEP_NODELIST={environ['SLURM_STEP_NODELIST']!r}")
+                        f"match the {len(nodes)} nodes of "
+                        f"SLURM_STEP_NODELIST={environ['SLURM_STEP_NODELIST']!r}")
     task_nodes = [node for node, count in zip(nodes, per_node) for _ in range(count)]
     rank, size = int(environ["SLURM_PROCID"]), int(environ.get("SLURM_STEP_NUM_TASKS") or len(task_nodes))
     if size != len(task_nodes) or rank >= size:
@@ -213,6 +214,6 @@ def tf_config_cluster(tf_config: str) -> WorkerCluster:
         index = int(parsed["task"]["index"])
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"TF_CONFIG is not usable ({err}); expected "
-                        f'{{"cluster": {{"worker": [...]}}, "task": {{"type": "worker", "index": N}}}}') from None
+                        '{"cluster": {"worker": [...]}, "task": {"type": "worker", "index": N}}') from None
     hosts = [w.rsplit(":", 1)[0] for w in workers]
     return WorkerCluster(workers=workers, index=index, local_rank=hosts[:index].count(hosts[index]))

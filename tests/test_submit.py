@@ -186,6 +186,11 @@ def test_make_submit_engine_tf_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "srun --kill-on-bad-exit=1 python -m stockpredict.train" in proc.stdout
     assert "--engine tf &" in proc.stdout and ".venv-tf/bin/activate" in proc.stdout
+    proc = subprocess.run([*MAKE_NO_SETUP, "sweep", "ENGINE=tf", "DRY_RUN=1", "NODES_LIST=1 2", "BATCH_LIST=64",
+                           f"DATA={data}", f"RESULTS={tmp_path / 'sweep'}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    scripts = sorted((tmp_path / "sweep" / "dry-runs").glob("*-tf/job.sbatch"))
+    assert len(scripts) == 2 and all("--engine tf &" in p.read_text() for p in scripts)
 
 
 def test_the_control_side_imports_neither_tensorflow_nor_horovod():

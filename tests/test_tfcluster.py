@@ -11,8 +11,16 @@ import subprocess
 import pytest
 
 from stockpredict.cli import UserError
-from stockpredict.tfcluster import (PORT_BASE, PORTS_PER_SLOT, expand_hostlist, expand_tasks_per_node,
-                                    port_base, slurm_cluster, task_ports, tf_config_cluster)
+from stockpredict.tfcluster import (
+    PORT_BASE,
+    PORTS_PER_SLOT,
+    expand_hostlist,
+    expand_tasks_per_node,
+    port_base,
+    slurm_cluster,
+    task_ports,
+    tf_config_cluster,
+)
 
 HOSTLISTS = {
     "n[009-011]": ["n009", "n010", "n011"],             # SlurmClusterResolver makes this n9, n10, n11

@@ -5,7 +5,11 @@ SHELL := bash
 .DEFAULT_GOAL := help
 
 PYTHON_SYS ?= python3
-VENV       ?= .venv
+# The training engine: empty or `horovod` (default: Horovod, built in .venv) or `tf` (tf.distribute's
+# MultiWorkerMirroredStrategy on TensorFlow 2.21 + tf-keras, in .venv-tf, no Horovod build; see
+# docs/training.md, "Engines"). setup, submit, sweep and the other targets then use that environment.
+ENGINE     ?=
+VENV       ?= $(if $(filter tf,$(ENGINE)),.venv-tf,.venv)
 # The setup sentinel: `make setup` runs again when pyproject.toml or constraints.txt are newer.
 # SETUP_DONE= (empty) means "use VENV as it is and never run setup": the tests run make this way
 # (make ... VENV=<the venv running pytest> SETUP_DONE=), so a test can never reinstall the environment.
@@ -14,7 +18,9 @@ SETUP_DONE  = $(VENV)/.setup-done
 # TensorFlow build: `cpu` (default) or `gpu` (CUDA build, for GPU clusters).
 TF_EXTRA   ?= cpu
 # Horovod is compiled against the installed TensorFlow. Any HOROVOD_* variable in your environment
-# (e.g. HOROVOD_GPU_OPERATIONS=NCCL, HOROVOD_CUDA_HOME=...) passes through to the build.
+# (e.g. HOROVOD_CUDA_HOME=...) passes through to the build. With TF_EXTRA=gpu, stockpredict.nccl picks
+# NCCL (HOROVOD_NCCL_* if set, a site module's NCCL_HOME, else pip's nvidia-nccl-cu12 wheel, given the
+# libnccl.so link it lacks), says which, and sets HOROVOD_GPU_OPERATIONS=NCCL and HOROVOD_NCCL_*.
 HOROVOD_BUILD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
                      HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
 SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev cmake g++
@@ -40,7 +46,7 @@ RESULTS ?= results
 #      in double quotes, passed as --flag="$$SP_X" so a value starting with '-' stays a value.
 # The extra-argument lists (PREPROCESS_ARGS, PYTEST_ARGS) are split into words by `words_of` below.
 # VENV names a make target too, so it cannot contain spaces (a make limitation).
-USER_VARS := PYTHON_SYS VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
+USER_VARS := PYTHON_SYS ENGINE VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
              SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS ITERATIONS \
              ALL PREDICT_ARGS
@@ -87,27 +93,48 @@ system-deps: ## Install Slurm, munge, Open MPI, cmake, g++ (apt-get, as root on 
 		echo "system-deps: missing $${missing[*]}; install the packages $(SYSTEM_PACKAGES) (as root: apt-get install $(SYSTEM_PACKAGES)), or 'module load' them on your cluster" >&2; exit 1; \
 	fi
 
-.PHONY: setup
-setup: $(SETUP_DONE) ## Create .venv, install pinned dependencies, build and check Horovod
+.PHONY: setup setup-tf
+setup: $(SETUP_DONE) ## Create .venv, install pinned dependencies, build and check Horovod [ENGINE=tf: .venv-tf]
 
+# The tf engine's stack has its own pins (constraints-tf.txt): TensorFlow 2.21, tf-keras 2.21, numpy 2.
+# No Horovod, no MPI, no compiler: pip wheels only (about 5 minutes on 2 cores).
 ifneq ($(SETUP_DONE),)
+ifeq ($(ENGINE),tf)
+$(SETUP_DONE): pyproject.toml constraints-tf.txt
+	@if [[ ! -x "$$SP_PY" ]]; then $(show) "$$SP_PYTHON_SYS" -m venv "$$SP_VENV"; fi
+	@$(show) "$$SP_PY" -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
+	@$(show) "$$SP_PY" -m pip install -q -c constraints-tf.txt -e ".[tf-$$SP_TF_EXTRA,test]"
+	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_PY" -c 'import stockpredict, sys, tensorflow as tf, tf_keras; \
+		where = tf.keras.Sequential.__module__; \
+		print("setup: TensorFlow", tf.__version__, "with tf-keras", tf_keras.__version__, "as tf.keras"); \
+		sys.exit(0 if where.startswith("tf_keras") else f"setup: tf.keras is {where}, not tf-keras")'
+	@touch "$$SP_SETUP_DONE"
+	@echo "setup: done ($$SP_VENV)"
+else
 $(SETUP_DONE): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory system-deps
 	@if [[ ! -x "$$SP_PY" ]]; then $(show) "$$SP_PYTHON_SYS" -m venv "$$SP_VENV"; fi
 	@$(show) "$$SP_PY" -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
 	@$(show) "$$SP_PY" -m pip install -q -c constraints.txt -e ".[$$SP_TF_EXTRA,test]"
 	@if ! "$$SP_PY" -c 'import horovod.tensorflow' 2>/dev/null; then \
+		nccl=(); \
+		if [[ "$$SP_TF_EXTRA" == gpu ]]; then mapfile -t nccl < <("$$SP_PY" -m stockpredict.nccl); wait $$!; fi; \
 		echo "setup: building horovod 0.28.1 against TensorFlow (about 3 minutes on 2 cores)"; \
-		env $(HOROVOD_BUILD_ENV) "$$SP_PY" -m pip install -q --no-build-isolation --no-cache-dir \
+		env $(HOROVOD_BUILD_ENV) "$${nccl[@]}" "$$SP_PY" -m pip install -q --no-build-isolation --no-cache-dir \
 			-c constraints.txt horovod==0.28.1; \
 	fi
 	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_VENV/bin/horovodrun" --check-build | tee "$$SP_VENV/horovod-check-build.txt"
-	@for want in TensorFlow MPI Gloo; do \
+	@for want in TensorFlow MPI Gloo $$([[ "$$SP_TF_EXTRA" == gpu ]] && echo NCCL); do \
 		grep -qE "\[X\] $$want" "$$SP_VENV/horovod-check-build.txt" \
 			|| { echo "setup: horovod was built without $$want (see above)" >&2; exit 1; }; done
 	@touch "$$SP_SETUP_DONE"
 	@echo "setup: done"
 endif
+endif
+
+# `make test` covers both engines, so it builds .venv-tf too (once; it is reused like .venv).
+setup-tf: ## Create .venv-tf for the tf engine (same as make setup ENGINE=tf)
+	@$(MAKE) --no-print-directory setup ENGINE=tf VENV=.venv-tf
 
 # --- local Slurm cluster -------------------------------------------------------------------------
 
@@ -124,7 +151,7 @@ cluster-status: ## Show sinfo and squeue of the local cluster
 # --- tests ---------------------------------------------------------------------------------------
 
 .PHONY: test test-fast lint
-test: setup ## Run the whole test suite (starts the local cluster itself); what CI runs
+test: setup setup-tf ## Run the whole test suite, both engines (starts the local cluster itself); what CI runs
 	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" "$${args[@]}"
 
 test-fast: setup ## The suite without the cluster and slow tests: the edit-test loop [PYTEST_ARGS=]
@@ -162,18 +189,19 @@ predict: setup ## Forecasts of a trained run on fresh bars [RUN= RAW= OUT=predic
 		--out="$(if $(OUT_GIVEN),$$SP_OUT,predictions.csv)" "$${extra[@]}"
 
 # --- training jobs (stockpredict.submit) ---------------------------------------------------------
-# NODES, GPUS (per node; 0 = CPU only), EPOCHS, BATCH (per rank), DATA, PROFILE, DRY_RUN=1, TIME.
+# NODES, GPUS (per node; 0 = CPU only), EPOCHS, BATCH (per rank), DATA, PROFILE, DRY_RUN=1, TIME, ENGINE.
 # Unset variables fall back to the profile's and the trainer's defaults. SUBMIT_FLAGS is shell code that
 # fills the bash array `flags` from the SP_* variables (see "how user values reach the programs").
 flag = [[ -z "$$SP_$(1)" ]] || flags+=("$(2)=$$SP_$(1)");
 SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-node) \
                $(call flag,EPOCHS,--epochs) $(call flag,BATCH,--batch-size) flags+=("--data=$$SP_DATA"); \
+               $(call flag,ENGINE,--engine) \
                $(call flag,PROFILE,--profile) $(call flag,TIME,--time) \
                $(if $(filter 1 yes true,$(TIMELINE)),flags+=(--timeline "--max-steps=$${SP_TIMELINE_STEPS:-200}");) \
                $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) flags+=("--results=$$SP_RESULTS")
 
 .PHONY: submit sweep allreduce-bench status logs
-submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1]
+submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1 ENGINE=tf]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
 sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1]
@@ -188,6 +216,14 @@ allreduce-bench: setup ## Submit the allreduce benchmark [NODES=2 ITERATIONS=200
 		$(call flag,EPOCHS,--epochs) flags+=("--data=$$SP_DATA"); $(call flag,PROFILE,--profile) \
 		$(call flag,TIME,--time) $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) \
 		flags+=("--results=$$SP_RESULTS"); "$$SP_PY" -m stockpredict.submit allreduce "$${flags[@]}"
+
+# GPU preflight: a short 1-node job printing, per engine, the GPUs TensorFlow sees, whether the LSTM runs
+# cuDNN, the NCCL build, and a 2-GPU allreduce time (GPUS=2). Each missing piece: one line naming the fix.
+.PHONY: gpu-check
+gpu-check: setup ## Submit the GPU preflight job of both engines [PROFILE=mysite GPUS= TIME= DRY_RUN=1]
+	@flags=(); $(call flag,PROFILE,--profile) $(call flag,GPUS,--gpus-per-node) $(call flag,TIME,--time) \
+	$(call flag,ENGINE,--engine) $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) \
+	"$$SP_PY" -m stockpredict.submit gpu-check "$${flags[@]}" --results="$$SP_RESULTS"
 
 status: ## Show this toolkit's jobs in the Slurm queue (found by the job ids in RESULTS)
 	@"$$SP_PY" -m stockpredict.submit status --results="$$SP_RESULTS"

@@ -8,6 +8,10 @@
    allreduce, paid every --stop-check-steps steps) at 2 ranks.
 3. memory: peak RSS per rank training on a file of FULL_WINDOWS windows (about the full S&P scale).
    Goal <= 1.5 GB.
+4. engines: 2 ranks, each pinned to its own core, batch 256/rank, one thread: Horovod (horovodrun
+   --gloo) vs the tf engine (tf.distribute, two workers on localhost via TF_CONFIG) on TF 2.21 (.venv-tf)
+   and, to separate the engine from the TensorFlow version, on this interpreter's TF 2.15; interleaved.
+   Also each engine's scalar-allreduce latency (the stop check). Goal: tf >= 0.9x Horovod.
 
 Throughput excludes epoch 1 (graph building): parts 1 and 2 take the median over epochs 2-4 of each
 run (timing.jsonl for the trainer, epoch wall time for model.fit). Data files are generated in the exact
@@ -170,6 +174,89 @@ def bench_scaling(work: Path, data: Path, steps: int, repeats: int = 2) -> dict:
     return result
 
 
+def train_tf(run_dir: Path, data: Path, python: str, ranks: int = 2, pin: bool = True, port: int = 23950,
+             **flags) -> dict:
+    """The tf engine on `ranks` workers on this machine (TF_CONFIG by hand: no Slurm), rank r on core r."""
+    args = ["--data", str(data), "--run-dir", str(run_dir), "--engine", "tf"]
+    for key, value in flags.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    workers = [f"localhost:{port + r}" for r in range(ranks)]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    procs = []
+    for r in range(ranks):
+        config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": r}})
+        cmd = [python, "-m", "stockpredict.train", *args]
+        if pin:
+            cmd = ["taskset", "-c", str(r % (os.cpu_count() or 1)), *cmd]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      env=dict(os.environ, PYTHONPATH=str(REPO), TF_CONFIG=config,
+                                               TF_CPP_MIN_LOG_LEVEL="2")))
+    outputs = [p.communicate()[0] for p in procs]
+    if any(p.returncode != 0 for p in procs):
+        raise SystemExit(f"tf engine failed:\n{outputs[0][-3000:]}")
+    events = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
+    return {"epochs": [e for e in events if e["event"] == "epoch"],
+            "metrics": json.loads((run_dir / "metrics.json").read_text()),
+            "versions": events[0]["versions"]}
+
+
+def bench_engines(work: Path, data: Path, steps: int, repeats: int, tf_python: str) -> dict:
+    """2 pinned ranks at batch 256/rank: Horovod vs the tf engine (TF 2.21 and this TF), interleaved;
+    medians over epochs 2-4 of each run."""
+    common = dict(epochs=4, batch_size=256, threads=1, max_steps=steps)
+    variants = {"horovod": lambda run: train(run, data, ranks=2, pin=True, **common),
+                "tf": lambda run: train_tf(run, data, tf_python, **common),
+                "tf_same_tensorflow": lambda run: train_tf(run, data, PYTHON, **common)}
+    result: dict = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            out = run(work / f"engine-{name}")
+            result[name].append(statistics.median(e["samples_per_second"] for e in out["epochs"][1:]))
+            if name != "horovod":
+                result[f"{name}_versions"] = out["versions"]
+    for name in variants:
+        result[f"{name}_median"] = statistics.median(result[name])
+    result["tf_over_horovod"] = result["tf_median"] / result["horovod_median"]
+    result["tf_same_tensorflow_over_horovod"] = result["tf_same_tensorflow_median"] / result["horovod_median"]
+    result["stop_check"] = {"horovod": bench_stop_check(), "tf": bench_stop_check_tf(tf_python)}
+    return result
+
+
+STOP_CHECK_PROBE_TF = """
+import json, time
+from stockpredict.engine_tf import TfEngine
+from stockpredict.loop import stop_agreed
+engine = TfEngine()
+engine.init()
+for _ in range(50):
+    stop_agreed(engine)  # warm-up (the first call builds the strategy and the compiled all-reduce)
+samples = []
+for _ in range(5):
+    t0 = time.perf_counter()
+    for _ in range(500):
+        stop_agreed(engine)
+    samples.append((time.perf_counter() - t0) / 500 * 1000)
+if engine.rank == 0:
+    print("PROBE" + json.dumps({"ms_per_check": samples}))
+"""
+
+
+def bench_stop_check_tf(python: str, ranks: int = 2, port: int = 23970) -> dict:
+    """The tf engine's stop agreement latency (one scalar ring all-reduce), 2 workers, pinned."""
+    workers = [f"localhost:{port + r}" for r in range(ranks)]
+    procs = []
+    for r in range(ranks):
+        config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": r}})
+        procs.append(subprocess.Popen(
+            ["taskset", "-c", str(r % (os.cpu_count() or 1)), python, "-c", STOP_CHECK_PROBE_TF],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=config)))
+    out = [p.communicate(timeout=600)[0] for p in procs]
+    line = next(line for line in out[0].splitlines() if line.startswith("PROBE"))
+    samples = json.loads(line[5:])["ms_per_check"]
+    return {"ms_per_check_median": statistics.median(samples), "samples": samples}
+
+
 STOP_CHECK_PROBE = """
 import json, time
 from stockpredict.engine import HorovodEngine
@@ -213,7 +300,10 @@ def bench_memory(work: Path, large: Path, steps: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("streaming", "scaling", "memory", "all"), default="all")
+    parser.add_argument("--part", choices=("streaming", "scaling", "memory", "engines", "all"), default="all")
+    parser.add_argument("--tf-python", default=str(REPO / ".venv-tf" / "bin" / "python"),
+                        help="the tf engine's interpreter for part 4 "
+                             "(default: .venv-tf, make setup ENGINE=tf)")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--data", type=Path, default=None, help="sequences file for parts 1-2")
     parser.add_argument("--large", type=Path, default=None, help="full-scale file for part 3")
@@ -226,7 +316,7 @@ def main() -> int:
                           "python": platform.python_version()},
               "command": " ".join([Path(PYTHON).name, *sys.argv])}
     data = args.data
-    if data is None and args.part in ("streaming", "scaling", "all"):
+    if data is None and args.part in ("streaming", "scaling", "engines", "all"):
         data = write_random_sequences(work / "bench.h5", {"train": 200_000, "val": 20_000, "test": 10_000})
     if args.part in ("streaming", "all"):
         report["streaming"] = bench_streaming(work, data, args.steps, args.repeats)
@@ -235,6 +325,10 @@ def main() -> int:
         report["scaling"] = bench_scaling(work, data, steps=args.steps // 8, repeats=args.repeats)
         report["scaling"]["stop_check"] = bench_stop_check()
         print(json.dumps({"scaling": report["scaling"]}), flush=True)
+    if args.part in ("engines", "all"):
+        report["engines"] = bench_engines(work, data, steps=args.steps // 8, repeats=args.repeats,
+                                          tf_python=args.tf_python)
+        print(json.dumps({"engines": report["engines"]}), flush=True)
     if args.part in ("memory", "all"):
         large = args.large
         if large is None:

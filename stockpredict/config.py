@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from .cli import UserError, reject_unknown_keys
 
+ENGINES = ("horovod", "tf")  # stockpredict/engine.py, stockpredict/engine_tf.py
 DEFAULT_WARMUP_EPOCHS = 5  # Goyal et al. 2017 warm up over 5 epochs; capped at half the run
 LR_DECAYS = ("cosine", "none")
 
@@ -44,6 +45,7 @@ class TrainConfig:
     threads: int | None = None        # TensorFlow intra-op threads; None: $SLURM_CPUS_PER_TASK or TF's
     stop_check_steps: int = 20        # steps between the ranks' stop agreements (~2 ms each, 2 ranks)
     max_steps: int | None = None      # cap on steps per epoch (benchmarks, smoke runs); None: all
+    engine: str = "horovod"           # "horovod" (ring-allreduce) or "tf" (tf.distribute multi-worker)
 
     def __post_init__(self):
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -64,6 +66,8 @@ class TrainConfig:
             raise UserError(f"--mode must be strong or weak, not {self.mode!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max-steps must be a positive integer, not {self.max_steps!r}")
+        if self.engine not in ENGINES:
+            raise UserError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be a positive integer, not {self.threads!r}")
 
@@ -93,7 +97,7 @@ class TrainConfig:
 # Field order on the command line; data and run_dir come first. The first five match what `submit`
 # has always rendered into job scripts (--resume --batch-size B --threads T --epochs E ...).
 ARGV_ORDER = ("resume", "batch_size", "threads", "epochs", "lr", "warmup_epochs", "seed", "mode",
-              "lstm_units", "dropout", "dense_units", "stop_check_steps", "max_steps", "lr_decay")
+              "lstm_units", "dropout", "dense_units", "stop_check_steps", "max_steps", "lr_decay", "engine")
 
 # name -> (argparse type or "flag", help). One table for the trainer's and `submit`'s flags.
 FLAGS: dict[str, tuple[Any, str]] = {
@@ -114,6 +118,8 @@ FLAGS: dict[str, tuple[Any, str]] = {
     "threads": (int, "intra-op threads (default: $SLURM_CPUS_PER_TASK if set)"),
     "stop_check_steps": (int, "steps between the ranks' check for a stop signal (default 20)"),
     "max_steps": (int, "cap on steps per epoch (benchmarks and smoke runs; default: the whole shard)"),
+    "engine": (ENGINES, "distributed engine: horovod (default; horovodrun, srun --mpi=pmix) or tf "
+                        "(tf.distribute MultiWorkerMirroredStrategy; plain srun)"),
 }
 assert set(FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}, "FLAGS must name every field"
 assert set(ARGV_ORDER) | {"data", "run_dir"} == set(FLAGS)

@@ -1,16 +1,22 @@
 """The distributed operations the trainer needs, behind one small interface (`Engine`).
 
 The epoch loop (stockpredict/loop.py), checkpoints, the preemption protocol, metrics and timing call
-only these methods, so another engine (e.g. tf.distribute's MultiWorkerMirroredStrategy) can run the
-same loop. `HorovodEngine` is the implementation in use; every Horovod-specific line in it is marked
-`# Horovod:`.
+only these methods, so both engines run the same loop: `HorovodEngine` here (every Horovod-specific
+line marked `# Horovod:`) and `TfEngine` in stockpredict/engine_tf.py (tf.distribute's
+MultiWorkerMirroredStrategy, lines marked `# tf.distribute:`). `make_engine(name)` picks one.
+
+tf.distribute needs two things Horovod does not: variables created inside `strategy.scope()` and the
+train step called through `strategy.run`. Hence `scope()` and `run()`; for Horovod they are a no-op
+context and a plain call. `apply_gradients` exists because a Keras optimizer under a strategy would
+sum the (already averaged) gradients again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -38,8 +44,17 @@ class Engine(Protocol):
     def initialized_rank(self) -> int | None:
         """The rank if init() succeeded, else None (for error reporting before or after init)."""
 
+    def scope(self) -> Any:
+        """A context manager in which the model's and optimizer's variables are created."""
+
+    def run(self, fn: Callable, *args: Any) -> Any:
+        """Call the train step `fn(*args)` as the engine needs it (inside a tf.function); its result."""
+
     def gradient_tape(self, tape: Any) -> Any:
         """Wrap a tf.GradientTape so that tape.gradient() returns gradients averaged over the ranks."""
+
+    def apply_gradients(self, optimizer: Any, grads_and_vars: Any) -> Any:
+        """optimizer.apply_gradients for gradients that gradient_tape() already averaged."""
 
     def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
         """Overwrite every rank's `variables` with root_rank's values."""
@@ -89,9 +104,18 @@ class HorovodEngine:
         except ValueError:
             return None
 
+    def scope(self) -> Any:
+        return contextlib.nullcontext()  # every rank owns ordinary variables; broadcast syncs them
+
+    def run(self, fn: Callable, *args: Any) -> Any:
+        return fn(*args)
+
     def gradient_tape(self, tape: Any) -> Any:
         # Horovod: average the gradients over all ranks (ring-allreduce).
         return self.hvd.DistributedGradientTape(tape)
+
+    def apply_gradients(self, optimizer: Any, grads_and_vars: Any) -> Any:
+        return optimizer.apply_gradients(grads_and_vars)
 
     def broadcast_variables(self, variables: Sequence[Any], root_rank: int = 0) -> None:
         self.hvd.broadcast_variables(variables, root_rank=root_rank)  # Horovod: rank 0's values everywhere
@@ -113,6 +137,20 @@ class HorovodEngine:
         # Horovod: the MPI library's version when Horovod runs on MPI (rank 0 asks; others report None).
         mpi = mpi_version() if self.hvd.mpi_enabled() and self.rank == 0 else None
         return {"horovod": horovod.__version__, "mpi": mpi}
+
+
+ENGINES = ("horovod", "tf")
+
+
+def make_engine(name: str) -> Engine:
+    """The engine called `name` (imports TensorFlow, and Horovod for "horovod": seconds)."""
+    if name == "horovod":
+        return HorovodEngine()
+    if name == "tf":
+        from .engine_tf import TfEngine
+
+        return TfEngine()
+    raise ValueError(f"unknown engine {name!r}; valid: {', '.join(ENGINES)}")
 
 
 def mpi_version() -> str | None:

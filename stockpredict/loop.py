@@ -30,8 +30,8 @@ from .cli import LOG_LEVEL_ENV, UserError, get_logger
 from .config import TrainConfig, resolve_config
 from .data import SequencesInfo
 from .engine import Engine
-from .hardware import affinity_summary
 from .files import reporting_disk_full, write_atomic, write_json_atomic
+from .hardware import affinity_summary
 
 MODEL_FILE = "model.keras"
 TRANSFORM_FILE = "transform.json"  # stockpredict.transform.to_json of the data file's transform
@@ -102,7 +102,8 @@ class WarmupSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
         peak = self.base_lr * (1.0 + (self.ranks - 1) * progress)
         if self.total_steps is None or self.total_steps <= self.warmup_steps:
             return peak
-        decayed = tf.clip_by_value((step - self.warmup_steps) / (self.total_steps - self.warmup_steps), 0.0, 1.0)
+        span = self.total_steps - self.warmup_steps
+        decayed = tf.clip_by_value((step - self.warmup_steps) / span, 0.0, 1.0)
         return peak * 0.5 * (1.0 + tf.cos(np.pi * decayed))
 
     def get_config(self):
@@ -131,19 +132,32 @@ def build_replica(plan: RunPlan, engine: Engine) -> Replica:
     # Same seed on every rank: identical initial weights (the broadcast makes sure anyway) and a
     # reproducible run; the dropout generators are then re-seeded per rank below.
     tf.keras.utils.set_random_seed(cfg.seed)
-    model = build_model(plan.info.seq_len, plan.info.n_features, cfg.lstm_units, cfg.dropout, cfg.dense_units,
-                        representation=plan.info.representation)
-    dropout_rngs = dropout_generators(model)
-    for i, rng in enumerate(dropout_rngs):
-        # Independent dropout masks per rank, reproducible from --seed.
-        rng.reset_from_seed(cfg.seed * 1_000_003 + engine.rank * 101 + i)
-    # The learning rate scales with the number of ranks (Goyal et al. 2017), after a warm-up.
-    total_steps = cfg.epochs * plan.steps if cfg.lr_decay == "cosine" else None
-    optimizer = tf.keras.optimizers.Adam(
-        learning_rate=WarmupSchedule(cfg.lr, engine.size, plan.warmup_steps, total_steps))
-    optimizer.build(model.trainable_variables)  # create slots now so they can be broadcast
-    loss_fn = tf.keras.losses.MeanSquaredError()
-    loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+    with engine.scope():  # tf.distribute creates mirrored variables here; Horovod ordinary ones
+        model = build_model(plan.info.seq_len, plan.info.n_features, cfg.lstm_units, cfg.dropout,
+                            cfg.dense_units, representation=plan.info.representation)
+        dropout_rngs = dropout_generators(model)
+        for i, rng in enumerate(dropout_rngs):
+            # Independent dropout masks per rank, reproducible from --seed.
+            rng.reset_from_seed(cfg.seed * 1_000_003 + engine.rank * 101 + i)
+        # The learning rate scales with the number of ranks (Goyal et al. 2017), after a warm-up.
+        total_steps = cfg.epochs * plan.steps if cfg.lr_decay == "cosine" else None
+        optimizer = tf.keras.optimizers.Adam(
+            learning_rate=WarmupSchedule(cfg.lr, engine.size, plan.warmup_steps, total_steps))
+        optimizer.build(model.trainable_variables)  # create slots now so they can be broadcast
+    # Per-window losses, averaged here: Keras refuses its default batch-mean reduction under a
+    # tf.distribute strategy (it cannot know the global batch); the mean over this rank's batch is
+    # what Horovod has always averaged, and what the tf engine's tape averages too.
+    loss_fn = tf.keras.losses.MeanSquaredError(reduction=tf.keras.losses.Reduction.NONE)
+    loss_sum = tf.Variable(0.0, dtype=tf.float64, trainable=False)  # this rank's own, outside the scope
+
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            pred = model(x, training=True)
+            loss = tf.reduce_mean(loss_fn(y[:, None], pred))
+        tape = engine.gradient_tape(tape)  # gradients averaged over all ranks
+        grads = tape.gradient(loss, model.trainable_variables)
+        engine.apply_gradients(optimizer, zip(grads, model.trainable_variables))
+        return loss
 
     # Several steps per call, looping inside the graph (like Keras' steps_per_execution): Python
     # runs once per --stop-check-steps steps, not once per step.
@@ -151,12 +165,7 @@ def build_replica(plan: RunPlan, engine: Engine) -> Replica:
     def train_steps(iterator, n_steps):
         for _ in tf.range(n_steps):
             x, y = next(iterator)
-            with tf.GradientTape() as tape:
-                pred = model(x, training=True)
-                loss = loss_fn(y[:, None], pred)
-            tape = engine.gradient_tape(tape)  # gradients averaged over all ranks
-            grads = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            loss = engine.run(train_step, x, y)
             loss_sum.assign_add(tf.cast(loss, tf.float64))
 
     @tf.function
@@ -413,7 +422,11 @@ def write_inputs_record(plan: RunPlan) -> None:
 # --- the whole attempt ---------------------------------------------------------------------------------
 
 def run_training(config: TrainConfig, engine: Engine) -> int:
-    """Run (or continue) one training run on this rank; returns the exit status (0 or 75)."""
+    """Run (or continue) one training run on this rank; returns the exit status (0 or 75).
+
+    configure_tensorflow runs before the engine's first TensorFlow op: the tf engine starts its
+    strategy (and with it TensorFlow's runtime) at engine.scope() in build_replica.
+    """
     engine.init()
     resolved = resolve_config(config, engine.size)  # the warm-up default depends on the ranks
     configure_tensorflow(resolved, engine.local_rank)

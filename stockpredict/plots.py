@@ -250,6 +250,30 @@ def accuracy_scale_figure(per_key: Series) -> Figure:
                 ax.set_xscale("log", base=2)
                 ax.xaxis.set_major_formatter(PLAIN_NUMBERS)
             _finish(ax, xlabel=xlabel, ylabel=ylabel, title=f"{measure_title} vs {x_title}")
+
+
+def engines_figure(per_key: Series) -> Figure:
+    """Global samples/s (left) and efficiency (right) against ranks, one line per key (its label names
+    the engine when two keys differ only in it) and per-rank batch."""
+    fig, (left, right) = _figure(panels=2)
+    ranks: set[int] = set()
+    several = len(per_key) > 1
+    for label, rows in per_key:
+        for (mode, batch), members in _series(rows, lambda r: (r["mode"], r["batch_size_per_rank"])).items():
+            x = [r["ranks"] for r in members]
+            ranks.update(x)
+            name = f"{_prefix(label, several)}{mode + ', ' if mode else ''}batch {batch}/rank"
+            left.plot(x, [r["samples_per_second"] for r in members], marker="o", label=name)
+            right.plot(x, [r["efficiency"] for r in members], marker="o", label=name)
+    if not ranks:
+        _no_data(left, "no timed runs")
+        _no_data(right, "no timed runs")
+    else:
+        for ax in (left, right):
+            _rank_axis(ax, sorted(ranks))
+        right.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    _finish(left, xlabel="ranks", ylabel="global samples/s", title="Throughput per engine")
+    _finish(right, xlabel="ranks", ylabel="efficiency X_p / ((p/p0) X_p0)", title="Efficiency per engine")
     return fig
 
 
@@ -268,6 +292,7 @@ def figures(report: "Report") -> dict[str, Figure]:
                                         [(s.label, s.weak) for s in sections]),
         "seconds_per_epoch": seconds_per_epoch_figure([(s.label, s.batch_size) for s in sections]),
         "test_loss": test_loss_figure(per_dataset),
+        "engines": engines_figure([(s.label, s.engines) for s in sections]),
         "skill": skill_figure([(name, [r for _, rows in keys for r in rows]) for name, keys in per_dataset]),
         "accuracy_scale": accuracy_scale_figure([(s.label, s.accuracy) for s in sections]),
     }

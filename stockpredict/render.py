@@ -39,13 +39,19 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 TEMPLATE_DIR = PACKAGE_DIR / "templates"
 PROFILE_DIR = PACKAGE_DIR / "profiles"
 
-JOB_KINDS = ("train", "allreduce", "preprocess", "report")
+JOB_KINDS = ("train", "allreduce", "preprocess", "report", "gpu-check")
 # Kinds that run p ranks in a run directory (results/runs/<id>/) through the train template and launcher:
 # the trainer, and the allreduce microbenchmark (stockpredict/allreduce_bench.py), recorded like a run.
 RUN_KINDS = ("train", "allreduce")
 # How ranks are started. srun-* use Slurm's PMI plugins (no ssh, no host file); mpirun reads the
-# allocation from Slurm; horovodrun-gloo starts ranks itself (multi-node needs passwordless ssh).
-LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none")
+# allocation from Slurm; horovodrun-gloo starts ranks itself (multi-node needs passwordless ssh);
+# srun (plain, no MPI) is the tf engine's: each task builds TF_CONFIG from the step (tfcluster.py).
+LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "srun", "none")
+# Per engine: the environment `{venv}` in a profile's setup lines names (make setup [ENGINE=tf]) and
+# the launchers that can start its ranks (the first is the default).
+ENGINE_VENVS = {"horovod": ".venv", "tf": ".venv-tf"}
+ENGINE_LAUNCHERS = {"horovod": ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none"),
+                    "tf": ("srun",)}
 # The warning signal Slurm sends before the time limit. USR1: Open MPI, PMIx and NCCL install no handler
 # for it (SIGTERM is what Slurm itself sends at the limit, SIGINT/SIGQUIT have shell meanings, and
 # submitit uses USR2 for its own checkpointing), so it reaches our trainer's handler untouched.
@@ -258,6 +264,9 @@ def sbatch_directives(spec: JobSpec) -> list[str]:
 
 def launcher_prefix(spec: JobSpec) -> str:
     """The words before the program on the launch line (already shell-safe)."""
+    if spec.launcher == "srun":
+        # No MPI: the tf engine's workers find each other through TF_CONFIG; --kill-on-bad-exit as below.
+        return "srun --kill-on-bad-exit=1"
     if spec.launcher in ("srun-pmix", "srun-pmi2"):
         plugin = spec.launcher.split("-", 1)[1]
         # --kill-on-bad-exit: one dead rank ends the step at once instead of leaving the others
@@ -367,8 +376,9 @@ def profile_prices(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]
     return {**prices, "ranks_per_node": ranks if isinstance(ranks, int) and ranks >= 1 else 1}
 
 
-def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
-    """A profile's settings as JobSpec keyword arguments. `{repo}` in setup lines becomes the repo path.
+def load_profile(name: str, profile_dir: Path = PROFILE_DIR, engine: str = "horovod") -> dict[str, Any]:
+    """A profile's settings as JobSpec keyword arguments. `{repo}` in setup lines becomes the repo path,
+    `{venv}` the engine's environment in it (`.venv`, or `.venv-tf` for the tf engine: ENGINE_VENVS).
 
     A name containing '/' or ending in .toml is read as a file path, so a user can keep a site profile
     outside the repository.
@@ -382,7 +392,9 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR) -> dict[str, Any]:
         raise UserError(f"profile {path}: unknown key(s) {', '.join(unknown)}; valid: "
                         f"description, {', '.join(PROFILE_KEYS + REPORT_PROFILE_KEYS)}")
     repo = shlex.quote(str(REPO))
+    venv = shlex.quote(str(REPO / ENGINE_VENVS[engine]))
     if "setup" in data:
-        data["setup"] = [str(line).replace("{repo}", repo) for line in data["setup"]]
+        data["setup"] = [str(line).replace("{repo}", repo).replace("{venv}", venv)
+                         for line in data["setup"]]
     data["profile"] = path.stem
     return data

@@ -11,7 +11,8 @@
 Every training run gets its own directory `results/runs/<run-id>/`, created atomically (os.mkdir), with
 the rendered `job.sbatch`, `submit.json` (the resolved job parameters and the job id), the Slurm output
 `slurm-<jobid>.out` and everything the trainer writes there (`--run-dir`): timing.jsonl, checkpoints, model.
-The run id reads `<YYYYmmdd-HHMMSS-mmm>-n<nodes>-g<gpus per node>-b<batch per rank>`.
+The run id reads `<YYYYmmdd-HHMMSS-mmm>-n<nodes>-g<gpus per node>-b<batch per rank>` (then `-tf` for the
+tf engine, `--engine tf`).
 
 A dry run (`--dry-run`, `make submit DRY_RUN=1`) renders without submitting and creates nothing under
 `results/runs/` (which holds only real runs, so the report's warnings about unfinished runs mean
@@ -48,7 +49,16 @@ from .allreduce_bench import BenchConfig
 from .cli import UserError, get_logger, parse_int_list, run_cli
 from .config import TrainConfig, add_train_arguments
 from .files import write_atomic
-from .render import JobSpec, load_profile, make_spec, render_job, validate
+from .render import (
+    ENGINE_LAUNCHERS,
+    ENGINE_VENVS,
+    REPO,
+    JobSpec,
+    load_profile,
+    make_spec,
+    render_job,
+    validate,
+)
 
 log = get_logger("stockpredict.submit")
 
@@ -58,9 +68,10 @@ DRY_RUNS_SUBDIR = "dry-runs"  # results/dry-runs/<id>/: what a dry run rendered 
 SCRIPT_NAME = "job.sbatch"
 RECORD_NAME = "submit.json"
 OUTPUT_PATTERN = "slurm-%j.out"
+GPU_CHECK_TIME = "00:15:00"  # the preflight takes a few minutes; a short job starts sooner
 DEFAULT_BATCH = TrainConfig.batch_size  # per rank; the seed's baseline
 # The trainer flags `submit train` and `submit sweep` take (typed once, in stockpredict/config.py).
-TRAIN_FLAGS = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps")
+TRAIN_FLAGS = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps", "engine")
 
 
 def job_config(config: TrainConfig, run_dir: Path, threads: int) -> TrainConfig:
@@ -93,6 +104,12 @@ def run_id_for(nodes: int, gpus_per_node: int, batch_size: int, now: datetime | 
     return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-n{nodes}-g{gpus_per_node}-b{batch_size}"
 
 
+def run_suffix(nodes: int, gpus_per_node: int, config: TrainConfig) -> str:
+    """`n4-g1-b32`, plus `-tf` for the tf engine (Horovod runs keep the names they always had)."""
+    suffix = f"n{nodes}-g{gpus_per_node}-b{config.batch_size}"
+    return suffix if config.engine == TrainConfig.engine else f"{suffix}-{config.engine}"
+
+
 def new_run_dir(parent: Path, suffix: str) -> Path:
     """Create `parent/<timestamp>-<suffix>` atomically; a name taken by a concurrent submitter is retried."""
     parent.mkdir(parents=True, exist_ok=True)
@@ -110,13 +127,26 @@ def new_run_dir(parent: Path, suffix: str) -> Path:
 
 def train_spec(profile: str, run_dir: Path, config: TrainConfig, **overrides: Any) -> JobSpec:
     """The JobSpec of one training run: profile defaults, then `overrides` (None values are ignored)."""
-    values: dict[str, Any] = dict(load_profile(profile))
+    values: dict[str, Any] = dict(load_profile(profile, engine=config.engine))
     values.update({k: v for k, v in overrides.items() if v is not None})
+    values["launcher"] = engine_launcher(config.engine, values.get("launcher"), overrides.get("launcher"))
     values.update(kind="train", requeue=True, run_dir=str(run_dir), output=str(run_dir / OUTPUT_PATTERN),
                   job_name=values.get("job_name") or "stockpredict-train")
     cpus = values.get("cpus_per_task", JobSpec.cpus_per_task)
     values["command"] = ["python", "-m", "stockpredict.train", *job_config(config, run_dir, cpus).to_argv()]
     return validate(make_spec(values))
+
+
+def engine_launcher(engine: str, profile_launcher: str | None, asked: str | None) -> str:
+    """The launcher for `engine`: the one asked for (checked), else the profile's if the engine can use
+    it, else the engine's default (a Horovod profile's srun-pmix becomes plain srun for the tf engine)."""
+    usable = ENGINE_LAUNCHERS[engine]
+    if asked is not None:
+        if asked not in usable:
+            raise UserError(f"launcher {asked!r} cannot start the {engine} engine; use "
+                            f"{' or '.join(usable)}")
+        return asked
+    return profile_launcher if profile_launcher in usable else usable[0]
 
 
 @dataclass(frozen=True)
@@ -145,7 +175,7 @@ def submit_train(config: TrainConfig, profile: str = "local", results: str | Pat
         gpus = load_profile(profile).get("gpus_per_node", JobSpec.gpus_per_node)
     # Validate before creating anything, so bad input leaves no empty run directory behind.
     train_spec(profile, Path("/nonexistent/run"), config, **overrides)
-    run_dir, target = _job_dir(results, RUNS_SUBDIR, f"n{nodes}-g{gpus}-b{config.batch_size}", dry_run)
+    run_dir, target = _job_dir(results, RUNS_SUBDIR, run_suffix(nodes, gpus, config), dry_run)
     spec = train_spec(profile, target, config, **overrides)
     train = dataclasses.asdict(job_config(config, target, spec.cpus_per_task))
     return _render_and_submit(spec, run_dir, {"train": train}, sbatch_args, dry_run)
@@ -196,14 +226,23 @@ def _job_dir(results: str | Path, subdir: str, suffix: str, dry_run: bool) -> tu
 
 
 def submit_aux(kind: str, command: list[str], profile: str = "local", results: str | Path = "results",
-               dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
-    """Render and submit a one-process preprocess or report job into results/jobs/<id>/."""
+               dry_run: bool = False, after: str | None = None, engine: str = "horovod",
+               **overrides: Any) -> Submission:
+    """Render and submit a one-process preprocess, report or gpu-check job into results/jobs/<id>/
+    (`engine` picks the environment `{venv}` names in the profile's setup lines)."""
     if not dry_run:
         slurmjobs.require_sbatch()
     sbatch_args = _dependency_args(after)
-    values: dict[str, Any] = dict(load_profile(profile))
+    values: dict[str, Any] = dict(load_profile(profile, engine=engine))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    values.update(kind=kind, nodes=1, tasks_per_node=1, gpus_per_node=0, launcher="none",
+    # gpu-check keeps the profile's (or GPUS=) GPUs: it checks them; the others need none.
+    gpus = values.get("gpus_per_node", 0) if kind == "gpu-check" else 0
+    if kind == "gpu-check" and not gpus:
+        raise UserError("gpu-check needs a GPU node: pass GPUS=1 (GPUS=2 also times a 2-GPU allreduce) or "
+                        "use a profile with gpus_per_node")
+    if kind == "gpu-check" and "time" not in overrides:
+        values["time"] = GPU_CHECK_TIME
+    values.update(kind=kind, nodes=1, tasks_per_node=1, gpus_per_node=gpus, launcher="none",
                   job_name=f"stockpredict-{kind}", command=["python", "-m", *command])
     validate(make_spec(dict(values, output="/nonexistent/x")))
     job_dir, target = _job_dir(results, JOBS_SUBDIR, kind, dry_run)
@@ -388,7 +427,7 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
                     batch_size: int = DEFAULT_BATCH, profile: str = "local", results: str | Path = "results",
                     time: str | None = None, mode: str | None = None, lr: float | None = None,
                     seed: int | None = None, warmup_epochs: float | None = None, cluster: str | None = None,
-                    config: TrainConfig | None = None, **overrides: Any):
+                    config: TrainConfig | None = None, engine: str | None = None, **overrides: Any):
     """Submit one training run with submitit and return its `submitit.Job` (one result per rank).
 
     Slurm when sbatch is on PATH (srun --mpi=pmix, the profile's partition and setup lines), submitit's
@@ -396,9 +435,11 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
     "debug". The run directory `results/runs/<run-id>/` gets the trainer's outputs, `submit.json`, and
     submitit's own logs in `submitit/`. `time` is a Slurm time limit (minutes are rounded up).
     `config` (a TrainConfig) sets any other trainer field; the keyword arguments given win over it.
+    `engine="tf"` runs tf.distribute workers under plain srun, in the checkout's .venv-tf (make setup
+    ENGINE=tf), which must have submitit too; the default is Horovod in the calling interpreter.
     """
     submitit, TrainerCall = _import_submitit()
-    given = dict(epochs=epochs, lr=lr, seed=seed, mode=mode, warmup_epochs=warmup_epochs)
+    given = dict(epochs=epochs, lr=lr, seed=seed, mode=mode, warmup_epochs=warmup_epochs, engine=engine)
     base = config or TrainConfig(data=data, run_dir="")
     config = dataclasses.replace(base, data=str(Path(data).resolve()), batch_size=batch_size,
                                  **{k: v for k, v in given.items() if v is not None})
@@ -409,11 +450,12 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
     if executor.cluster != "slurm" and spec.ranks != 1:
         raise UserError(f"submitit's {executor.cluster} executor runs one task; asked for {spec.ranks} ranks "
                         f"(start the cluster with `make cluster-up` for multi-rank runs)")
-    run_dir = new_run_dir(Path(results).resolve() / RUNS_SUBDIR, f"n{nodes}-g{gpus_per_node}-b{batch_size}")
+    run_dir = new_run_dir(Path(results).resolve() / RUNS_SUBDIR, run_suffix(nodes, gpus_per_node, config))
     spec = train_spec(profile, run_dir, config, nodes=nodes, gpus_per_node=gpus_per_node, time=time,
                       **overrides)
-    executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=cluster)
-    launcher = {"srun-pmix": ["--mpi=pmix"], "srun-pmi2": ["--mpi=pmi2"]}.get(spec.launcher)
+    executor = submitit.AutoExecutor(folder=run_dir / "submitit", cluster=cluster,
+                                     **_engine_python(config.engine, executor.cluster))
+    launcher = {"srun-pmix": ["--mpi=pmix"], "srun-pmi2": ["--mpi=pmi2"], "srun": []}.get(spec.launcher)
     if launcher is None:
         raise UserError(f"submitit starts ranks with srun; launcher {spec.launcher!r} is not supported here")
     params: dict[str, Any] = dict(name=spec.job_name, nodes=spec.nodes, tasks_per_node=spec.ranks_per_node,
@@ -433,6 +475,18 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
     write_atomic(run_dir / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
     log.info("submitted run %s as job %s (%s)", run_dir.name, job.job_id, executor.cluster)
     return job
+
+
+def _engine_python(engine: str, cluster: str) -> dict[str, str]:
+    """submitit's slurm_python for `engine`: the engine's environment in this checkout, unless this
+    interpreter already is it (or the job does not run on Slurm)."""
+    python = REPO / ENGINE_VENVS[engine] / "bin" / "python"
+    if cluster != "slurm" or Path(sys.prefix).resolve() == python.parent.parent.resolve():
+        return {}
+    if not python.exists():
+        raise UserError(f"engine {engine!r} runs in {python.parent.parent}; build it with "
+                        f"`make setup ENGINE={engine}`")
+    return {"slurm_python": str(python)}
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -522,6 +576,11 @@ def _main(argv: Sequence[str] | None) -> int:
     _add_job_flags(report, train=False)
     report.add_argument("--runs", required=True)
     report.add_argument("--out", required=True)
+    gpu_check = commands.add_parser("gpu-check", help="submit the GPU preflight of both engines (1 node)")
+    _add_job_flags(gpu_check, train=False)
+    gpu_check.add_argument("--gpus-per-node", type=int, help="default: the profile's")
+    gpu_check.add_argument("--engine", choices=tuple(ENGINE_VENVS), default="horovod",
+                           help="whose environment the job activates (default horovod: .venv)")
     status = commands.add_parser("status", help="this toolkit's jobs in the queue")
     status.add_argument("--results", default="results")
     logs = commands.add_parser("logs", help="a run's Slurm output and training log")
@@ -536,6 +595,9 @@ def _main(argv: Sequence[str] | None) -> int:
     common = dict(profile=ns.profile, results=ns.results, dry_run=ns.dry_run, after=ns.after)
     if ns.command == "train":
         _announce(submit_train(_train_args(ns), **common, **_overrides(ns)))
+    elif ns.command == "gpu-check":
+        _announce(submit_aux("gpu-check", ["stockpredict.gpucheck"], engine=ns.engine, **common,
+                             **_overrides(ns)))
     elif ns.command == "sweep":
         _run_sweep(ns, common)
     elif ns.command == "allreduce":

@@ -1,10 +1,12 @@
-"""Train the seed's LSTM on the preprocessed sequences file with Horovod (ring-allreduce).
+"""Train the seed's LSTM on the preprocessed sequences file with Horovod or tf.distribute.
 
-The same command runs as one process, under horovodrun (Gloo) and under Slurm's srun (MPI via PMIx):
+The same command runs as one process, under horovodrun (Gloo) and under Slurm's srun (MPI via PMIx);
+with --engine tf, under plain srun (one worker per task, TF_CONFIG built from the step):
 
     python -m stockpredict.train --data data/processed/sequences.h5 --run-dir results/runs/r1
     horovodrun -np 2 -H localhost:2 --gloo python -m stockpredict.train --data ... --run-dir ...
     srun --mpi=pmix python -m stockpredict.train --data ... --run-dir ... --resume   # in a batch job
+    srun python -m stockpredict.train --engine tf --data ... --run-dir ... --resume  # tf.distribute
 
 Outputs in --run-dir (rank 0 only): config.json, timing.jsonl (the report's input, schema in
 stockpredict/timing.py), train.log, checkpoints/, and at the end metrics.json and model.keras.
@@ -49,10 +51,10 @@ def main(argv: Sequence[str] | None = None, *, exit_now_when_preempted: bool = T
     engine = None
     try:
         config = parse_args(argv, description=__doc__)
-        from .engine import HorovodEngine  # TensorFlow and Horovod: seconds to import
+        from .engine import make_engine  # TensorFlow (and Horovod): seconds to import
         from .loop import run_training
 
-        engine = HorovodEngine()
+        engine = make_engine(config.engine)
         status = run_training(config, engine)
         if status == EXIT_PREEMPTED and exit_now_when_preempted:
             _exit_now(EXIT_PREEMPTED)

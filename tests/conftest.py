@@ -18,6 +18,9 @@ CLUSTER_SCRIPT = REPO / "slurm" / "local-cluster.sh"
 CLUSTER_DIR = Path(os.environ.get("CLUSTER_DIR", REPO / ".cluster"))
 CLUSTER_NODES = 4
 VENV_BIN = Path(sys.executable).parent
+# The tf engine's environment (make setup ENGINE=tf; `make test` builds it): TF 2.21 + tf-keras.
+TF_VENV = Path(os.environ.get("STOCKPREDICT_TF_VENV", REPO / ".venv-tf"))
+TF_PYTHON = TF_VENV / "bin" / "python"
 
 sys.path.insert(0, str(REPO))
 from stockpredict import slurmjobs  # noqa: E402
@@ -66,6 +69,24 @@ def slurm_cluster():
     yield Cluster(conf=conf, env=env)
     if not was_running:
         subprocess.run(["bash", str(CLUSTER_SCRIPT), "down"], capture_output=True, text=True)
+
+
+def require_tf_venv() -> Path:
+    """The tf environment's python; a failure under CI=true (make test builds it), else a skip."""
+    if not TF_PYTHON.exists():
+        message = f"no tf engine environment at {TF_VENV}: build it with `make setup ENGINE=tf`"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return TF_PYTHON
+
+
+@pytest.fixture(params=["horovod", "tf"])
+def engine(request) -> str:
+    """Both engines: Horovod in this interpreter (TF 2.15), tf.distribute in .venv-tf (TF 2.21)."""
+    if request.param == "tf":
+        require_tf_venv()
+    return request.param
 
 
 @pytest.fixture

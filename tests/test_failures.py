@@ -1,7 +1,8 @@
-"""Failures on the local Slurm cluster (issues 8 and 14): the time-limit signal + requeue + resume, a
+"""Failures on the local Slurm cluster (issues 8, 14 and 16): the time-limit signal + requeue + resume, a
 preemption by a job in the `urgent` partition (SIGTERM, grace time, requeue, resume mid-epoch), a dead
 rank (fails fast, never requeued), a zero-length newest checkpoint, a disk that fills during a checkpoint,
-and concurrent submissions. Real sbatch, real srun --mpi=pmix, real trainer, real HDF5 file."""
+and concurrent submissions. Real sbatch, real srun --mpi=pmix (plain srun for the tf engine), real trainer,
+real HDF5 file. The requeue and dead-rank tests run for both engines (the `engine` fixture)."""
 
 from __future__ import annotations
 
@@ -42,9 +43,9 @@ def _scontrol(cluster, *args: str) -> None:
     subprocess.run(["scontrol", *args], check=True, env=cluster.env, capture_output=True)
 
 
-def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_dataset, tmp_path):
+def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_dataset, tmp_path, engine):
     job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
-                              "--epochs", "3", "--batch-size", "64")
+                              "--epochs", "3", "--batch-size", "64", "--engine", engine)
     epoch_done = lambda: any(e["event"] == "epoch" and e["epoch"] == 1 for e in _events(run_dir))  # noqa: E731
     assert wait_until(epoch_done, timeout_s=180), (run_dir / f"slurm-{job_id}.out").read_text()
     # What Slurm does before the time limit (--signal=B:USR1@...): signal the batch shell only.
@@ -69,6 +70,9 @@ def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_datase
     assert [e["status"] for e in ends] == ["preempted", "completed"]
     assert sorted(e["epoch"] for e in events if e["event"] == "epoch") == [1, 2, 3]
     assert (run_dir / "model.keras").exists()
+    assert all((s["engine"], s["ranks"], s["nodes"]) == (engine, 2, 2) for s in starts)
+    checksums = json.loads((run_dir / "metrics.json").read_text())["weights_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]  # both workers end with equal weights
 
 
 def _step_daemons(job_id: str) -> list[psutil.Process]:
@@ -92,9 +96,9 @@ def _rank_process(run_dir: Path, job_id: str, rank: str) -> psutil.Process | Non
     return None
 
 
-def test_killed_rank_fails_the_job_within_60_seconds(slurm_cluster, tiny_dataset, tmp_path):
+def test_killed_rank_fails_the_job_within_60_seconds(slurm_cluster, tiny_dataset, tmp_path, engine):
     job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
-                              "--epochs", "20", "--batch-size", "64")
+                              "--epochs", "20", "--batch-size", "64", "--engine", engine)
     assert wait_until(lambda: any(e["event"] == "run_start" for e in _events(run_dir)), timeout_s=180)
     victim = _rank_process(run_dir, job_id, rank="1")
     assert victim is not None, "rank 1 of the job is not running"

@@ -304,6 +304,27 @@ def test_registry_names_every_table_and_plot_once(tmp_path):
     assert (report.SCHEMA_VERSION, report.TIMING_LOG_NAME) == (timing.SCHEMA_VERSION, timing.TIMING_FILE)
 
 
+def test_engines_are_compared_side_by_side_never_pooled(tmp_path):
+    runs = tmp_path / "runs"
+    # weak runs at 256 per rank: Horovod 1 -> 2 ranks at 1.8x, the tf engine at 1.5x
+    for engine, seconds in (("horovod", (10.0, 5.56)), ("tf", (12.0, 8.0))):
+        for ranks, s in zip((1, 2), seconds):
+            write_log(runs, f"{engine}-{ranks}",
+                      simple_run(ranks, [s, s], batch=256, mode="weak", engine=engine))
+    built = build(runs)
+    assert [s.key.engine for s in built.sections] == ["horovod", "tf"]
+    assert all(s.label.endswith(s.key.engine) for s in built.sections), [s.label for s in built.sections]
+    by_engine = {s.key.engine: s.engines for s in built.sections}
+    assert [r["ranks"] for r in by_engine["tf"]] == [1, 2]
+    assert by_engine["horovod"][1]["efficiency"] == pytest.approx(10.0 / 5.56 / 2)
+    assert by_engine["tf"][1]["efficiency"] == pytest.approx(12.0 / 8.0 / 2)
+    assert by_engine["tf"][0]["samples_per_second"] == pytest.approx(4096 / 12.0)
+    assert [r["engine"] for r in built.engines] == ["horovod", "horovod", "tf", "tf"]  # the CSV's rows
+    from stockpredict import plots
+
+    assert plots.render_all(built)["engines"].startswith(PNG_MAGIC)
+
+
 def test_config_rejects_unknown_keys():
     with pytest.raises(UserError, match="valid: runs_dir, out_dir, warmup_epochs, plots"):
         report.ReportConfig.from_mapping({"warmup": 2})

@@ -182,10 +182,62 @@ def test_fractional_warmup_and_every_trainer_flag_reach_the_job_script(tmp_path)
     assert record["run_dir"] == str(run_dir) and record["data"] == str(data.resolve())
 
 
+def test_engine_tf_renders_plain_srun_in_the_tf_environment_and_horovod_stays_as_it_was(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    scripts = {}
+    for engine in ("horovod", "tf"):
+        proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / engine),
+                    "--nodes", "2", "--engine", engine)
+        assert proc.returncode == 0, proc.stderr
+        (kept,) = (tmp_path / engine / "dry-runs").iterdir()
+        scripts[engine] = (kept / "job.sbatch").read_text()
+        assert kept.name.endswith("-n2-g0-b32" + ("-tf" if engine == "tf" else ""))
+        assert json.loads((kept / "submit.json").read_text())["train"]["engine"] == engine
+    launch = {e: next(line for line in text.splitlines() if "stockpredict.train" in line)
+              for e, text in scripts.items()}
+    assert launch["tf"].startswith("srun --kill-on-bad-exit=1 python -m stockpredict.train ")
+    assert launch["tf"].endswith(" --engine tf &")
+    assert launch["horovod"].startswith("srun --mpi=pmix --kill-on-bad-exit=1 ")
+    assert "--engine" not in launch["horovod"]
+    assert f"source {REPO}/.venv-tf/bin/activate" in scripts["tf"]
+    assert f"source {REPO}/.venv/bin/activate" in scripts["horovod"]
+    # the same script as before the tf engine existed, apart from the run directory's name
+    assert scripts["horovod"].count(".venv") == 1 and ".venv-tf" not in scripts["horovod"]
+
+
+def test_engine_tf_with_an_mpi_launcher_is_a_one_line_error(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"),
+                "--engine", "tf", "--launcher", "srun-pmix")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "launcher 'srun-pmix' cannot start the tf engine; use srun" in proc.stderr
+    proc = _cli("train", "--data", str(data), "--dry-run", "--results", str(tmp_path / "res"),
+                "--launcher", "srun")
+    assert proc.returncode == 2 and "cannot start the horovod engine" in proc.stderr
+
+
+def test_make_submit_engine_tf_dry_run(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = subprocess.run([*MAKE_NO_SETUP, "submit", "ENGINE=tf", "DRY_RUN=1", "NODES=2", f"DATA={data}",
+                           f"RESULTS={tmp_path / 'res'}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "srun --kill-on-bad-exit=1 python -m stockpredict.train" in proc.stdout
+    assert "--engine tf &" in proc.stdout and ".venv-tf/bin/activate" in proc.stdout
+    proc = subprocess.run([*MAKE_NO_SETUP, "sweep", "ENGINE=tf", "DRY_RUN=1", "NODES_LIST=1 2",
+                           "BATCH_LIST=64",
+                           f"DATA={data}", f"RESULTS={tmp_path / 'sweep'}"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    scripts = sorted((tmp_path / "sweep" / "dry-runs").glob("*-tf/job.sbatch"))
+    assert len(scripts) == 2 and all("--engine tf &" in p.read_text() for p in scripts)
+
+
 def test_the_control_side_imports_neither_tensorflow_nor_horovod():
     modules = ["stockpredict.submit", "stockpredict.report", "stockpredict.demo", "stockpredict.config",
                "stockpredict.layout", "stockpredict.checkpoints", "stockpredict.preemption",
-               "preprocess.store"]
+               "stockpredict.tfcluster", "preprocess.store"]
     code = ("import importlib, json, sys\n"
             f"for name in {modules!r}: importlib.import_module(name)\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'horovod',"
@@ -366,15 +418,16 @@ def test_make_sweep_one_and_two_nodes_completes(slurm_cluster, tiny_dataset, tmp
 
 
 @pytest.mark.cluster
-def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypatch):
+def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypatch, engine):
     for key, value in slurm_cluster.env.items():
         monkeypatch.setenv(key, value)
     job = submit.submit_training(data=str(tiny_dataset), nodes=2, gpus_per_node=1, epochs=1, batch_size=32,
-                                 results=tmp_path / "results", time="00:10:00")
+                                 results=tmp_path / "results", time="00:10:00", engine=engine)
     results = job.results()
     assert results == [0, 0]
     (run_dir,) = (tmp_path / "results" / "runs").iterdir()
     events = read_json_lines(run_dir / "timing.jsonl")
     assert events[0]["ranks"] == 2 and events[0]["job_id"] == str(job.job_id)
+    assert events[0]["engine"] == engine
     assert events[-1]["status"] == "completed" and (run_dir / "model.keras").exists()
     assert json.loads((run_dir / "submit.json").read_text())["submitit"]["cluster"] == "slurm"

@@ -1,6 +1,9 @@
 """The trainer end to end on real HDF5 files from the preprocessing stage: one process in-process,
 two ranks under horovodrun (Gloo) with a SIGUSR1 preemption and resume, two ranks on two virtual
-Slurm nodes under srun --mpi=pmix, and bad inputs (every rank exits non-zero, one message)."""
+Slurm nodes under srun --mpi=pmix, and bad inputs (every rank exits non-zero, one message).
+
+The behaviour tests run for both engines through the `engine` fixture (conftest.py): Horovod in this
+process, the tf engine (tf.distribute) as a subprocess of the .venv-tf environment (TF 2.21)."""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO, wait_until
+from conftest import REPO, TF_PYTHON, require_tf_venv, wait_until
 from stockpredict import checkpoints, identity, loop, preemption, timing
 from stockpredict import train as train_module
 from stockpredict.config import TrainConfig
@@ -60,14 +63,42 @@ def run_main(*args: str) -> int:
     return train_module.main([str(a) for a in args], exit_now_when_preempted=False)
 
 
+def run_trainer(engine: str, *args, on_start=None) -> int:
+    """The trainer's exit status with `engine`: Horovod through main() in this process, the tf engine as
+    `python -m stockpredict.train ... --engine tf` in .venv-tf (its stderr is copied to ours).
+    `on_start(pid)` is called once the trainer's process is known (for signals)."""
+    args = [str(a) for a in args]
+    if engine == "horovod":
+        if on_start is not None:
+            on_start(os.getpid())
+        return run_main(*args)
+    proc = subprocess.Popen([str(TF_PYTHON), "-m", "stockpredict.train", *args, "--engine", "tf"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2"))
+    if on_start is not None:
+        on_start(proc.pid)
+    _, err = proc.communicate(timeout=600)
+    sys.stderr.write(err)
+    return proc.returncode
+
+
 def events(run_dir: Path) -> list[dict]:
     return timing.read_events(run_dir / timing.TIMING_FILE)
 
 
-def final_weights(run_dir: Path) -> list[np.ndarray]:
-    import tensorflow as tf
+def final_weights(run_dir: Path, engine: str = "horovod") -> list[np.ndarray]:
+    """The saved model's weights, loaded by the TensorFlow that wrote it."""
+    if engine == "horovod":
+        import tensorflow as tf
 
-    return tf.keras.models.load_model(run_dir / loop.MODEL_FILE).get_weights()
+        return tf.keras.models.load_model(run_dir / loop.MODEL_FILE).get_weights()
+    out = run_dir.parent / f"{run_dir.name}-weights.npz"
+    code = ("import sys, numpy as np, stockpredict, tensorflow as tf; "
+            "np.savez(sys.argv[2], *tf.keras.models.load_model(sys.argv[1]).get_weights())")
+    subprocess.run([str(TF_PYTHON), "-c", code, str(run_dir / loop.MODEL_FILE), str(out)], check=True,
+                   env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True)
+    with np.load(out) as saved:
+        return [saved[f"arr_{i}"] for i in range(len(saved.files))]
 
 
 @pytest.fixture(scope="module")
@@ -126,34 +157,38 @@ def _send_stop_after_first_epoch(run_dir: Path, pid: int, delay_s: float = 0.0) 
 
 
 @pytest.mark.slow
-def test_resumed_runs_end_like_an_uninterrupted_one(small_dataset, tmp_path):
+def test_resumed_runs_end_like_an_uninterrupted_one(engine, small_dataset, tmp_path):
     # Constant LR after warm-up: a cosine schedule ends at --epochs, so "2 epochs, then resume to 3" would
     # follow another curve than 3 straight epochs (by design; docs/training.md).
     common = ["--data", small_dataset, "--batch-size", "32", "--lr", "1e-3", "--seed", "7",
               "--stop-check-steps", "1", "--lr-decay", "none"]
     straight, split, preempted = tmp_path / "straight", tmp_path / "split", tmp_path / "preempted"
-    assert run_main(*common, "--run-dir", straight, "--epochs", "3") == 0
+    assert run_trainer(engine, *common, "--run-dir", straight, "--epochs", "3") == 0
     # 2 epochs, then --resume to 3 (epoch-boundary checkpoint)
-    assert run_main(*common, "--run-dir", split, "--epochs", "2") == 0
-    assert run_main(*common, "--run-dir", split, "--epochs", "3", "--resume") == 0
+    assert run_trainer(engine, *common, "--run-dir", split, "--epochs", "2") == 0
+    assert run_trainer(engine, *common, "--run-dir", split, "--epochs", "3", "--resume") == 0
     # SIGUSR1 during epoch 2: mid-epoch checkpoint, exit 75, then --resume
     # a quarter of a steady-state epoch, as the straight run just measured it under the same load
     epoch_2_seconds = [e for e in events(straight) if e["event"] == "epoch"][1]["train_seconds"]
-    watcher = _send_stop_after_first_epoch(preempted, os.getpid(), delay_s=epoch_2_seconds / 4)
-    assert run_main(*common, "--run-dir", preempted, "--epochs", "3") == train_module.EXIT_PREEMPTED
-    watcher.join()
+    watchers = []
+    start_watch = lambda pid: watchers.append(  # noqa: E731
+        _send_stop_after_first_epoch(preempted, pid, delay_s=epoch_2_seconds / 4))
+    assert run_trainer(engine, *common, "--run-dir", preempted, "--epochs", "3",
+                       on_start=start_watch) == train_module.EXIT_PREEMPTED
+    watchers[0].join()
     (epochs_done, step, _), = checkpoints.list_checkpoints(preempted)[-1:]
     assert epochs_done == 1 and 0 < step < 2500 // 32, "the stop should land inside epoch 2"
-    assert run_main(*common, "--run-dir", preempted, "--epochs", "3", "--resume") == 0
+    assert run_trainer(engine, *common, "--run-dir", preempted, "--epochs", "3", "--resume") == 0
 
-    reference = final_weights(straight)
+    reference = final_weights(straight, engine)
     for other in (split, preempted):
-        for a, b in zip(reference, final_weights(other)):
+        for a, b in zip(reference, final_weights(other, engine)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     straight_epochs = [e for e in events(straight) if e["event"] == "epoch"]
     log = events(preempted)
     assert [e["event"] for e in log] == ["run_start", "epoch", "run_end", "run_start", "epoch", "epoch",
                                          "run_end"]
+    assert {e["engine"] for e in log if e["event"] == "run_start"} == {engine}
     assert log[2]["status"] == "preempted" and log[2]["test"] is None
     assert log[3]["resumed_from_epoch"] == 1 and log[6]["status"] == "completed"
     assert [e["epoch"] for e in log if e["event"] == "epoch"] == [1, 2, 3]
@@ -164,6 +199,26 @@ def test_resumed_runs_end_like_an_uninterrupted_one(small_dataset, tmp_path):
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
 
 
+@pytest.mark.slow
+def test_a_checkpoint_of_one_engine_resumes_on_the_other(small_dataset, tmp_path):
+    """Same checkpoint files (tf.train.Checkpoint + state.json) on both engines, TF 2.15 and 2.21."""
+    require_tf_venv()
+    common = ["--data", small_dataset, "--batch-size", "64", "--lr", "1e-3", "--seed", "3", "--run-dir",
+              tmp_path / "run"]
+    assert run_trainer("horovod", *common, "--epochs", "1") == 0
+    assert run_trainer("tf", *common, "--epochs", "2", "--resume") == 0
+    assert run_trainer("horovod", *common, "--epochs", "3", "--resume") == 0
+    log = events(tmp_path / "run")
+    starts = [e for e in log if e["event"] == "run_start"]
+    assert [(s["engine"], s["resumed_from_epoch"]) for s in starts] == [("horovod", None), ("tf", 1),
+                                                                        ("horovod", 2)]
+    assert starts[1]["versions"]["tf_keras"].startswith("2.") and "horovod" not in starts[1]["versions"]
+    assert [e["status"] for e in log if e["event"] == "run_end"] == ["completed"] * 3
+    losses = [e["train_loss"] for e in log if e["event"] == "epoch"]
+    # a resume that silently started from fresh weights would repeat epoch 1's loss
+    assert losses[1] < 0.5 * losses[0] and losses[2] <= losses[1] * 1.1, losses
+
+
 @pytest.fixture(scope="module")
 def one_epoch_run(small_dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("one_epoch") / "run"
@@ -171,15 +226,24 @@ def one_epoch_run(small_dataset, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.parametrize("case, message", [
+BAD_INPUTS = [
     ("missing", "sequences file not found"),
     ("schema", "schema_version is 3"),
     ("empty_train", "the train split is empty"),
     ("batch_too_large", "exceeds the 2500 training windows"),
     ("feature_mismatch", "was trained on windows of 60 min x ['close', 'volume']"),
     ("existing_run", "already holds checkpoints"),
-])
-def test_bad_input_is_one_line_and_nonzero(case, message, small_dataset, one_epoch_run, tmp_path, capsys):
+]
+# The tf engine runs as a subprocess (~10 s each): two cases, one about the data, one about the run.
+TF_BAD_INPUTS = ("batch_too_large", "feature_mismatch")
+
+
+@pytest.mark.parametrize("case, message, engine_name", [
+    *((case, message, "horovod") for case, message in BAD_INPUTS),
+    *(pytest.param(case, message, "tf", marks=pytest.mark.slow)
+      for case, message in BAD_INPUTS if case in TF_BAD_INPUTS)])
+def test_bad_input_is_one_line_and_nonzero(case, message, engine_name, small_dataset, one_epoch_run, tmp_path,
+                                           capsys):
     data, run, extra = small_dataset, tmp_path / "run", []
     if case == "missing":
         data = tmp_path / "nope.h5"
@@ -190,12 +254,18 @@ def test_bad_input_is_one_line_and_nonzero(case, message, small_dataset, one_epo
     elif case == "batch_too_large":
         extra = ["--batch-size", "4096"]
     elif case == "feature_mismatch":
-        data, run, extra = derive(small_dataset, tmp_path / "close.h5", features=1), one_epoch_run, ["--resume"]
+        data = derive(small_dataset, tmp_path / "close.h5", features=1)
+        run, extra = one_epoch_run, ["--resume"]
     elif case == "existing_run":
         run = one_epoch_run
     before = sorted(p.name for p in run.iterdir()) if run.exists() else None
-    assert run_main("--data", data, "--run-dir", run, "--epochs", "2", *extra) == 2
+    if engine_name == "tf":
+        require_tf_venv()
+    assert run_trainer(engine_name, "--data", data, "--run-dir", run, "--epochs", "2", *extra) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    if engine_name == "tf":  # TensorFlow 2.21 logs a few lines of its own while it loads; ours is one
+        assert not any("Traceback" in line for line in err), err
+        err = [line for line in err if line.startswith("error: ")]
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert (sorted(p.name for p in run.iterdir()) if run.exists() else None) == before
 
@@ -249,7 +319,8 @@ def test_horovodrun_two_ranks_preempted_by_usr1_then_resumed(tiny_dataset, tmp_p
     starts = [e for e in log if e["event"] == "run_start"]
     assert starts[0]["resumed_from_epoch"] is None and starts[1]["resumed_from_epoch"] in (1, 2)
     assert all(s["ranks"] == 2 and s["global_batch_size"] == 64 for s in starts)
-    assert starts[0]["learning_rate"] == pytest.approx(2 * TrainConfig.lr) and starts[0]["versions"]["mpi"] is None
+    assert starts[0]["learning_rate"] == pytest.approx(2 * TrainConfig.lr)
+    assert starts[0]["versions"]["mpi"] is None
     assert [e["status"] for e in log if e["event"] == "run_end"] == ["preempted", "completed"]
     checksums = json.loads((run / "metrics.json").read_text())["weights_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
@@ -260,7 +331,8 @@ def test_horovodrun_bad_input_every_rank_exits_nonzero_with_one_message(small_da
     started = time.monotonic()
     proc = subprocess.run(_horovodrun("--data", small_dataset, "--run-dir", tmp_path / "run",
                                       "--batch-size", "2000"),
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=180)
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+                          timeout=180)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert out.count("error: --batch-size 2000 x 2 ranks") == 1, out

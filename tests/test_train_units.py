@@ -122,6 +122,7 @@ def test_train_config_rejects_unknown_keys_and_bad_values():
     {"epochs": 1, "batch_size": 7, "lstm_units": 8, "dropout": 0.0, "dense_units": 4, "seed": 12,
      "stop_check_steps": 3, "max_steps": 9, "warmup_epochs": 2.0, "lr": 1.0},
     {"data": "/data/my data/seq.h5", "run_dir": "/r/run 1", "warmup_epochs": 0.0},
+    {"engine": "tf", "resume": True},
 ])
 def test_to_argv_round_trips_through_the_trainers_parser(values):
     config = TrainConfig.from_mapping({"data": "d.h5", "run_dir": "r", **values})
@@ -137,6 +138,13 @@ def test_to_argv_keeps_the_job_script_order_and_writes_whole_floats_as_integers(
                          warmup_epochs=5.0, mode="strong")
     assert config.to_argv() == ["--data", "d", "--run-dir", "r", "--resume", "--batch-size", "64",
                                 "--threads", "2", "--epochs", "3", "--warmup-epochs", "5", "--mode", "strong"]
+
+
+def test_engine_is_on_the_command_line_only_when_not_the_default():
+    assert "--engine" not in TrainConfig(data="d", run_dir="r").to_argv()
+    assert TrainConfig(data="d", run_dir="r", engine="tf").to_argv()[-2:] == ["--engine", "tf"]
+    with pytest.raises(UserError, match="--engine must be one of horovod, tf, not 'mpi'"):
+        TrainConfig(data="d", run_dir="r", engine="mpi")
 
 
 def test_fractional_warmup_is_parsed_as_a_float_and_negative_is_refused():

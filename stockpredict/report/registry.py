@@ -117,6 +117,15 @@ TABLES: tuple[TableSpec, ...] = (
                         "Accuracy at scale: skill, and skill / optimum where known, against ranks and "
                         "global batch (one series per dataset and batch or rank count)"))),
     TableSpec(
+        name="engines", title="Throughput per engine",
+        text="Global samples/s at each rank count for this key's engine (horovod or tf), every run mode; "
+             "efficiency = X_p / ((p/p0) X_p0) against the smallest rank count p0 with the same per-rank "
+             "batch, mode and GPUs per node. The plot puts the engines of one dataset side by side.",
+        csv_file="engines.csv",
+        columns=("mode", "batch_size_per_rank", "ranks", "nodes", "gpus_per_node", "samples_per_second",
+                 "efficiency", "runs", "epochs"),
+        plots=(PlotSpec("engines", "engines.png", "Samples/s and efficiency per engine"),)),
+    TableSpec(
         name="environment", title="Environment", csv_file="environment.csv",
         text="Hosts and software versions as each run recorded them.",
         columns=("hosts", "python", "tensorflow", "horovod", "mpi", "hardware", "runs", "first_start",

@@ -170,6 +170,25 @@ def batch_size_table(groups: Sequence[GroupTiming]) -> list[dict[str, Any]]:
     } for g in ordered]
 
 
+def engine_table(groups: Sequence[GroupTiming]) -> list[dict[str, Any]]:
+    """Samples/s by rank count for the key's engine: series of equal (mode, per-rank batch, GPUs per
+    node); efficiency = X_p / ((p/p0) X_p0) against the series' smallest rank count p0."""
+    rows = []
+    series = _series_rows(groups,
+                          lambda g: (g.key.mode or "", g.key.batch_size_per_rank, g.key.gpus_per_node))
+    for (mode, _, _), members in series.items():
+        base = members[0]
+        for g in members:
+            rows.append({
+                "mode": mode, "batch_size_per_rank": g.key.batch_size_per_rank, "ranks": g.key.ranks,
+                "nodes": g.key.nodes, "gpus_per_node": g.key.gpus_per_node,
+                "samples_per_second": g.samples_per_second,
+                "efficiency": g.samples_per_second / base.samples_per_second / (g.key.ranks / base.key.ranks),
+                "runs": g.runs, "epochs": g.epochs,
+            })
+    return rows
+
+
 def _median_or_none(values: Iterable[Any]) -> float | None:
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
                and math.isfinite(v)]
@@ -256,6 +275,7 @@ class Section:
     untimed_runs: tuple[str, ...]       # runs with no epoch left after warm-up exclusion
     scaling: Any = None                 # scaling.KeyScaling: the fitted model, or a note why there is none
     step_breakdown: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # from timelines
+    engines: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # samples/s by ranks
 
 
 def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int, label: str = "",
@@ -275,6 +295,7 @@ def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int
         environment=environment_table(runs),
         untimed_runs=tuple(r.run_id for r in runs if run_timing(r, warmup_epochs) is None),
         scaling=scaling, step_breakdown=step_breakdown_table(runs, scaling),
+        engines=engine_table(groups),
     )
 
 
@@ -339,6 +360,10 @@ class Report:
     @property
     def environment(self) -> list[dict[str, Any]]:
         return self._rows("environment")
+
+    @property
+    def engines(self) -> list[dict[str, Any]]:
+        return self._rows("engines")
 
     @property
     def untimed_runs(self) -> tuple[str, ...]:

@@ -151,13 +151,13 @@ cluster-status: ## Show sinfo and squeue of the local cluster
 # --- tests ---------------------------------------------------------------------------------------
 
 .PHONY: test test-fast lint
-test: setup setup-tf ## Run the whole test suite, both engines (starts the local cluster itself); what CI runs
+test: setup setup-tf lint ## Lint, then the whole test suite, both engines (starts the local cluster itself); what CI runs
 	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" "$${args[@]}"
 
 test-fast: setup ## The suite without the cluster and slow tests: the edit-test loop [PYTEST_ARGS=]
 	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" -m "not cluster and not slow" "$${args[@]}"
 
-# Not run by `make test` yet: the code base still has violations (see README, Tests).
+# Run first by `make test` (and so by CI): a lint failure stops the suite before it starts.
 lint: setup ## Check the code with ruff (rules and line length: [tool.ruff] in pyproject.toml)
 	@$(show) "$$SP_VENV/bin/ruff" check .
 

@@ -222,25 +222,6 @@ def bench_engines(work: Path, data: Path, steps: int, repeats: int, tf_python: s
     return result
 
 
-STOP_CHECK_PROBE_TF = """
-import json, time
-from stockpredict.engine_tf import TfEngine
-from stockpredict.loop import stop_agreed
-engine = TfEngine()
-engine.init()
-for _ in range(50):
-    stop_agreed(engine)  # warm-up (the first call builds the strategy and the compiled all-reduce)
-samples = []
-for _ in range(5):
-    t0 = time.perf_counter()
-    for _ in range(500):
-        stop_agreed(engine)
-    samples.append((time.perf_counter() - t0) / 500 * 1000)
-if engine.rank == 0:
-    print("PROBE" + json.dumps({"ms_per_check": samples}))
-"""
-
-
 def bench_stop_check_tf(python: str, ranks: int = 2, port: int = 23970) -> dict:
     """The tf engine's stop agreement latency (one scalar ring all-reduce), 2 workers, pinned."""
     workers = [f"localhost:{port + r}" for r in range(ranks)]
@@ -248,9 +229,10 @@ def bench_stop_check_tf(python: str, ranks: int = 2, port: int = 23970) -> dict:
     for r in range(ranks):
         config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": r}})
         procs.append(subprocess.Popen(
-            ["taskset", "-c", str(r % (os.cpu_count() or 1)), python, "-c", STOP_CHECK_PROBE_TF],
+            ["taskset", "-c", str(r % (os.cpu_count() or 1)), python, "-c", STOP_CHECK_PROBE],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=config)))
+            env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=config,
+                     PROBE_ENGINE="tf")))
     out = [p.communicate(timeout=600)[0] for p in procs]
     line = next(line for line in out[0].splitlines() if line.startswith("PROBE"))
     samples = json.loads(line[5:])["ms_per_check"]
@@ -258,13 +240,16 @@ def bench_stop_check_tf(python: str, ranks: int = 2, port: int = 23970) -> dict:
 
 
 STOP_CHECK_PROBE = """
-import json, time
-from stockpredict.engine import HorovodEngine
+import json, os, time
 from stockpredict.loop import stop_agreed
-engine = HorovodEngine()
+if os.environ.get("PROBE_ENGINE") == "tf":
+    from stockpredict.engine_tf import TfEngine as Engine
+else:
+    from stockpredict.engine import HorovodEngine as Engine
+engine = Engine()
 engine.init()
 for _ in range(50):
-    stop_agreed(engine)  # warm-up
+    stop_agreed(engine)  # warm-up (the tf engine's first call builds the strategy and the all-reduce)
 samples = []
 for _ in range(5):
     t0 = time.perf_counter()

@@ -250,6 +250,7 @@ def accuracy_scale_figure(per_key: Series) -> Figure:
                 ax.set_xscale("log", base=2)
                 ax.xaxis.set_major_formatter(PLAIN_NUMBERS)
             _finish(ax, xlabel=xlabel, ylabel=ylabel, title=f"{measure_title} vs {x_title}")
+    return fig
 
 
 def engines_figure(per_key: Series) -> Figure:

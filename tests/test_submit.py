@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, read_json_lines
 from stockpredict import submit
 from stockpredict.cli import UserError
-from stockpredict.config import parse_args
+from stockpredict.config import TrainConfig, parse_args
 
 # `-o .venv/.setup-done`: run the Makefile's real submit/sweep lines without re-running `make setup`.
 MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.setup-done"]
@@ -192,7 +192,7 @@ def test_engine_tf_renders_plain_srun_in_the_tf_environment_and_horovod_stays_as
         assert proc.returncode == 0, proc.stderr
         (kept,) = (tmp_path / engine / "dry-runs").iterdir()
         scripts[engine] = (kept / "job.sbatch").read_text()
-        assert kept.name.endswith("-n2-g0-b32" + ("-tf" if engine == "tf" else ""))
+        assert kept.name.endswith(f"-n2-g0-b{TrainConfig.batch_size}" + ("-tf" if engine == "tf" else ""))
         assert json.loads((kept / "submit.json").read_text())["train"]["engine"] == engine
     launch = {e: next(line for line in text.splitlines() if "stockpredict.train" in line)
               for e, text in scripts.items()}

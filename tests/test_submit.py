@@ -354,7 +354,7 @@ def test_make_submit_two_nodes_completes_and_writes_timing(slurm_cluster, tiny_d
     assert proc.returncode == 0, proc.stderr
     (job_id,) = _submitted(proc.stdout)
     (run_dir,) = (results / "runs").iterdir()
-    assert RUN_ID_RE.match(run_dir.name).groups() == ("2", "1", "32")
+    assert RUN_ID_RE.match(run_dir.name).groups() == ("2", "1", str(TrainConfig.batch_size))  # the default
     assert str(run_dir / f"slurm-{job_id}.out") in proc.stdout
     assert str(run_dir / "timing.jsonl") in proc.stdout
     state = slurm_cluster.wait(job_id, timeout_s=240)

@@ -215,8 +215,10 @@ def test_a_checkpoint_of_one_engine_resumes_on_the_other(small_dataset, tmp_path
     assert starts[1]["versions"]["tf_keras"].startswith("2.") and "horovod" not in starts[1]["versions"]
     assert [e["status"] for e in log if e["event"] == "run_end"] == ["completed"] * 3
     losses = [e["train_loss"] for e in log if e["event"] == "epoch"]
-    # a resume that silently started from fresh weights would repeat epoch 1's loss
-    assert losses[1] < 0.5 * losses[0] and losses[2] <= losses[1] * 1.1, losses
+    # A resume that silently started from fresh weights would repeat epoch 1's loss. The target is the
+    # standardised 5-minute return, of which only ~30% is predictable (the optimum), so the loss falls from
+    # ~0.78 to ~0.73, not by half: measured 0.780 -> 0.736 -> 0.731 (a fresh start: ~0.78 again).
+    assert losses[1] < 0.97 * losses[0] and losses[2] <= losses[1] * 1.02, losses
 
 
 @pytest.fixture(scope="module")

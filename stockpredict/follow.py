@@ -36,6 +36,7 @@ class EpochPrinter:
         self.out = out or (lambda line: print(line, flush=True))
         self.offset = 0
         self.epochs_total: int | None = None
+        self.kind = "train"  # run_start `kind`: an allreduce benchmark has no samples or loss to show
 
     def __call__(self) -> None:
         try:
@@ -53,9 +54,14 @@ class EpochPrinter:
                 continue  # a torn line from a killed attempt
             if record.get("event") == "run_start":
                 self.epochs_total = record.get("epochs")
+                self.kind = record.get("kind") or "train"
             elif record.get("event") == "epoch":
                 try:
-                    line = epoch_line(dict(record, epochs_total=self.epochs_total), self.label)
+                    if self.kind == "allreduce":
+                        line = (f"{self.label} epoch {record['epoch']}: {record['steps']} allreduces in "
+                                f"{record['train_seconds']:.2f} s").lstrip()
+                    else:
+                        line = epoch_line(dict(record, epochs_total=self.epochs_total), self.label)
                 except (KeyError, TypeError, ValueError):
                     continue  # not a whole epoch record (the report says why; progress just skips it)
                 self.out(line)

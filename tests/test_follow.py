@@ -35,3 +35,13 @@ def test_each_epoch_is_printed_once_as_it_lands_and_a_torn_line_waits(tmp_path):
 def test_epoch_line_shows_val_loss_when_there_is_one():
     record = dict(_epoch(3, 0.5), val_loss=0.25)
     assert epoch_line(record) == "epoch 3: 12.50 s, 2,500 samples/s, loss 0.5000 (val 0.2500)"
+
+
+def test_an_allreduce_benchmark_shows_allreduces_not_samples_or_loss(tmp_path):
+    lines: list[str] = []
+    printer = EpochPrinter(tmp_path, label="bench", out=lines.append)
+    log = tmp_path / timing.TIMING_FILE
+    timing.append_event(log, {"schema": 1, "event": "run_start", "epochs": 3, "kind": "allreduce"})
+    timing.append_event(log, _epoch(2, 0.0))
+    printer()
+    assert lines == ["bench epoch 2: 10 allreduces in 12.50 s"]

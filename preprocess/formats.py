@@ -12,7 +12,6 @@ for Parquet. `frame.attrs["columns"]` keeps the file's own names for messages an
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 from typing import Callable, Iterable
@@ -22,6 +21,7 @@ import pandas as pd
 
 from preprocess.config import PreprocessConfig
 from stockpredict.cli import UserError, get_logger
+from stockpredict.files import file_sha256
 
 log = get_logger("stockpredict.preprocess")
 
@@ -44,15 +44,6 @@ CSV_HEADER_LINES = 1
 
 class SourceSkipped(Exception):
     """One file (or one ticker of it) is unusable; the message is the one-line reason naming it."""
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (as stored: a .csv.gz is hashed compressed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def input_kind(path: Path) -> str | None:

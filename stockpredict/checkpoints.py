@@ -15,7 +15,6 @@ The crash-loop guard, run by the train job script before each attempt (docs/trai
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from .cli import UserError, run_cli
 from .config import TrainConfig
-from .files import DiskFull, disk_full_cause, fsync_dir, write_json_atomic
+from .files import DiskFull, disk_full_cause, file_sha256, fsync_dir, write_json_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_STATE = "state.json"
@@ -61,17 +60,9 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_manifest(directory: Path) -> dict[str, dict]:
     """{file name: {"bytes", "sha256"}} of every weights.* file in a checkpoint directory."""
-    return {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(Path(directory).glob(f"{WEIGHTS_PREFIX}.*"))}
 
 
@@ -115,7 +106,7 @@ def read_state(directory: Path) -> dict:
         size = file.stat().st_size
         if size != expected["bytes"]:
             raise ValueError(f"{name} has {size} bytes, expected {expected['bytes']}")
-        if _sha256(file) != expected["sha256"]:
+        if file_sha256(file) != expected["sha256"]:
             raise ValueError(f"{name} does not match its SHA-256 (damaged)")
     return state
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import tempfile
@@ -29,6 +30,15 @@ class DiskFull(UserError):
     def __init__(self, path: Path | str, cause: str):
         super().__init__(f"cannot write {path}: {cause}; free space (or quota) there and rerun")
         self.path, self.cause = str(path), cause
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes as stored (a .csv.gz is hashed compressed), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def disk_full_cause(err: BaseException) -> str | None:

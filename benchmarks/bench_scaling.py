@@ -20,6 +20,7 @@ allreduce benchmark), the error in %, and the measured 2-node speedup (1-rank ba
 2-rank epoch). Seconds per epoch are medians over the epochs after the first (warm-up), as in the report.
 
     .venv/bin/python benchmarks/bench_scaling.py                      # full size: about 10 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_scaling.py --repeats 5          # + 5 interleaved pairs (~6 minutes)
     .venv/bin/python benchmarks/bench_scaling.py --tickers 3 --days 10 --epochs 2 --max-steps 20  # smoke run
 
 Run it on a quiet machine: other load on the cores changes every number.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -81,6 +83,34 @@ def run_all(ns: argparse.Namespace, results: Path, data: Path, cpus: int | None)
     train(GLOBAL_BATCH // NODES, NODES, "strong")
 
 
+def timed_seconds(run_dir: Path) -> float:
+    """Median train seconds of a run's epochs after the first (warm-up), from its timing.jsonl."""
+    from stockpredict import timing
+
+    epochs = [e for e in timing.read_events(run_dir / timing.TIMING_FILE) if e.get("event") == "epoch"]
+    return statistics.median(e["train_seconds"] for e in epochs[1:])
+
+
+def interleaved_pairs(ns: argparse.Namespace, work: Path, data: Path, cpus: int | None) -> list[float]:
+    """--repeats pairs of short runs, 1 rank at batch 256 then 2 ranks at 128 each, back to back; the
+    speedup of each pair. The host's speed drifts over tens of seconds (docs/scaling.md, "How noisy this
+    machine is"), so pairs of short runs close in time give a steadier ratio than two long runs."""
+    results = work / "pairs"
+    speedups = []
+    for i in range(1, ns.repeats + 1):
+        seconds = {}
+        for nodes in (1, NODES):
+            config = TrainConfig(data=str(data), run_dir="", batch_size=GLOBAL_BATCH // nodes,
+                                 epochs=ns.pair_epochs, lr=ns.lr, max_steps=ns.pair_steps)
+            sub = submit_train(config, profile="local", results=results, nodes=nodes, gpus_per_node=1,
+                               cpus_per_task=cpus)
+            seconds[nodes] = timed_seconds(_wait(sub, f"pair {i}/{ns.repeats}: {nodes} node(s)", ns.timeout))
+        speedups.append(seconds[1] / seconds[NODES])
+        say(f"pair {i}/{ns.repeats}: 1 rank {seconds[1]:.2f} s, {NODES} ranks {seconds[NODES]:.2f} s per "
+            f"{ns.pair_steps}-step epoch: speedup {speedups[-1]:.2f}x")
+    return speedups
+
+
 def summarise(results: Path) -> dict:
     """The numbers the benchmark prints, from the report's own model (build_report on these runs)."""
     built = report.build_report(report.load_runs(results / "runs"),
@@ -111,10 +141,14 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--iterations", type=int, default=200, help="allreduces per benchmark epoch")
     parser.add_argument("--lr", type=float, default=demo.DemoConfig.lr)
     parser.add_argument("--work", help="directory for data and runs (default: a new temporary directory)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="then this many interleaved pairs of short runs for a steadier speedup")
+    parser.add_argument("--pair-steps", type=int, default=300, help="steps per epoch of a pair's runs")
+    parser.add_argument("--pair-epochs", type=int, default=3, help="epochs of a pair's runs (first untimed)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per job, queueing included")
     ns = parser.parse_args(argv)
-    if ns.epochs < 2:
-        raise UserError("--epochs must be >= 2: the first epoch is warm-up and is not timed")
+    if ns.epochs < 2 or ns.pair_epochs < 2:
+        raise UserError("--epochs and --pair-epochs must be >= 2: the first epoch is warm-up, not timed")
     cores = len(cpu_affinity())
     if cores < NODES:
         say(f"WARNING: {cores} core(s): {NODES} virtual nodes share cores and measure time-sharing")
@@ -153,6 +187,10 @@ def _main(argv: list[str] | None) -> int:
     print(f"error:                      {numbers['error'] * 100:+.1f} %  (goal: within 15 %)")
     print(f"measured 2-node speedup:    {numbers['speedup']:.2f}x  (1 rank: {numbers['one_rank']:.3f} s; "
           f"goal >= 1.6x)")
+    if ns.repeats:
+        speedups = interleaved_pairs(ns, work, data, cpus)
+        print(f"interleaved pairs:          median speedup {statistics.median(speedups):.2f}x over "
+              f"{len(speedups)} pair(s) (each: {', '.join(f'{s:.2f}' for s in speedups)})")
     return 0
 
 

@@ -499,6 +499,8 @@ def run_start_record(run: Run, position: Position) -> dict:
     hardware = hardware_summary(gpu_devices)
     # Every rank's CPU affinity: shows whether the ranks own cores of their own (docs/scaling.md).
     hardware["cpu_affinity_by_rank"] = engine.allgather_object(affinity_summary()["cpu_affinity"])
+    # Whether a waiting MPI rank yields its core (HorovodEngine.init sets it; None on the tf engine).
+    hardware["mpi_yield_when_idle"] = os.environ.get("OMPI_MCA_mpi_yield_when_idle")
     return timing.make_event(
         "run_start", time=timing.utc_now_iso(), job_id=os.environ.get("SLURM_JOB_ID"),
         attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),

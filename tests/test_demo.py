@@ -57,6 +57,8 @@ def test_demo_runs_the_study_end_to_end(slurm_cluster, tmp_path):
     (two_nodes,) = [s for s in starts if s["ranks"] == 2 and s.get("kind") != "allreduce"]
     first, second = (set(cpus) for cpus in two_nodes["hardware"]["cpu_affinity_by_rank"])
     assert first and second and not first & second
+    # ... and a rank waiting in MPI yields its one core to the other threads (HorovodEngine.init).
+    assert two_nodes["hardware"]["mpi_yield_when_idle"] == "1"
 
 
 def test_demo_rejects_a_batch_that_does_not_divide(tmp_path):

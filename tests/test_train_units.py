@@ -271,3 +271,25 @@ def test_dataset_warnings_come_from_the_files_attribute_and_absent_stays_absent(
     assert "dataset_warnings" not in timing.make_event("run_start", **start, dataset_warnings=None)
     with pytest.raises(ValueError, match="dataset_warnings"):
         timing.make_event("run_start", **start, dataset_warnings="AAA: one string, not a list")
+
+
+@pytest.mark.parametrize("user_value, expected", [(None, "1"), ("0", "0")])
+def test_horovod_engine_makes_waiting_mpi_ranks_yield_unless_the_user_chose(user_value, expected):
+    # Open MPI reads the variable in MPI_Init (inside hvd.init()), so HorovodEngine.init must set it first;
+    # a fresh interpreter, since an initialised Horovod cannot be initialised again.
+    import os
+    import subprocess
+    import sys
+
+    from stockpredict.engine import MPI_YIELD_VARIABLE
+
+    env = {k: v for k, v in os.environ.items() if k != MPI_YIELD_VARIABLE}
+    if user_value is not None:
+        env[MPI_YIELD_VARIABLE] = user_value
+    code = ("import os; from stockpredict.engine import make_engine, MPI_YIELD_VARIABLE as V\n"
+            "e = make_engine('horovod'); before = os.environ.get(V); e.init()\n"
+            "print(before, os.environ.get(V), e.size)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=str(layout.__file__).rsplit("/stockpredict/", 1)[0])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(user_value), expected, "1"]

@@ -119,9 +119,28 @@ $(SETUP_DONE): pyproject.toml constraints.txt
 	@if ! "$$SP_PY" -c 'import horovod.tensorflow' 2>/dev/null; then \
 		nccl=(); \
 		if [[ "$$SP_TF_EXTRA" == gpu ]]; then mapfile -t nccl < <("$$SP_PY" -m stockpredict.nccl); wait $$!; fi; \
-		echo "setup: building horovod 0.28.1 against TensorFlow (about 3 minutes on 2 cores)"; \
-		env $(HOROVOD_BUILD_ENV) "$${nccl[@]}" "$$SP_PY" -m pip install -q --no-build-isolation --no-cache-dir \
-			-c constraints.txt horovod==0.28.1; \
+		cache="$${STOCKPREDICT_WHEEL_CACHE-$${XDG_CACHE_HOME:-$$HOME/.cache}/stockpredict/wheels}"; dir=; \
+		if [[ -n "$$cache" ]]; then \
+			key=$$(env $(HOROVOD_BUILD_ENV) "$${nccl[@]}" "$$SP_PY" -m stockpredict.buildcache key horovod==0.28.1 "$${nccl[@]}"); \
+			dir="$$cache/horovod-0.28.1-$$key"; \
+		fi; \
+		wheels=("$$dir"/horovod-*.whl); \
+		if [[ -n "$$dir" && -f "$${wheels[0]}" ]]; then \
+			echo "setup: horovod 0.28.1 from the build cache $$dir (built here before against the same TensorFlow, MPI and compilers; STOCKPREDICT_WHEEL_CACHE= rebuilds)"; \
+		else \
+			echo "setup: building horovod 0.28.1 against TensorFlow (about 3 minutes on 2 cores)"; \
+			build=$$(mktemp -d); \
+			env $(HOROVOD_BUILD_ENV) "$${nccl[@]}" "$$SP_PY" -m pip wheel -q --no-build-isolation --no-cache-dir \
+				--no-deps -c constraints.txt -w "$$build" horovod==0.28.1; \
+			wheels=("$$build"/horovod-*.whl); \
+			if [[ -n "$$dir" ]]; then \
+				mkdir -p "$$cache" && part=$$(mktemp -d "$$cache/.part.XXXXXX") && cp "$${wheels[0]}" "$$part"/ \
+					&& { mv -T "$$part" "$$dir" 2>/dev/null || rm -rf "$$part"; } \
+					&& echo "setup: stored the horovod wheel in $$dir"; \
+			fi; \
+		fi; \
+		"$$SP_PY" -m pip install -q -c constraints.txt "$${wheels[0]}"; \
+		if [[ -n "$${build:-}" ]]; then rm -rf "$$build"; fi; \
 	fi
 	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_VENV/bin/horovodrun" --check-build | tee "$$SP_VENV/horovod-check-build.txt"
 	@for want in TensorFlow MPI Gloo $$([[ "$$SP_TF_EXTRA" == gpu ]] && echo NCCL); do \
@@ -151,11 +170,14 @@ cluster-status: ## Show sinfo and squeue of the local cluster
 # --- tests ---------------------------------------------------------------------------------------
 
 .PHONY: test test-fast lint
+# Two pytest-xdist workers: the local cluster's tests run in order on one (tests/conftest.py groups
+# them), the rest of the suite on the other. PYTEST_ARGS="-n 0" runs everything in one process.
+PYTEST_WORKERS := -n 2 --dist loadgroup
 test: setup setup-tf lint ## Lint, then the whole test suite, both engines (starts the local cluster itself); what CI runs
-	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" "$${args[@]}"
+	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" $(PYTEST_WORKERS) "$${args[@]}"
 
 test-fast: setup ## The suite without the cluster and slow tests: the edit-test loop [PYTEST_ARGS=]
-	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" -m "not cluster and not slow" "$${args[@]}"
+	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" $(PYTEST_WORKERS) -m "not cluster and not slow" "$${args[@]}"
 
 # Run first by `make test` (and so by CI): a lint failure stops the suite before it starts.
 lint: setup ## Check the code with ruff (rules and line length: [tool.ruff] in pyproject.toml)

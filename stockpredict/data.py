@@ -1,4 +1,4 @@
-"""Sharded streaming of the preprocessing stage's HDF5 sequences file into tf.data.
+"""Sharded streaming of the preprocessing stage's HDF5 sequences file to the trainer. TensorFlow-free.
 
 Every rank reads only its own contiguous shard of `/train` (rank r of R owns rows
 [r*n//R, (r+1)*n//R)), in contiguous blocks: an h5py read of a block of windows costs about as much
@@ -18,8 +18,9 @@ last_close, no representation) are read as the seed representation: min-max from
 
 from __future__ import annotations
 
-import itertools
 import json
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -37,8 +38,8 @@ from .layout import READABLE_SCHEMAS, SCHEMA_VERSION, SPLITS
 # 32,768 windows drawn from 16 random places of the shard.
 BLOCK_WINDOWS = layout.DEFAULT_CHUNK_WINDOWS
 BLOCKS_PER_BUFFER = 16
-# Batches handed from Python to tf.data at once.
-GROUP_BATCHES = 32
+# Batches the background reader keeps ready (EpochBatches): 64 x 128 windows = 4 MB of float32.
+PREFETCH_BATCHES = 64
 # Windows per forward pass when scoring val/test (no gradients, so larger is cheaper).
 EVAL_BATCH_WINDOWS = 8192
 
@@ -221,26 +222,78 @@ def iter_train_batches(path: str, start: int, stop: int, batch_size: int, steps:
         raise RuntimeError(f"shard [{start}, {stop}) ran out of rows with {to_yield} still to train")
 
 
-def train_dataset(info: SequencesInfo, batch_size: int, steps: int, seed: int, epoch: int,
-                  rank: int, size: int, skip_steps: int = 0):
-    """tf.data pipeline of one epoch of this rank's shard; batches are prefetched in the background."""
-    import tensorflow as tf
+class EpochBatches:
+    """One epoch of this rank's training batches, read ahead by a background thread.
 
+    `take(n)` returns the next n batches stacked, (n, batch, seq_len, features) and (n, batch), for one
+    graph call of n steps. The thread reads HDF5 and shuffles while the step runs; h5py and numpy's
+    gather release the GIL for the heavy part. It holds at most `depth` batches. Why not tf.data's
+    `from_generator`: tearing down its iterator at the end of every epoch stalled for 1 to 10 s
+    (measured; the stall grew after the validation pass), which landed in the timed epochs and made a
+    short epoch's steps look several times slower than a long one's.
+    """
+
+    _END = object()
+
+    def __init__(self, batches: Iterator[tuple[np.ndarray, np.ndarray]], depth: int = PREFETCH_BATCHES):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(batches,), name="epoch-batches",
+                                        daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self, batches) -> None:
+        try:
+            for batch in batches:
+                if not self._put(batch):
+                    return
+            self._put(self._END)
+        except BaseException as err:  # noqa: BLE001 - handed to the training thread, which raises it
+            self._put(err)
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # closes the HDF5 file even when stopped early
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for _ in range(n):
+            item = self._queue.get()
+            if item is self._END:
+                raise RuntimeError(f"the epoch's batches ran out after {len(xs)} of {n}")
+            if isinstance(item, BaseException):
+                raise item
+            xs.append(item[0])
+            ys.append(item[1])
+        return np.stack(xs), np.stack(ys)
+
+    def close(self) -> None:
+        """Stop reading (a stop signal mid-epoch, or the epoch is over) and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> "EpochBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def epoch_batches(info: SequencesInfo, batch_size: int, steps: int, seed: int, epoch: int, rank: int,
+                  size: int, skip_steps: int = 0) -> EpochBatches:
+    """This rank's shard for one epoch (1-based), steps - skip_steps batches, read ahead in the background."""
     start, stop = shard_range(info.windows["train"], rank, size)
-    signature = (tf.TensorSpec((None, batch_size, info.seq_len, info.n_features), tf.float32),
-                 tf.TensorSpec((None, batch_size), tf.float32))
-
-    def groups():
-        # from_generator pays a Python round trip per element: hand over GROUP_BATCHES batches at
-        # a time and let unbatch() (C++) split them.
-        batches = iter_train_batches(info.path, start, stop, batch_size, steps, seed, epoch, rank,
-                                     skip_steps, block=info.block_windows)
-        while chunk := list(itertools.islice(batches, GROUP_BATCHES)):
-            yield np.stack([x for x, _ in chunk]), np.stack([y for _, y in chunk])
-
-    dataset = tf.data.Dataset.from_generator(groups, output_signature=signature).unbatch()
-    # Prefetch keeps HDF5 reads and the shuffle gather off the training step's critical path.
-    return dataset.prefetch(16)
+    return EpochBatches(iter_train_batches(info.path, start, stop, batch_size, steps, seed, epoch, rank,
+                                           skip_steps, block=info.block_windows))
 
 
 def iter_eval_shard(path: str, split: str, rank: int, size: int, close_index: int,

@@ -120,7 +120,7 @@ class Replica:
     checkpoint: Any                # tf.train.Checkpoint(model, optimizer)
     dropout_rngs: list             # tf.random.Generator per dropout layer, checkpointed per rank
     loss_sum: Any                  # tf.Variable: this rank's loss sum of the current epoch
-    train_steps: Callable          # (iterator, n_steps) -> None, n steps inside one graph call
+    train_steps: Callable          # (xs, ys) stacked n batches -> None, n steps inside one graph call
     predict: Callable              # x -> predictions (n,)
 
 
@@ -160,12 +160,16 @@ def build_replica(plan: RunPlan, engine: Engine) -> Replica:
         return loss
 
     # Several steps per call, looping inside the graph (like Keras' steps_per_execution): Python
-    # runs once per --stop-check-steps steps, not once per step.
-    @tf.function
-    def train_steps(iterator, n_steps):
-        for _ in tf.range(n_steps):
-            x, y = next(iterator)
-            loss = engine.run(train_step, x, y)
+    # runs once per --stop-check-steps steps, not once per step. The n batches come stacked
+    # (data.EpochBatches.take); the signature's open first axis keeps it to one trace for every n.
+    info = plan.info
+    stacked = (tf.TensorSpec((None, cfg.batch_size, info.seq_len, info.n_features), tf.float32),
+               tf.TensorSpec((None, cfg.batch_size), tf.float32))
+
+    @tf.function(input_signature=stacked)
+    def train_steps(xs, ys):
+        for i in tf.range(tf.shape(xs)[0]):
+            loss = engine.run(train_step, xs[i], ys[i])
             loss_sum.assign_add(tf.cast(loss, tf.float64))
 
     @tf.function
@@ -239,7 +243,7 @@ def stop_agreed(engine: Engine) -> bool:
 
 def train_epochs(run: Run, position: Position) -> int:
     """The epoch loop from `position`; returns the process exit status (0, or EXIT_PREEMPTED)."""
-    from .data import train_dataset
+    from .data import epoch_batches
 
     plan, replica, engine, cfg = run.plan, run.replica, run.engine, run.plan.config
     size, steps = engine.size, plan.steps
@@ -266,21 +270,20 @@ def train_epochs(run: Run, position: Position) -> int:
         carried = position.carried_loss_sum if first_epoch else 0.0
         resumed = first_epoch and plan.resume is not None
         replica.loss_sum.assign(0.0)
-        dataset = train_dataset(plan.info, cfg.batch_size, steps, cfg.seed, epoch, engine.rank, size,
-                                skip_steps=skip)
         progress = make_progress(run.is_root, steps, skip, f"epoch {epoch}/{cfg.epochs}")
         t0 = time.perf_counter()
-        iterator = iter(dataset)
         step = skip
-        while step < steps:
-            # Run up to the next multiple of stop_check_steps, where the ranks check for a stop.
-            n = min(cfg.stop_check_steps - step % cfg.stop_check_steps, steps - step)
-            replica.train_steps(iterator, tf.constant(n, tf.int64))
-            step += n
-            progress.update(n)
-            if step < steps and stop_agreed(engine):
-                progress.close()
-                return preempt(run, epoch - 1, step, carried, float(replica.loss_sum.numpy()))
+        with epoch_batches(plan.info, cfg.batch_size, steps, cfg.seed, epoch, engine.rank, size,
+                           skip_steps=skip) as batches:
+            while step < steps:
+                # Run up to the next multiple of stop_check_steps, where the ranks check for a stop.
+                n = min(cfg.stop_check_steps - step % cfg.stop_check_steps, steps - step)
+                replica.train_steps(*batches.take(n))
+                step += n
+                progress.update(n)
+                if step < steps and stop_agreed(engine):
+                    progress.close()
+                    return preempt(run, epoch - 1, step, carried, float(replica.loss_sum.numpy()))
         train_seconds = time.perf_counter() - t0
         progress.close()
         t1 = time.perf_counter()

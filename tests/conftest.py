@@ -52,6 +52,16 @@ def _running() -> bool:
         return False
 
 
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs on 2 pytest-xdist workers with --dist loadgroup. Every test of the local cluster
+    joins one group, so one worker runs them all in order: the cluster starts once, jobs never overlap on
+    the pinned virtual nodes (the preemption tests need free nodes), and no other worker's session
+    teardown can stop the cluster under them. The other worker takes the rest of the suite meanwhile."""
+    for item in items:
+        if "slurm_cluster" in item.fixturenames or item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.xdist_group("cluster"))
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster():
     was_running = _running()

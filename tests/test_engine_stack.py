@@ -12,8 +12,10 @@ from conftest import REPO, TF_PYTHON, require_tf_venv
 
 def _make_dry(tmp_path, *args: str) -> str:
     """The recipe `make setup` would run for a venv that does not exist yet (make -n prints, runs nothing)."""
+    # Without the outer make's flags: `make test-fast SETUP_DONE=` would hand SETUP_DONE= down to it.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), "setup",
-                           f"VENV={tmp_path / 'venv'}", *args], capture_output=True, text=True)
+                           f"VENV={tmp_path / 'venv'}", *args], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 

@@ -189,8 +189,36 @@ def test_reads_follow_the_files_chunk_length(chunk_1000_file, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(data, "iter_train_batches", spy)
-    batches = list(data.train_dataset(info, 32, 3, seed=0, epoch=1, rank=1, size=3).take(2))
-    assert seen == [1000] and len(batches) == 2
+    with data.epoch_batches(info, 32, 3, seed=0, epoch=1, rank=1, size=3) as batches:
+        xs, ys = batches.take(2)
+    assert seen == [1000] and xs.shape == (2, 32, info.seq_len, info.n_features) and ys.shape == (2, 32)
+
+
+def test_epoch_batches_hand_over_the_epochs_batches_in_order_and_stop_cleanly(chunk_1000_file):
+    info = data.read_sequences_info(chunk_1000_file)
+    start, stop = data.shard_range(info.windows["train"], 0, 2)
+    expected = list(data.iter_train_batches(str(chunk_1000_file), start, stop, 16, 10, seed=3, epoch=2,
+                                            rank=0, block=info.block_windows))
+    with data.epoch_batches(info, 16, 10, seed=3, epoch=2, rank=0, size=2) as batches:
+        first, rest = batches.take(3), batches.take(7)
+        with pytest.raises(RuntimeError, match="ran out after 0 of 1"):
+            batches.take(1)
+    xs = np.concatenate([first[0], rest[0]])
+    np.testing.assert_array_equal(xs, np.stack([x for x, _ in expected]))
+    np.testing.assert_array_equal(np.concatenate([first[1], rest[1]]), np.stack([y for _, y in expected]))
+    # stopped early (a stop signal mid-epoch): close() ends the reader, which closes the file
+    batches = data.epoch_batches(info, 16, 10, seed=3, epoch=2, rank=0, size=2)
+    batches.take(1)
+    batches.close()
+    assert not batches._thread.is_alive()
+    h5py.File(chunk_1000_file, "r+").close()  # no reader left holding the file
+
+
+def test_epoch_batches_raise_the_readers_error_in_the_training_thread(chunk_1000_file):
+    info = data.read_sequences_info(chunk_1000_file)
+    with data.epoch_batches(info, 16, 10**6, seed=0, epoch=1, rank=0, size=1) as batches:
+        with pytest.raises(RuntimeError, match="ran out of rows"):
+            batches.take(10**6)
 
 
 def test_metrics_from_shard_sums_match_direct_computation_per_ticker():

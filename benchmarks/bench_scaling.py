@@ -21,6 +21,7 @@ allreduce benchmark), the error in %, and the measured 2-node speedup (1-rank ba
 
     .venv/bin/python benchmarks/bench_scaling.py                      # full size: about 10 minutes on 2 cores
     .venv/bin/python benchmarks/bench_scaling.py --repeats 5          # + 5 interleaved pairs (~6 minutes)
+    .venv/bin/python benchmarks/bench_scaling.py --repeats 5 --pairs-only   # the pairs alone
     .venv/bin/python benchmarks/bench_scaling.py --tickers 3 --days 10 --epochs 2 --max-steps 20  # smoke run
 
 Run it on a quiet machine: other load on the cores changes every number.
@@ -143,18 +144,22 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--work", help="directory for data and runs (default: a new temporary directory)")
     parser.add_argument("--repeats", type=int, default=0,
                         help="then this many interleaved pairs of short runs for a steadier speedup")
+    parser.add_argument("--pairs-only", action="store_true",
+                        help="run only the --repeats pairs (no study, no report): e.g. after a `make demo`")
     parser.add_argument("--pair-steps", type=int, default=300, help="steps per epoch of a pair's runs")
     parser.add_argument("--pair-epochs", type=int, default=3, help="epochs of a pair's runs (first untimed)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per job, queueing included")
     ns = parser.parse_args(argv)
     if ns.epochs < 2 or ns.pair_epochs < 2:
         raise UserError("--epochs and --pair-epochs must be >= 2: the first epoch is warm-up, not timed")
+    if ns.pairs_only and not ns.repeats:
+        raise UserError("--pairs-only needs --repeats N")
     cores = len(cpu_affinity())
     if cores < NODES:
         say(f"WARNING: {cores} core(s): {NODES} virtual nodes share cores and measure time-sharing")
     work = Path(ns.work).resolve() if ns.work else Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     results = work / "results"
-    if (results / "runs").exists() and any((results / "runs").iterdir()):
+    if not ns.pairs_only and (results / "runs").exists() and any((results / "runs").iterdir()):
         raise UserError(f"{results / 'runs'} already holds runs: give a fresh --work directory")
     say(f"work directory {work}; {cores} core(s) here")
 
@@ -168,6 +173,11 @@ def _main(argv: list[str] | None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     cpus = demo.cores_per_node(env["SLURM_CONF"])
     say(f"pinned virtual nodes, {cpus or 1} core(s) each: one job at a time")
+    if ns.pairs_only:
+        speedups = interleaved_pairs(ns, work, data, cpus)
+        print(f"interleaved pairs:          median speedup {statistics.median(speedups):.2f}x over "
+              f"{len(speedups)} pair(s) (each: {', '.join(f'{s:.2f}' for s in speedups)})")
+        return 0
     started = time.monotonic()
     run_all(ns, results, data, cpus)
     status = report.main(["--runs", str(results / "runs"), "--out", str(results), "--no-plots"])

@@ -170,11 +170,10 @@ cluster-status: ## Show sinfo and squeue of the local cluster
 # --- tests ---------------------------------------------------------------------------------------
 
 .PHONY: test test-fast lint
-# `make test-fast` runs on two pytest-xdist workers. `make test` stays in one process: on two workers
-# (the cluster's tests grouped on one by tests/conftest.py) a fresh-clone run saw the local cluster's
-# slurmctld stopped by a SIGTERM from a source we did not find, mid-way through a cluster test
-# (README, "Tests"). Try it with: make test PYTEST_ARGS="-n 2 --dist loadgroup".
-PYTEST_WORKERS := -n 2 --dist loadgroup
+# `make test-fast` (no cluster) runs on two pytest-xdist workers. `make test` stays in one process: the
+# local cluster's tests must not run side by side, and pytest-xdist 3.8's --dist loadgroup, which would
+# keep them on one worker, does not work under pytest 9 (tests/conftest.py, slurm_cluster).
+PYTEST_WORKERS := -n 2
 test: setup setup-tf lint ## Lint, then the whole test suite, both engines (starts the local cluster itself); what CI runs
 	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" "$${args[@]}"
 

@@ -75,7 +75,8 @@ def write_random_sequences(path: Path, windows: dict, seed: int = 0) -> Path:
         handle.create_dataset(layout.TICKERS, data=names,
                               dtype=h5py.string_dtype("utf-8"))
         attrs = handle.attrs
-        attrs[layout.ATTR_SCHEMA_VERSION] = layout.SCHEMA_VERSION
+        # Schema 1 (no last_close, read as the seed representation): random min-max windows, not returns.
+        attrs[layout.ATTR_SCHEMA_VERSION] = 1
         attrs[layout.ATTR_CONFIG] = json.dumps({"generator": "benchmarks/bench_train.py", "seed": seed})
         attrs[layout.ATTR_FEATURES] = np.array(["close", "volume"], dtype=h5py.string_dtype())
         attrs[layout.ATTR_TARGET_FEATURE] = "close"

@@ -91,10 +91,10 @@ class HorovodEngine:
     def init(self) -> None:
         # Open MPI busy-polls while Horovod's background thread waits in an allreduce. When the rank's
         # TensorFlow threads fill the cores it owns (CPU training, one core per rank), that poll takes
-        # the core from the next step's compute: 2 pinned ranks at batch 128 measured 40 ms per step
-        # spinning and 27 ms yielding (docs/scaling.md, "MPI polling"). Yielding costs a sched_yield
-        # per poll when the core is otherwise idle (a GPU run), so it is the default; a user's own
-        # setting wins. Read by MPI_Init inside hvd.init(), so it must be set before.
+        # the core from the next step's compute: 2 pinned ranks at batch 128 under srun measured
+        # 34.8-41.2 ms per step spinning, 27.9-33.6 yielding (docs/scaling.md, "MPI polling").
+        # Yielding costs a sched_yield per poll when the core is otherwise idle (a GPU run), so it is
+        # the default; a user's own setting wins. Read by MPI_Init inside hvd.init(): set it before.
         os.environ.setdefault(MPI_YIELD_VARIABLE, "1")
         self.hvd.init()  # Horovod: rank and size come from horovodrun (Gloo) or srun/PMIx (MPI)
 

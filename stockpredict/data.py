@@ -226,8 +226,8 @@ class EpochBatches:
     """One epoch of this rank's training batches, read ahead by a background thread.
 
     `take(n)` returns the next n batches stacked, (n, batch, seq_len, features) and (n, batch), for one
-    graph call of n steps. The thread reads HDF5 and shuffles while the step runs; h5py and numpy's
-    gather release the GIL for the heavy part. It holds at most `depth` batches. Why not tf.data's
+    graph call of n steps. The thread reads HDF5 and shuffles while the steps run (TensorFlow releases
+    the GIL while it executes the graph). It holds at most `depth` batches. Why not tf.data's
     `from_generator`: tearing down its iterator at the end of every epoch stalled for 1 to 10 s
     (measured; the stall grew after the validation pass), which landed in the timed epochs and made a
     short epoch's steps look several times slower than a long one's.

@@ -21,6 +21,8 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from .config import ENGINES
+
 
 class Engine(Protocol):
     """What a rank knows about the job and the collectives it may call (all ranks call each one)."""
@@ -149,9 +151,6 @@ class HorovodEngine:
         # Horovod: the MPI library's version when Horovod runs on MPI (rank 0 asks; others report None).
         mpi = mpi_version() if self.hvd.mpi_enabled() and self.rank == 0 else None
         return {"horovod": horovod.__version__, "mpi": mpi}
-
-
-ENGINES = ("horovod", "tf")
 
 
 def make_engine(name: str) -> Engine:

@@ -73,13 +73,16 @@ class TfEngine:
     def initialized_rank(self) -> int | None:
         return self.cluster.index if self.cluster is not None else None
 
+    def _collectives(self) -> str:
+        """NCCL with a visible GPU, else TensorFlow's ring: a CommunicationImplementation member name."""
+        return "NCCL" if self.tf.config.get_visible_devices("GPU") else "RING"
+
     @property
     def strategy(self):
         if self._strategy is None:
             tf = self.tf
-            gpus = tf.config.get_visible_devices("GPU")
-            implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL if gpus
-                              else tf.distribute.experimental.CommunicationImplementation.RING)
+            implementation = getattr(tf.distribute.experimental.CommunicationImplementation,
+                                     self._collectives())
             # tf.distribute: reads TF_CONFIG, starts this worker's gRPC server, joins the others.
             self._strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 communication_options=tf.distribute.experimental.CommunicationOptions(
@@ -160,6 +163,5 @@ class TfEngine:
             versions["tf_keras"] = tf_keras.__version__
         if versions["tf_keras"] is None:
             versions["tf_keras"] = getattr(self.tf.keras, "__version__", None)
-        gpus = self.tf.config.get_visible_devices("GPU")
-        versions["collectives"] = "NCCL" if gpus else "RING"
+        versions["collectives"] = self._collectives()
         return versions

@@ -29,7 +29,7 @@ from .checkpoints import ResumePoint
 from .cli import LOG_LEVEL_ENV, UserError, get_logger
 from .config import TrainConfig, resolve_config
 from .data import SequencesInfo
-from .engine import Engine
+from .engine import MPI_YIELD_VARIABLE, Engine
 from .files import reporting_disk_full, write_atomic, write_json_atomic
 from .hardware import affinity_summary
 
@@ -503,7 +503,7 @@ def run_start_record(run: Run, position: Position) -> dict:
     # Every rank's CPU affinity: shows whether the ranks own cores of their own (docs/scaling.md).
     hardware["cpu_affinity_by_rank"] = engine.allgather_object(affinity_summary()["cpu_affinity"])
     # Whether a waiting MPI rank yields its core (HorovodEngine.init sets it; None on the tf engine).
-    hardware["mpi_yield_when_idle"] = os.environ.get("OMPI_MCA_mpi_yield_when_idle")
+    hardware["mpi_yield_when_idle"] = os.environ.get(MPI_YIELD_VARIABLE)
     return timing.make_event(
         "run_start", time=timing.utc_now_iso(), job_id=os.environ.get("SLURM_JOB_ID"),
         attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),

@@ -50,7 +50,7 @@ LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "srun", "non
 # Per engine: the environment `{venv}` in a profile's setup lines names (make setup [ENGINE=tf]) and
 # the launchers that can start its ranks (the first is the default).
 ENGINE_VENVS = {"horovod": ".venv", "tf": ".venv-tf"}
-ENGINE_LAUNCHERS = {"horovod": ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "none"),
+ENGINE_LAUNCHERS = {"horovod": tuple(launcher for launcher in LAUNCHERS if launcher != "srun"),
                     "tf": ("srun",)}
 # The warning signal Slurm sends before the time limit. USR1: Open MPI, PMIx and NCCL install no handler
 # for it (SIGTERM is what Slurm itself sends at the limit, SIGINT/SIGQUIT have shell meanings, and

@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: this checkout's stockpredict
 # No TensorFlow on this side: the runs are Slurm jobs.
-from stockpredict import demo, report, slurmjobs  # noqa: E402
+from stockpredict import demo, report, slurmjobs, timing  # noqa: E402
 from stockpredict.allreduce_bench import BenchConfig  # noqa: E402
 from stockpredict.cli import UserError, run_cli  # noqa: E402
 from stockpredict.config import TrainConfig  # noqa: E402
@@ -85,17 +85,17 @@ def run_all(ns: argparse.Namespace, results: Path, data: Path, cpus: int | None)
 
 
 def timed_seconds(run_dir: Path) -> float:
-    """Median train seconds of a run's epochs after the first (warm-up), from its timing.jsonl."""
-    from stockpredict import timing
+    """A run's seconds per epoch as the report computes it (median over the epochs after warm-up)."""
+    path = run_dir / timing.TIMING_FILE
+    run, _ = report.parse_timing_log(path.read_text(), run_dir.name, str(path))
+    return report.run_timing(run, report.ReportConfig.warmup_epochs).seconds_per_epoch
 
-    epochs = [e for e in timing.read_events(run_dir / timing.TIMING_FILE) if e.get("event") == "epoch"]
-    return statistics.median(e["train_seconds"] for e in epochs[1:])
 
-
-def interleaved_pairs(ns: argparse.Namespace, work: Path, data: Path, cpus: int | None) -> list[float]:
-    """--repeats pairs of short runs, 1 rank at batch 256 then 2 ranks at 128 each, back to back; the
-    speedup of each pair. The host's speed drifts over tens of seconds (docs/scaling.md, "How noisy this
-    machine is"), so pairs of short runs close in time give a steadier ratio than two long runs."""
+def interleaved_pairs(ns: argparse.Namespace, work: Path, data: Path, cpus: int | None) -> None:
+    """--repeats pairs of short runs, 1 rank at batch 256 then 2 ranks at 128 each, back to back; prints
+    each pair's speedup and their median. The host's speed drifts over tens of seconds (docs/scaling.md,
+    "How noisy this machine is"), so pairs of short runs close in time give a steadier ratio than two
+    long runs."""
     results = work / "pairs"
     speedups = []
     for i in range(1, ns.repeats + 1):
@@ -109,7 +109,8 @@ def interleaved_pairs(ns: argparse.Namespace, work: Path, data: Path, cpus: int 
         speedups.append(seconds[1] / seconds[NODES])
         say(f"pair {i}/{ns.repeats}: 1 rank {seconds[1]:.2f} s, {NODES} ranks {seconds[NODES]:.2f} s per "
             f"{ns.pair_steps}-step epoch: speedup {speedups[-1]:.2f}x")
-    return speedups
+    print(f"interleaved pairs:          median speedup {statistics.median(speedups):.2f}x over "
+          f"{len(speedups)} pair(s) (each: {', '.join(f'{s:.2f}' for s in speedups)})")
 
 
 def summarise(results: Path) -> dict:
@@ -174,9 +175,7 @@ def _main(argv: list[str] | None) -> int:
     cpus = demo.cores_per_node(env["SLURM_CONF"])
     say(f"pinned virtual nodes, {cpus or 1} core(s) each: one job at a time")
     if ns.pairs_only:
-        speedups = interleaved_pairs(ns, work, data, cpus)
-        print(f"interleaved pairs:          median speedup {statistics.median(speedups):.2f}x over "
-              f"{len(speedups)} pair(s) (each: {', '.join(f'{s:.2f}' for s in speedups)})")
+        interleaved_pairs(ns, work, data, cpus)
         return 0
     started = time.monotonic()
     run_all(ns, results, data, cpus)
@@ -198,9 +197,7 @@ def _main(argv: list[str] | None) -> int:
     print(f"measured 2-node speedup:    {numbers['speedup']:.2f}x  (1 rank: {numbers['one_rank']:.3f} s; "
           f"goal >= 1.6x)")
     if ns.repeats:
-        speedups = interleaved_pairs(ns, work, data, cpus)
-        print(f"interleaved pairs:          median speedup {statistics.median(speedups):.2f}x over "
-              f"{len(speedups)} pair(s) (each: {', '.join(f'{s:.2f}' for s in speedups)})")
+        interleaved_pairs(ns, work, data, cpus)
     return 0
 
 

@@ -41,6 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: this checkout's stockpredict
 from stockpredict import layout  # noqa: E402 -- after the path line; h5py/numpy only, no TensorFlow
+from stockpredict.tfcluster import WorkerCluster  # noqa: E402 -- TensorFlow-free
 
 PYTHON = sys.executable
 HOROVODRUN = str(Path(PYTHON).parent / "horovodrun")
@@ -175,23 +176,29 @@ def bench_scaling(work: Path, data: Path, steps: int, repeats: int = 2) -> dict:
     return result
 
 
+def start_tf_workers(command: list[str], ranks: int, port: int, pin: bool = True, stderr=subprocess.STDOUT,
+                     **env: str) -> list[subprocess.Popen]:
+    """`ranks` tf.distribute workers of `command` on this machine (TF_CONFIG by hand: no Slurm), rank r
+    on core r when pinned."""
+    workers = tuple(f"localhost:{port + r}" for r in range(ranks))
+    procs = []
+    for r in range(ranks):
+        config = WorkerCluster(workers=workers, index=r, local_rank=r).tf_config()
+        cmd = ["taskset", "-c", str(r % (os.cpu_count() or 1)), *command] if pin else list(command)
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                      env=dict(os.environ, PYTHONPATH=str(REPO), TF_CONFIG=config,
+                                               TF_CPP_MIN_LOG_LEVEL="2", **env)))
+    return procs
+
+
 def train_tf(run_dir: Path, data: Path, python: str, ranks: int = 2, pin: bool = True, port: int = 23950,
              **flags) -> dict:
-    """The tf engine on `ranks` workers on this machine (TF_CONFIG by hand: no Slurm), rank r on core r."""
+    """The tf engine on `ranks` workers on this machine, rank r on core r."""
     args = ["--data", str(data), "--run-dir", str(run_dir), "--engine", "tf"]
     for key, value in flags.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
-    workers = [f"localhost:{port + r}" for r in range(ranks)]
     shutil.rmtree(run_dir, ignore_errors=True)
-    procs = []
-    for r in range(ranks):
-        config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": r}})
-        cmd = [python, "-m", "stockpredict.train", *args]
-        if pin:
-            cmd = ["taskset", "-c", str(r % (os.cpu_count() or 1)), *cmd]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                      env=dict(os.environ, PYTHONPATH=str(REPO), TF_CONFIG=config,
-                                               TF_CPP_MIN_LOG_LEVEL="2")))
+    procs = start_tf_workers([python, "-m", "stockpredict.train", *args], ranks, port, pin)
     outputs = [p.communicate()[0] for p in procs]
     if any(p.returncode != 0 for p in procs):
         raise SystemExit(f"tf engine failed:\n{outputs[0][-3000:]}")
@@ -225,15 +232,8 @@ def bench_engines(work: Path, data: Path, steps: int, repeats: int, tf_python: s
 
 def bench_stop_check_tf(python: str, ranks: int = 2, port: int = 23970) -> dict:
     """The tf engine's stop agreement latency (one scalar ring all-reduce), 2 workers, pinned."""
-    workers = [f"localhost:{port + r}" for r in range(ranks)]
-    procs = []
-    for r in range(ranks):
-        config = json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": r}})
-        procs.append(subprocess.Popen(
-            ["taskset", "-c", str(r % (os.cpu_count() or 1)), python, "-c", STOP_CHECK_PROBE],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=config,
-                     PROBE_ENGINE="tf")))
+    procs = start_tf_workers([python, "-c", STOP_CHECK_PROBE], ranks, port, stderr=subprocess.DEVNULL,
+                             PROBE_ENGINE="tf")
     out = [p.communicate(timeout=600)[0] for p in procs]
     line = next(line for line in out[0].splitlines() if line.startswith("PROBE"))
     samples = json.loads(line[5:])["ms_per_check"]

@@ -126,7 +126,7 @@ class Replica:
 
 def build_replica(plan: RunPlan, engine: Engine) -> Replica:
     """A fresh model and optimizer (same seed on every rank) and the compiled train/predict steps."""
-    from .model import build_model, dropout_generators
+    from .model import build_model, dropout_generators, unroll_lstm
 
     cfg = plan.config
     # Same seed on every rank: identical initial weights (the broadcast makes sure anyway) and a
@@ -134,7 +134,8 @@ def build_replica(plan: RunPlan, engine: Engine) -> Replica:
     tf.keras.utils.set_random_seed(cfg.seed)
     with engine.scope():  # tf.distribute creates mirrored variables here; Horovod ordinary ones
         model = build_model(plan.info.seq_len, plan.info.n_features, cfg.lstm_units, cfg.dropout,
-                            cfg.dense_units, representation=plan.info.representation)
+                            cfg.dense_units, representation=plan.info.representation,
+                            unroll=unroll_lstm(tf.config.get_visible_devices("GPU")))
         dropout_rngs = dropout_generators(model)
         for i, rng in enumerate(dropout_rngs):
             # Independent dropout masks per rank, reproducible from --seed.
@@ -504,6 +505,7 @@ def run_start_record(run: Run, position: Position) -> dict:
     hardware["cpu_affinity_by_rank"] = engine.allgather_object(affinity_summary()["cpu_affinity"])
     # Whether a waiting MPI rank yields its core (HorovodEngine.init sets it; None on the tf engine).
     hardware["mpi_yield_when_idle"] = os.environ.get(MPI_YIELD_VARIABLE)
+    hardware["lstm_unrolled"] = bool(run.replica.model.get_layer("lstm").unroll)  # model.unroll_lstm
     return timing.make_event(
         "run_start", time=timing.utc_now_iso(), job_id=os.environ.get("SLURM_JOB_ID"),
         attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),

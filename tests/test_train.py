@@ -129,6 +129,7 @@ def test_single_process_learns_and_beats_persistence(tiny_dataset, tmp_path):
     assert start["dataset_id"] == identity.dataset_identity(tiny_dataset)
     assert start["model"]["lstm_units"] == 50 and start["model"]["seq_len"] == 60
     assert start["hardware"]["cpu_affinity_by_rank"] == [sorted(os.sched_getaffinity(0))]
+    assert start["hardware"]["lstm_unrolled"] is True  # a CPU run (model.unroll_lstm)
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
     assert epochs[-1]["val_loss"] < epochs[0]["val_loss"]
     assert all(e["steps"] == start["windows"]["train"] // 128 and not e["resumed"] for e in epochs)

@@ -26,6 +26,32 @@ def test_choose_gpu(visible, local_rank, expected):
     assert choose_gpu(visible, local_rank) == expected
 
 
+def test_the_lstm_is_unrolled_on_cpu_only():
+    from stockpredict.model import unroll_lstm
+
+    assert unroll_lstm([]) is True
+    assert unroll_lstm(["/physical_device:GPU:0"]) is False  # cuDNN needs the looped layer
+
+
+def test_the_unrolled_lstm_computes_what_the_looped_one_does():
+    """Unrolling is a CPU speed-up only: same weights, same predictions and gradients (float32)."""
+    import tensorflow as tf
+
+    from stockpredict.model import build_model
+
+    looped, unrolled = (build_model(60, 2, dropout=0.0, unroll=u) for u in (False, True))
+    unrolled.set_weights(looped.get_weights())
+    x = tf.constant(np.random.default_rng(0).normal(size=(16, 60, 2)), tf.float32)
+    results = []
+    for model in (looped, unrolled):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(model(x, training=True) ** 2)
+        results.append([loss, *tape.gradient(loss, model.trainable_variables)])
+    assert unrolled.get_layer("lstm").unroll and not looped.get_layer("lstm").unroll
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("n, size", [(10, 1), (10, 3), (15922, 4), (7, 7)])
 def test_shards_partition_the_split_and_every_rank_can_run_the_steps(n, size):
     ranges = [data.shard_range(n, r, size) for r in range(size)]

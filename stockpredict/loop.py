@@ -173,7 +173,9 @@ def build_replica(plan: RunPlan, engine: Engine) -> Replica:
             loss = engine.run(train_step, xs[i], ys[i])
             loss_sum.assign_add(tf.cast(loss, tf.float64))
 
-    @tf.function
+    # One trace for every batch length (an eval shard's last batch is shorter): each retrace of the
+    # (unrolled) model costs about a second.
+    @tf.function(input_signature=[tf.TensorSpec((None, info.seq_len, info.n_features), tf.float32)])
     def predict(x):
         return model(x, training=False)[:, 0]
 

@@ -39,8 +39,9 @@ def unroll_lstm(gpu_devices: list) -> bool:
     On a CPU core the while_loop's per-iteration control flow is a fixed cost of every step, whatever
     the batch: one pinned core, same process, interleaved (docs/scaling.md, "Unrolled LSTM on CPU"):
     22.8 -> 17.7 ms per step at batch 128 and 40.0 -> 33.3 ms at batch 256, so the per-step overhead
-    that caps strong scaling fell from about 5.6 to 2.1 ms. The cost is ~2 s more tracing per
-    process. On a GPU, Keras uses cuDNN's fused LSTM only when the layer is not unrolled.
+    that caps strong scaling fell from about 5.6 to 2.1 ms. The cost is tracing, about 4 s more per
+    trainer process, which a run at batch 128 earns back within about a thousand steps (a demo epoch
+    is 664). On a GPU, Keras uses cuDNN's fused LSTM only when the layer is not unrolled.
     """
     return not gpu_devices
 

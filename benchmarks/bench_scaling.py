@@ -22,6 +22,7 @@ allreduce benchmark), the error in %, and the measured 2-node speedup (1-rank ba
     .venv/bin/python benchmarks/bench_scaling.py                      # full size: about 10 minutes on 2 cores
     .venv/bin/python benchmarks/bench_scaling.py --repeats 5          # + 5 interleaved pairs (~6 minutes)
     .venv/bin/python benchmarks/bench_scaling.py --repeats 5 --pairs-only   # the pairs alone
+    .venv/bin/python benchmarks/bench_scaling.py --interleaved 15 --pairs-only  # 1 vs 2 ranks in one job
     .venv/bin/python benchmarks/bench_scaling.py --tickers 3 --days 10 --epochs 2 --max-steps 20  # smoke run
 
 Run it on a quiet machine: other load on the cores changes every number.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -113,6 +115,24 @@ def interleaved_pairs(ns: argparse.Namespace, work: Path, data: Path, cpus: int 
           f"{len(speedups)} pair(s) (each: {', '.join(f'{s:.2f}' for s in speedups)})")
 
 
+def interleaved(ns: argparse.Namespace, work: Path, data: Path, cpus: int | None) -> None:
+    """--interleaved rounds of benchmarks/interleaved_step.py in one 2-node srun step: 1 rank alone and
+    2 ranks, alternating every --interleaved-steps steps, so the host's drift cannot bias the ratio."""
+    out = work / "interleaved.json"
+    cmd = ["srun", "--mpi=pmix", f"--nodes={NODES}", f"--ntasks={NODES}", "--ntasks-per-node=1",
+           f"--cpus-per-task={cpus or 1}", sys.executable, str(REPO / "benchmarks" / "interleaved_step.py"),
+           "--data", str(data), "--global-batch", str(GLOBAL_BATCH), "--rounds", str(ns.interleaved),
+           "--steps", str(ns.interleaved_steps), "--out", str(out)]
+    say(f"interleaved: {' '.join(cmd)}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:  # every round as it ends: never silent
+        if line.startswith("interleaved_step:"):
+            print(line, end="", flush=True)
+    if proc.wait(timeout=ns.timeout) != 0:
+        raise UserError(f"the interleaved benchmark failed (srun exit {proc.returncode})")
+    say(f"interleaved rounds and medians in {out}")
+
+
 def summarise(results: Path) -> dict:
     """The numbers the benchmark prints, from the report's own model (build_report on these runs)."""
     built = report.build_report(report.load_runs(results / "runs"),
@@ -146,15 +166,19 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--repeats", type=int, default=0,
                         help="then this many interleaved pairs of short runs for a steadier speedup")
     parser.add_argument("--pairs-only", action="store_true",
-                        help="run only the --repeats pairs (no study, no report): e.g. after a `make demo`")
+                        help="run only the --repeats pairs and --interleaved rounds (no study, no report)")
     parser.add_argument("--pair-steps", type=int, default=300, help="steps per epoch of a pair's runs")
     parser.add_argument("--pair-epochs", type=int, default=3, help="epochs of a pair's runs (first untimed)")
+    parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                        help="then ROUNDS rounds of 1 rank vs 2 ranks alternating inside one job "
+                             "(benchmarks/interleaved_step.py): the speedup without the host's drift")
+    parser.add_argument("--interleaved-steps", type=int, default=20, help="steps of each kind per round")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per job, queueing included")
     ns = parser.parse_args(argv)
     if ns.epochs < 2 or ns.pair_epochs < 2:
         raise UserError("--epochs and --pair-epochs must be >= 2: the first epoch is warm-up, not timed")
-    if ns.pairs_only and not ns.repeats:
-        raise UserError("--pairs-only needs --repeats N")
+    if ns.pairs_only and not (ns.repeats or ns.interleaved):
+        raise UserError("--pairs-only needs --repeats N or --interleaved ROUNDS")
     cores = len(cpu_affinity())
     if cores < NODES:
         say(f"WARNING: {cores} core(s): {NODES} virtual nodes share cores and measure time-sharing")
@@ -175,7 +199,10 @@ def _main(argv: list[str] | None) -> int:
     cpus = demo.cores_per_node(env["SLURM_CONF"])
     say(f"pinned virtual nodes, {cpus or 1} core(s) each: one job at a time")
     if ns.pairs_only:
-        interleaved_pairs(ns, work, data, cpus)
+        if ns.repeats:
+            interleaved_pairs(ns, work, data, cpus)
+        if ns.interleaved:
+            interleaved(ns, work, data, cpus)
         return 0
     started = time.monotonic()
     run_all(ns, results, data, cpus)
@@ -198,6 +225,8 @@ def _main(argv: list[str] | None) -> int:
           f"goal >= 1.6x)")
     if ns.repeats:
         interleaved_pairs(ns, work, data, cpus)
+    if ns.interleaved:
+        interleaved(ns, work, data, cpus)
     return 0
 
 

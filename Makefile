@@ -277,4 +277,4 @@ bench-train: setup ## Trainer throughput: HDF5 streaming vs in-memory fit, 1 vs 
 .PHONY: clean
 clean: ## Remove processed data, the demo's data and run outputs (keeps data/raw, .venv, the cluster)
 	@$(show) rm -rf -- data/processed data/demo "$$SP_RESULTS/runs" "$$SP_RESULTS/jobs" "$$SP_RESULTS/dry-runs" \
-		"$$SP_RESULTS/scaling.md" "$$SP_RESULTS"/*.csv "$$SP_RESULTS"/*.png
+		"$$SP_RESULTS/scaling.md" "$$SP_RESULTS/interleaved.json" "$$SP_RESULTS"/*.csv "$$SP_RESULTS"/*.png

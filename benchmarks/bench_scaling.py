@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -116,20 +115,15 @@ def interleaved_pairs(ns: argparse.Namespace, work: Path, data: Path, cpus: int 
 
 
 def interleaved(ns: argparse.Namespace, work: Path, data: Path, cpus: int | None) -> None:
-    """--interleaved rounds of benchmarks/interleaved_step.py in one 2-node srun step: 1 rank alone and
+    """--interleaved rounds of stockpredict/interleaved.py in one 2-node srun step: 1 rank alone and
     2 ranks, alternating every --interleaved-steps steps, so the host's drift cannot bias the ratio."""
+    from stockpredict import interleaved as probe
+
     out = work / "interleaved.json"
-    cmd = ["srun", "--mpi=pmix", f"--nodes={NODES}", f"--ntasks={NODES}", "--ntasks-per-node=1",
-           f"--cpus-per-task={cpus or 1}", sys.executable, str(REPO / "benchmarks" / "interleaved_step.py"),
-           "--data", str(data), "--global-batch", str(GLOBAL_BATCH), "--rounds", str(ns.interleaved),
-           "--steps", str(ns.interleaved_steps), "--out", str(out)]
+    cmd = probe.srun_command(data, out, nodes=NODES, cpus_per_task=cpus, global_batch=GLOBAL_BATCH,
+                             rounds=ns.interleaved, steps=ns.interleaved_steps)
     say(f"interleaved: {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:  # every round as it ends: never silent
-        if line.startswith("interleaved_step:"):
-            print(line, end="", flush=True)
-    if proc.wait(timeout=ns.timeout) != 0:
-        raise UserError(f"the interleaved benchmark failed (srun exit {proc.returncode})")
+    probe.follow(cmd, lambda line: say(f"interleaved: {line}"), ns.timeout)
     say(f"interleaved rounds and medians in {out}")
 
 
@@ -171,7 +165,7 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--pair-epochs", type=int, default=3, help="epochs of a pair's runs (first untimed)")
     parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
                         help="then ROUNDS rounds of 1 rank vs 2 ranks alternating inside one job "
-                             "(benchmarks/interleaved_step.py): the speedup without the host's drift")
+                             "(stockpredict/interleaved.py): the speedup without the host's drift")
     parser.add_argument("--interleaved-steps", type=int, default=20, help="steps of each kind per round")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per job, queueing included")
     ns = parser.parse_args(argv)

@@ -14,7 +14,10 @@
    minute at the default size): one short 1-rank run at a second batch size (global batch / 2, the 2-node
    run's per-rank batch; `--max-steps` steps per epoch), so the compute fit sees two batch sizes, and the
    2-node allreduce microbenchmark (make allreduce-bench NODES=2)
-6. the report                               (make report)      -> results/scaling.md, CSVs, PNGs, and the
+6. with 2 or more nodes: 1 rank against 2 nodes inside one 2-node srun step, alternating every 20 steps
+   (stockpredict/interleaved.py)                              -> results/interleaved.json: the speedup
+   without the host's drift, which a sweep's runs minutes apart carry
+7. the report                               (make report)      -> results/scaling.md, CSVs, PNGs, and the
    model's held-out check printed last: the largest node count's runs predicted from the others (on 2
    cores: the 2-node run predicted from the 1-rank runs and the allreduce benchmark)
 
@@ -71,6 +74,10 @@ class DemoConfig:
     second_batch_steps: int = 50
     second_batch_epochs: int = 3          # 1 warm-up + 2 timed
     allreduce_iterations: int = 200       # allreduces per epoch of the 2-node benchmark (3 epochs)
+    # 1 rank vs 2 nodes in one job (stockpredict/interleaved.py): rounds, and steps of each per round.
+    # 15 x 20 takes about a minute at the default size; 0 rounds skips it.
+    interleaved_rounds: int = 15
+    interleaved_steps: int = 20
     # None: 1, 2 and 4, keeping those with a core per virtual node on this machine (choose_node_counts)
     nodes_list: tuple[int, ...] | None = None
     data_dir: str = "data/demo"
@@ -80,6 +87,7 @@ class DemoConfig:
 
 
 DEFAULT_NODE_COUNTS = (1, 2, 4)
+INTERLEAVED_NAME = "interleaved.json"  # in the results directory, beside scaling.md
 
 
 def say(step: str, message: str) -> None:
@@ -201,7 +209,33 @@ def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
             raise UserError(f"training job {sub.job_id} ended {state}; "
                             f"see {sub.run_dir}/slurm-{sub.job_id}.out")
         run_dirs.append(sub.run_dir)
-    return run_dirs + model_inputs_on_slurm(config, data, cpus)
+    run_dirs += model_inputs_on_slurm(config, data, cpus)
+    interleaved_on_slurm(config, data, cpus)
+    return run_dirs
+
+
+def interleaved_on_slurm(config: DemoConfig, data: Path, cpus: int | None) -> dict | None:
+    """Step 6: 1 rank against 2 nodes, alternating inside one srun step; the summary it wrote, or None
+    when skipped (no 2-node count in the sweep, or --interleaved-rounds 0)."""
+    if max(config.nodes_list) < 2 or config.interleaved_rounds < 1:
+        say("interleaved", "skipped: " + ("--interleaved-rounds 0" if config.interleaved_rounds < 1
+                                          else "the sweep has no 2-node run"))
+        return None
+    import json
+
+    from . import interleaved
+
+    out = REPO / config.results / INTERLEAVED_NAME
+    cmd = interleaved.srun_command(data, out, nodes=2, cpus_per_task=cpus, global_batch=config.global_batch,
+                                   rounds=config.interleaved_rounds, steps=config.interleaved_steps)
+    say("interleaved", f"1 rank vs 2 nodes inside one job, alternating every {config.interleaved_steps} "
+                       f"steps, so this host's drift cancels in each round's ratio: {' '.join(cmd[:6])} "
+                       f"python -m stockpredict.interleaved ...")
+    interleaved.follow(cmd, lambda line: say("interleaved", line), config.job_timeout_s)
+    summary = json.loads(out.read_text())
+    say("interleaved", f"speedup {summary['speedup']:.2f}x on 2 nodes at global batch {config.global_batch} "
+                       f"(median of {len(summary['one_rank_ms'])} rounds) -> {out}")
+    return summary
 
 
 def model_inputs_on_slurm(config: DemoConfig, data: Path, cpus: int | None) -> list[Path]:
@@ -255,6 +289,8 @@ def run_with_horovodrun(config: DemoConfig, data: Path) -> list[Path]:
     run_dirs.append(_horovodrun(1, ["stockpredict.train", *train.to_argv()], run_dir, "train",
                                 f"1 rank, batch {batch}/rank, {config.second_batch_steps} steps per epoch "
                                 f"(the compute fit's second batch size)"))
+    if max(config.nodes_list) >= 2 and config.interleaved_rounds:
+        say("interleaved", "skipped: it runs as a 2-node srun step, and there is no Slurm cluster here")
     if max(config.nodes_list) >= 2:
         run_dir = new_run_dir(runs, "allreduce-local2")
         argv = ["stockpredict.allreduce_bench", "--run-dir", str(run_dir), "--iterations",
@@ -323,7 +359,10 @@ def _main(argv: Sequence[str] | None) -> int:
         ns.nodes_list = tuple(parse_int_list(ns.nodes_list, "--nodes-list"))
     if ns.nodes_list is not None and min(ns.nodes_list) < 1:
         raise UserError(f"--nodes-list must hold positive integers, got {ns.nodes_list}")
-    for name in ("tickers", "days", "epochs", "global_batch", "second_batch_steps", "allreduce_iterations"):
+    if ns.interleaved_rounds < 0:
+        raise UserError("--interleaved-rounds must be >= 0 (0 skips the interleaved step)")
+    for name in ("tickers", "days", "epochs", "global_batch", "second_batch_steps", "allreduce_iterations",
+                 "interleaved_steps"):
         if getattr(ns, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     if ns.second_batch_epochs < 2:

@@ -17,7 +17,8 @@ def test_demo_runs_the_study_end_to_end(slurm_cluster, tmp_path):
     data_dir, results = tmp_path / "data", tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, "-m", "stockpredict.demo", "--tickers", "3", "--days", "10", "--epochs", "2",
-         "--nodes-list", "1 2", "--data-dir", str(data_dir), "--results", str(results)],
+         "--nodes-list", "1 2", "--data-dir", str(data_dir), "--results", str(results),
+         "--interleaved-rounds", "2", "--interleaved-steps", "5"],
         capture_output=True, text=True, env=slurm_cluster.env, cwd=REPO, timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -59,6 +60,16 @@ def test_demo_runs_the_study_end_to_end(slurm_cluster, tmp_path):
     assert first and second and not first & second
     # ... and a rank waiting in MPI yields its one core to the other threads (HorovodEngine.init).
     assert two_nodes["hardware"]["mpi_yield_when_idle"] == "1"
+    # 1 rank against 2 nodes inside one srun step (stockpredict/interleaved.py): every round printed as it
+    # ended, and the rounds with their medians beside scaling.md.
+    interleaved = json.loads((results / "interleaved.json").read_text())
+    assert (interleaved["ranks"], interleaved["global_batch"], interleaved["steps"]) == (2, 256, 5)
+    assert len(interleaved["one_rank_ms"]) == len(interleaved["n_rank_ms"]) == 2
+    assert all(t > 0 for t in interleaved["one_rank_ms"] + interleaved["n_rank_ms"])
+    assert interleaved["speedup"] > 0
+    rounds = [line for line in tail if line.startswith("demo [interleaved] round ")]
+    assert [line.split()[3] for line in rounds] == ["1/2:", "2/2:"]
+    assert any(line.startswith("demo [interleaved] speedup ") for line in tail)
 
 
 def test_demo_rejects_a_batch_that_does_not_divide(tmp_path):

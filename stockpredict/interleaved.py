@@ -1,5 +1,6 @@
 """1 rank against N ranks in one job, alternating every few steps: a strong-scaling speedup the host's
-drift cannot bias (not a test; run by `bench_scaling.py --interleaved`, or under srun by hand).
+drift cannot bias. `make demo` runs it after its sweep (2 nodes); `benchmarks/bench_scaling.py
+--interleaved ROUNDS` on its own.
 
 Why: this VM's speed drifts by 20-40 % over tens of seconds (docs/scaling.md, "How noisy this machine
 is"), so the 1-rank run and the 2-node run of a sweep, a minute or two apart, are timed on different
@@ -16,8 +17,11 @@ times `--steps` steps of each. Rank 0 prints every round and writes the rounds a
 --out (JSON). What it leaves out of an epoch: the epoch's start and end (the reader's first buffer,
 the validation pass, the checkpoint), which a sweep's seconds per epoch include.
 
-    srun --mpi=pmix -N 2 -n 2 --cpus-per-task=1 .venv/bin/python benchmarks/interleaved_step.py \\
+    srun --mpi=pmix -N 2 -n 2 --cpus-per-task=1 .venv/bin/python -m stockpredict.interleaved \\
         --data data/demo/sequences.h5 --rounds 15 --out /tmp/interleaved.json
+
+Importing this module is TensorFlow-free (the submission side builds the srun command with
+`srun_command`); TensorFlow and Horovod load inside `main`.
 """
 
 from __future__ import annotations
@@ -25,14 +29,50 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # run as a script: this checkout's stockpredict
+from .cli import UserError
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+PREFIX = "interleaved:"  # rank 0's lines start with it; `follow` passes them on
+
+
+def srun_command(data: str | Path, out: str | Path, nodes: int = 2, cpus_per_task: int | None = None,
+                 global_batch: int = 256, rounds: int = 15, steps: int = 20) -> list[str]:
+    """The srun step that runs this module on `nodes` nodes, one rank and `cpus_per_task` cores each."""
+    return ["srun", "--mpi=pmix", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1",
+            f"--cpus-per-task={cpus_per_task or 1}", sys.executable, "-m", "stockpredict.interleaved",
+            "--data", str(data), "--global-batch", str(global_batch), "--rounds", str(rounds),
+            "--steps", str(steps), "--out", str(out)]
+
+
+def follow(cmd: list[str], on_line: Callable[[str], None], timeout_s: float) -> None:
+    """Run `cmd`, handing rank 0's lines to `on_line` as they come (never silent); UserError with the
+    last lines of output when it fails."""
+    tail: list[str] = []
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        timer = threading.Timer(timeout_s, proc.kill)  # a hung step ends its output, and so this loop
+        timer.start()
+        try:
+            for line in proc.stdout:
+                if line.startswith(PREFIX):
+                    on_line(line[len(PREFIX):].strip())
+                else:
+                    tail = (tail + [line.rstrip()])[-5:]
+            status = proc.wait()
+        finally:
+            timed_out = not timer.is_alive()
+            timer.cancel()
+    if timed_out:
+        raise UserError(f"the interleaved benchmark ran over {timeout_s:.0f} s and was stopped")
+    if status != 0:
+        last = "; ".join(t for t in tail if t) or "no output"
+        raise UserError(f"the interleaved benchmark failed (srun exit {status}): {last}")
 
 
 def summarise(one_rank_ms: list[float], n_rank_ms: list[float]) -> dict:
@@ -55,15 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="steps of each kind per round")
     parser.add_argument("--out", help="JSON file for the rounds and their medians (rank 0 writes it)")
     ns = parser.parse_args(argv)
+    if min(ns.rounds, ns.steps, ns.global_batch) < 1:
+        parser.error("--rounds, --steps and --global-batch must be >= 1")
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import horovod.tensorflow as hvd
     import tensorflow as tf
 
-    from stockpredict import loop
-    from stockpredict.config import TrainConfig
-    from stockpredict.data import epoch_batches
-    from stockpredict.engine import MPI_YIELD_VARIABLE, HorovodEngine
-    from stockpredict.files import write_json_atomic
+    from . import loop
+    from .config import TrainConfig
+    from .data import epoch_batches
+    from .engine import MPI_YIELD_VARIABLE, HorovodEngine
+    from .files import write_json_atomic
 
     os.environ.setdefault(MPI_YIELD_VARIABLE, "1")  # as the trainer's engine does (engine.py)
     alone = hvd.ProcessSet([0])
@@ -71,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = HorovodEngine()  # hvd is initialised: its rank, size, broadcast and barrier work as in a run
     size, rank = engine.size, engine.rank
     if size < 2 or ns.global_batch % size:
-        raise SystemExit(f"interleaved_step: needs >= 2 ranks dividing --global-batch {ns.global_batch}, "
-                         f"has {size}")
+        raise SystemExit(f"{PREFIX} needs >= 2 ranks dividing --global-batch {ns.global_batch}, has {size}")
 
     class OneRank:
         """The engine of a 1-rank run: Horovod over rank 0's process set only."""
@@ -97,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         if not replicas:
             loop.configure_tensorflow(config, 0)
         plan = loop.plan_run(config, ranks)
+        if plan.steps < ns.steps:
+            raise SystemExit(f"{PREFIX} an epoch of {plan.steps} steps at batch {batch} is shorter than "
+                             f"--steps {ns.steps}: use fewer --steps or more data")
         replicas[kind] = (loop.build_replica(plan, eng), plan, batch, ranks, shard)
 
     def take(kind: str):
@@ -132,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 and index:
             one.append(solo)
             many.append(dist)
-            print(f"interleaved_step: round {index}/{ns.rounds}: 1 rank {solo:.2f} ms/step, {size} ranks "
+            print(f"{PREFIX} round {index}/{ns.rounds}: 1 rank {solo:.2f} ms/step, {size} ranks "
                   f"{dist:.2f} ms/step, speedup {solo / dist:.2f}x", flush=True)
     for reader in readers.values():
         reader[0].close()
     if rank == 0:
         summary = summarise(one, many)
         q1, _, q3 = summary["speedup_quartiles"]
-        print(f"interleaved_step: {ns.rounds} rounds of {ns.steps} steps, global batch {ns.global_batch}: "
+        print(f"{PREFIX} {ns.rounds} rounds of {ns.steps} steps, global batch {ns.global_batch}: "
               f"1 rank {summary['one_rank_ms_per_step']:.2f} ms/step, {size} ranks "
               f"{summary['n_rank_ms_per_step']:.2f} ms/step; speedup {summary['speedup']:.2f}x "
               f"(quartiles {q1:.2f}-{q3:.2f})", flush=True)

@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     from .files import write_json_atomic
 
     os.environ.setdefault(MPI_YIELD_VARIABLE, "1")  # as the trainer's engine does (engine.py)
-    alone = hvd.ProcessSet([0])
-    hvd.init(process_sets=[alone])
+    alone = hvd.ProcessSet([0])  # Horovod: a process set of rank 0 only, for the 1-rank steps
+    hvd.init(process_sets=[alone])  # Horovod: ranks from srun/PMIx, as for the trainer
     engine = HorovodEngine()  # hvd is initialised: its rank, size, broadcast and barrier work as in a run
     size, rank = engine.size, engine.rank
     if size < 2 or ns.global_batch % size:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         size = 1
 
         def gradient_tape(self, tape):
-            return hvd.DistributedGradientTape(tape, process_set=alone)
+            return hvd.DistributedGradientTape(tape, process_set=alone)  # Horovod: rank 0 alone
 
     tf.keras.backend.experimental.enable_tf_random_generator()
     threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .cli import UserError
+from .cli import UserError, run_cli
 
 PREFIX = "interleaved:"  # rank 0's lines start with it; `follow` passes them on
 
@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if min(ns.rounds, ns.steps, ns.global_batch) < 1:
         parser.error("--rounds, --steps and --global-batch must be >= 1")
+
+    if not Path(ns.data).is_file():
+        raise UserError(f"no sequences file at {ns.data} (make preprocess writes one)")
+    launched = next((os.environ[v] for v in ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
+                     if v in os.environ), "1")
+    if not launched.isdigit() or int(launched) < 2:
+        raise UserError("run it as 2 or more ranks, e.g. srun --mpi=pmix -N 2 -n 2 python -m "
+                        "stockpredict.interleaved ... (or make demo, or bench_scaling.py --interleaved)")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import horovod.tensorflow as hvd
@@ -196,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, sys.argv[1:]))  # a user mistake (a missing file): one line, no traceback

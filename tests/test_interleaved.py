@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -54,3 +55,14 @@ def test_bad_arguments_exit_before_tensorflow_loads():
 def test_follow_stops_a_step_that_runs_over_its_time():
     with pytest.raises(UserError, match="ran over 1 s"):
         follow([sys.executable, "-c", "import time; time.sleep(60)"], print, 1)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--data", "missing.h5"], {}, "error: no sequences file at missing.h5 (make preprocess writes one)"),
+    (["--data", __file__], {"SLURM_NTASKS": "1"}, "error: run it as 2 or more ranks, e.g. srun --mpi=pmix"),
+])
+def test_a_missing_file_or_a_single_process_is_one_line(args, env, message):
+    environ = {k: v for k, v in os.environ.items() if k not in ("HOROVOD_SIZE", "OMPI_COMM_WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, "-m", "stockpredict.interleaved", *args], capture_output=True,
+                          text=True, timeout=60, env={**environ, **env})
+    assert proc.returncode == 2 and proc.stderr.startswith(message) and len(proc.stderr.splitlines()) == 1

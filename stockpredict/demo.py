@@ -14,7 +14,7 @@
    minute at the default size): one short 1-rank run at a second batch size (global batch / 2, the 2-node
    run's per-rank batch; `--max-steps` steps per epoch), so the compute fit sees two batch sizes, and the
    2-node allreduce microbenchmark (make allreduce-bench NODES=2)
-6. with 2 or more nodes: 1 rank against 2 nodes inside one 2-node srun step, alternating every 20 steps
+6. with 2 nodes in the sweep: 1 rank against 2 nodes inside one 2-node srun step, alternating every 20 steps
    (stockpredict/interleaved.py)                              -> results/interleaved.json: the speedup
    without the host's drift, which a sweep's runs minutes apart carry
 7. the report                               (make report)      -> results/scaling.md, CSVs, PNGs, and the
@@ -216,8 +216,9 @@ def run_on_slurm(config: DemoConfig, data: Path, env: dict) -> list[Path]:
 
 def interleaved_on_slurm(config: DemoConfig, data: Path, cpus: int | None) -> dict | None:
     """Step 6: 1 rank against 2 nodes, alternating inside one srun step; the summary it wrote, or None
-    when skipped (no 2-node count in the sweep, or --interleaved-rounds 0)."""
-    if max(config.nodes_list) < 2 or config.interleaved_rounds < 1:
+    when skipped (no 2-node count in the sweep, or --interleaved-rounds 0) or when it failed: it is a
+    check beside the sweep, so its failure is reported and the report still gets built from the runs."""
+    if 2 not in config.nodes_list or config.interleaved_rounds < 1:
         say("interleaved", "skipped: " + ("--interleaved-rounds 0" if config.interleaved_rounds < 1
                                           else "the sweep has no 2-node run"))
         return None
@@ -231,8 +232,12 @@ def interleaved_on_slurm(config: DemoConfig, data: Path, cpus: int | None) -> di
     say("interleaved", f"1 rank vs 2 nodes inside one job, alternating every {config.interleaved_steps} "
                        f"steps, so this host's drift cancels in each round's ratio: {' '.join(cmd[:6])} "
                        f"python -m stockpredict.interleaved ...")
-    interleaved.follow(cmd, lambda line: say("interleaved", line), config.job_timeout_s)
-    summary = json.loads(out.read_text())
+    try:
+        interleaved.follow(cmd, lambda line: say("interleaved", line), config.job_timeout_s)
+        summary = json.loads(out.read_text())
+    except (UserError, OSError, ValueError) as err:
+        say("interleaved", f"FAILED, the report follows without it: {err}")
+        return None
     say("interleaved", f"speedup {summary['speedup']:.2f}x on 2 nodes at global batch {config.global_batch} "
                        f"(median of {len(summary['one_rank_ms'])} rounds) -> {out}")
     return summary
@@ -289,7 +294,7 @@ def run_with_horovodrun(config: DemoConfig, data: Path) -> list[Path]:
     run_dirs.append(_horovodrun(1, ["stockpredict.train", *train.to_argv()], run_dir, "train",
                                 f"1 rank, batch {batch}/rank, {config.second_batch_steps} steps per epoch "
                                 f"(the compute fit's second batch size)"))
-    if max(config.nodes_list) >= 2 and config.interleaved_rounds:
+    if 2 in config.nodes_list and config.interleaved_rounds:
         say("interleaved", "skipped: it runs as a 2-node srun step, and there is no Slurm cluster here")
     if max(config.nodes_list) >= 2:
         run_dir = new_run_dir(runs, "allreduce-local2")

@@ -136,3 +136,26 @@ def test_second_batch_is_the_two_node_runs_per_rank_batch():
     from stockpredict.demo import second_batch
 
     assert (second_batch(256), second_batch(100), second_batch(1)) == (128, 50, 2)
+
+
+def test_the_interleaved_step_runs_only_with_2_nodes_and_its_failure_does_not_stop_the_demo(
+        monkeypatch, tmp_path, capsys):
+    from stockpredict import demo, interleaved
+    from stockpredict.cli import UserError
+
+    config = demo.DemoConfig(nodes_list=(1, 3), results=str(tmp_path))
+    assert demo.interleaved_on_slurm(config, tmp_path / "s.h5", 1) is None
+    assert "demo [interleaved] skipped: the sweep has no 2-node run" in capsys.readouterr().out
+
+    def fail(cmd, on_line, timeout_s):
+        on_line("round 1/15: ...")
+        raise UserError("the interleaved benchmark failed (srun exit 1): boom")
+
+    monkeypatch.setattr(interleaved, "follow", fail)
+    config = demo.DemoConfig(nodes_list=(1, 2), results=str(tmp_path))
+    assert demo.interleaved_on_slurm(config, tmp_path / "s.h5", 1) is None
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == "demo [interleaved] round 1/15: ..."
+    assert out[-1] == ("demo [interleaved] FAILED, the report follows without it: the interleaved benchmark "
+                       "failed (srun exit 1): boom")
+    assert not (tmp_path / demo.INTERLEAVED_NAME).exists()

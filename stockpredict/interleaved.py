@@ -136,16 +136,17 @@ def main(argv: list[str] | None = None) -> int:
             return hvd.DistributedGradientTape(tape, process_set=alone)  # Horovod: rank 0 alone
 
     tf.keras.backend.experimental.enable_tf_random_generator()
-    threads = int(os.environ.get("SLURM_CPUS_PER_TASK", "1"))
     kinds = {"n": (engine, ns.global_batch // size, size, rank)}
     if rank == 0:
         kinds["1"] = (OneRank(), ns.global_batch, 1, 0)
     replicas, readers = {}, {}
     for kind, (eng, batch, ranks, shard) in kinds.items():
-        config = loop.resolve_config(TrainConfig(data=ns.data, run_dir="/nonexistent", batch_size=batch,
-                                                 threads=threads), ranks)
+        # Threads as the trainer resolves them: one intra-op thread per core Slurm gave the task.
+        config = loop.resolve_config(TrainConfig(data=ns.data, run_dir="/nonexistent", batch_size=batch),
+                                     ranks)
         if not replicas:
             loop.configure_tensorflow(config, 0)
+            threads = config.threads
         plan = loop.plan_run(config, ranks)
         if plan.steps < ns.steps:
             raise SystemExit(f"{PREFIX} an epoch of {plan.steps} steps at batch {batch} is shorter than "

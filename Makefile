@@ -18,11 +18,8 @@ SETUP_DONE  = $(VENV)/.setup-done
 # TensorFlow build: `cpu` (default) or `gpu` (CUDA build, for GPU clusters).
 TF_EXTRA   ?= cpu
 # Horovod is compiled against the installed TensorFlow. Any HOROVOD_* variable in your environment
-# (e.g. HOROVOD_CUDA_HOME=...) passes through to the build. With TF_EXTRA=gpu, stockpredict.nccl picks
-# NCCL (HOROVOD_NCCL_* if set, a site module's NCCL_HOME, else pip's nvidia-nccl-cu12 wheel, given the
-# libnccl.so link it lacks), says which, and sets HOROVOD_GPU_OPERATIONS=NCCL and HOROVOD_NCCL_*.
-HOROVOD_BUILD_ENV := HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
-                     HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1
+# (e.g. HOROVOD_CUDA_HOME=...) passes through to the build; with TF_EXTRA=gpu, stockpredict/control/nccl.py
+# picks NCCL and says which.
 SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev cmake g++
 
 # Data and runs.
@@ -96,59 +93,16 @@ system-deps: ## Install Slurm, munge, Open MPI, cmake, g++ (apt-get, as root on 
 .PHONY: setup setup-tf
 setup: $(SETUP_DONE) ## Create .venv, install pinned dependencies, build and check Horovod [ENGINE=tf: .venv-tf]
 
-# The tf engine's stack has its own pins (constraints-tf.txt): TensorFlow 2.21, tf-keras 2.21, numpy 2.
-# No Horovod, no MPI, no compiler: pip wheels only (about 5 minutes on 2 cores).
+# The recipe is one program (stockpredict/control/install.py, standard library only, run by the system
+# Python before the venv exists): venv, pinned packages, and for Horovod the compiled wheel with its build
+# cache and NCCL choice. The tf engine's stack (constraints-tf.txt: TensorFlow 2.21, tf-keras 2.21) is
+# pip wheels only. `python3 -m stockpredict.control.install --dry-run ...` prints what it would run.
 ifneq ($(SETUP_DONE),)
-ifeq ($(ENGINE),tf)
-$(SETUP_DONE): pyproject.toml constraints-tf.txt
-	@if [[ ! -x "$$SP_PY" ]]; then $(show) "$$SP_PYTHON_SYS" -m venv "$$SP_VENV"; fi
-	@$(show) "$$SP_PY" -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
-	@$(show) "$$SP_PY" -m pip install -q -c constraints-tf.txt -e ".[tf-$$SP_TF_EXTRA,test]"
-	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_PY" -c 'import stockpredict, sys, tensorflow as tf, tf_keras; \
-		where = tf.keras.Sequential.__module__; \
-		print("setup: TensorFlow", tf.__version__, "with tf-keras", tf_keras.__version__, "as tf.keras"); \
-		sys.exit(0 if where.startswith("tf_keras") else f"setup: tf.keras is {where}, not tf-keras")'
+$(SETUP_DONE): pyproject.toml $(if $(filter tf,$(ENGINE)),constraints-tf.txt,constraints.txt)
+	@$(if $(filter tf,$(ENGINE)),,$(MAKE) --no-print-directory system-deps)
+	@"$$SP_PYTHON_SYS" -m stockpredict.control.install --engine="$(if $(filter tf,$(ENGINE)),tf,horovod)" \
+		--venv="$$SP_VENV" --tf-extra="$$SP_TF_EXTRA" --python="$$SP_PYTHON_SYS"
 	@touch "$$SP_SETUP_DONE"
-	@echo "setup: done ($$SP_VENV)"
-else
-$(SETUP_DONE): pyproject.toml constraints.txt
-	@$(MAKE) --no-print-directory system-deps
-	@if [[ ! -x "$$SP_PY" ]]; then $(show) "$$SP_PYTHON_SYS" -m venv "$$SP_VENV"; fi
-	@$(show) "$$SP_PY" -m pip install -q pip==26.3 setuptools==84.2.1 wheel==0.48.0
-	@$(show) "$$SP_PY" -m pip install -q -c constraints.txt -e ".[$$SP_TF_EXTRA,test]"
-	@if ! "$$SP_PY" -c 'import horovod.tensorflow' 2>/dev/null; then \
-		nccl=(); \
-		if [[ "$$SP_TF_EXTRA" == gpu ]]; then mapfile -t nccl < <("$$SP_PY" -m stockpredict.nccl); wait $$!; fi; \
-		cache="$${STOCKPREDICT_WHEEL_CACHE-$${XDG_CACHE_HOME:-$$HOME/.cache}/stockpredict/wheels}"; dir=; \
-		if [[ -n "$$cache" ]]; then \
-			key=$$(env $(HOROVOD_BUILD_ENV) "$${nccl[@]}" "$$SP_PY" -m stockpredict.buildcache key horovod==0.28.1 "$${nccl[@]}"); \
-			dir="$$cache/horovod-0.28.1-$$key"; \
-		fi; \
-		wheels=("$$dir"/horovod-*.whl); \
-		if [[ -n "$$dir" && -f "$${wheels[0]}" ]]; then \
-			echo "setup: horovod 0.28.1 from the build cache $$dir (built here before against the same TensorFlow, MPI and compilers; STOCKPREDICT_WHEEL_CACHE= rebuilds)"; \
-		else \
-			echo "setup: building horovod 0.28.1 against TensorFlow (about 3 minutes on 2 cores)"; \
-			build=$$(mktemp -d); \
-			env $(HOROVOD_BUILD_ENV) "$${nccl[@]}" "$$SP_PY" -m pip wheel -q --no-build-isolation --no-cache-dir \
-				--no-deps -c constraints.txt -w "$$build" horovod==0.28.1; \
-			wheels=("$$build"/horovod-*.whl); \
-			if [[ -n "$$dir" ]]; then \
-				mkdir -p "$$cache" && part=$$(mktemp -d "$$cache/.part.XXXXXX") && cp "$${wheels[0]}" "$$part"/ \
-					&& { mv -T "$$part" "$$dir" 2>/dev/null || rm -rf "$$part"; } \
-					&& echo "setup: stored the horovod wheel in $$dir"; \
-			fi; \
-		fi; \
-		"$$SP_PY" -m pip install -q -c constraints.txt "$${wheels[0]}"; \
-		if [[ -n "$${build:-}" ]]; then rm -rf "$$build"; fi; \
-	fi
-	@TF_CPP_MIN_LOG_LEVEL=2 "$$SP_VENV/bin/horovodrun" --check-build | tee "$$SP_VENV/horovod-check-build.txt"
-	@for want in TensorFlow MPI Gloo $$([[ "$$SP_TF_EXTRA" == gpu ]] && echo NCCL); do \
-		grep -qE "\[X\] $$want" "$$SP_VENV/horovod-check-build.txt" \
-			|| { echo "setup: horovod was built without $$want (see above)" >&2; exit 1; }; done
-	@touch "$$SP_SETUP_DONE"
-	@echo "setup: done"
-endif
 endif
 
 # `make test` covers both engines, so it builds .venv-tf too (once; it is reused like .venv).
@@ -276,5 +230,5 @@ bench-train: setup ## Trainer throughput: HDF5 streaming vs in-memory fit, 1 vs 
 
 .PHONY: clean
 clean: ## Remove processed data, the demo's data and run outputs (keeps data/raw, .venv, the cluster)
-	@$(show) rm -rf -- data/processed data/demo "$$SP_RESULTS/runs" "$$SP_RESULTS/jobs" "$$SP_RESULTS/dry-runs" \
-		"$$SP_RESULTS/scaling.md" "$$SP_RESULTS/interleaved.json" "$$SP_RESULTS"/*.csv "$$SP_RESULTS"/*.png
+	@$(show) rm -rf -- data/processed data/demo
+	@"$$SP_PYTHON_SYS" -m stockpredict.common.rundir clean "$$SP_RESULTS"

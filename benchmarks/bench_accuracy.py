@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from preprocess.config import PreprocessConfig  # noqa: E402
 from preprocess.pipeline import build_dataset  # noqa: E402
+from preprocess.preprocess_config import PreprocessConfig  # noqa: E402
 from preprocess.synthetic import write_universe  # noqa: E402
-from stockpredict import metrics  # noqa: E402
-from stockpredict.data import read_sequences_info  # noqa: E402
+from stockpredict.common import metrics  # noqa: E402
+from stockpredict.common.sequences import read_sequences_info  # noqa: E402
 
 # The kind of universe: tickers priced 10 to 900 with their own phi and volatilities; 34 tickers x
 # 21 days (15 train days, minus the windows the vendor mess drops) give about 140,000 training windows.
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from stockpredict.model import build_model
+    from stockpredict.job.model import build_model
 
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)

@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from stockpredict.common import rundir  # noqa: E402
 
 # Per-ticker parameters, prices 10 to 900, about 140,000 training windows (docs/data.md, "Accuracy").
 UNIVERSE = ["--tickers", "34", "--days", "21", "--price-min", "10", "--price-max", "900",
@@ -61,7 +63,7 @@ def dataset(work: Path, name: str, universe: list[str], seed: int, python: str) 
 
 def summary(run_dir: Path) -> dict:
     """What one completed run measured, from its timing log (run_start, last run_end)."""
-    events = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines() if line]
+    events = [json.loads(line) for line in (run_dir / rundir.TIMING_LOG).read_text().splitlines() if line]
     start = next(e for e in events if e["event"] == "run_start")
     end = [e for e in events if e["event"] == "run_end"][-1]
     if end["status"] != "completed":
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
             command += ["--lr", str(args.lr)] if args.lr is not None else []
         else:
             command = train + ["--data", str(data), "--run-dir", str(run_dir)]
-        if not (run_dir / "metrics.json").exists():
+        if not (run_dir / rundir.METRICS).exists():
             started = time.perf_counter()
             # --resume: a run this script started before and that was interrupted continues (the trainer
             # starts fresh when the directory holds no checkpoint).

@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from preprocess import inputs  # noqa: E402
-from preprocess.config import PreprocessConfig  # noqa: E402
 from preprocess.pipeline import _run_tasks  # noqa: E402
+from preprocess.preprocess_config import PreprocessConfig  # noqa: E402
 from preprocess.synthetic import write_universe  # noqa: E402
 
 FORMATS = ("csv", "csv.gz", "parquet", "flat-parquet")

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from preprocess import bars, windows  # noqa: E402
-from preprocess.config import PreprocessConfig  # noqa: E402
+from preprocess.preprocess_config import PreprocessConfig  # noqa: E402
 from preprocess.synthetic import write_universe  # noqa: E402
 
 

@@ -10,7 +10,7 @@ cores; the job's --cpus-per-task, and so the trainer's intra-op threads, is the 
 
 1. the demo's synthetic universe (--tickers x --days, per-ticker normalisation), preprocessed;
 2. 1-rank training runs at per-rank batch 128 (mode null) and 256 (mode strong);
-3. the 2-node allreduce microbenchmark (stockpredict/allreduce_bench.py, --iterations per epoch);
+3. the 2-node allreduce microbenchmark (stockpredict/job/allreduce_bench.py, --iterations per epoch);
 4. 2-node strong scaling at global batch 256 (128 per rank);
 5. the report on these runs only (<work>/results/scaling.md, scaling_prediction.csv).
 
@@ -41,13 +41,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: this checkout's stockpredict
 # No TensorFlow on this side: the runs are Slurm jobs.
-from stockpredict import demo, report, slurmjobs, timing  # noqa: E402
-from stockpredict.allreduce_bench import BenchConfig  # noqa: E402
-from stockpredict.cli import UserError, run_cli  # noqa: E402
-from stockpredict.config import TrainConfig  # noqa: E402
-from stockpredict.follow import EpochPrinter  # noqa: E402
-from stockpredict.hardware import cpu_affinity  # noqa: E402
-from stockpredict.submit import Submission, submit_allreduce, submit_train  # noqa: E402
+from stockpredict import report  # noqa: E402
+from stockpredict.common import rundir  # noqa: E402
+from stockpredict.common.benchmarks import BenchConfig  # noqa: E402
+from stockpredict.common.errors import UserError, run_cli  # noqa: E402
+from stockpredict.common.hardware import cpu_affinity  # noqa: E402
+from stockpredict.common.train_config import TrainConfig  # noqa: E402
+from stockpredict.control import demo, slurmjobs  # noqa: E402
+from stockpredict.control.follow import EpochPrinter  # noqa: E402
+from stockpredict.control.submit import Submission, submit_allreduce, submit_train  # noqa: E402
 
 GLOBAL_BATCH = 256                       # the demo's strong-scaling global batch
 ONE_RANK_BATCHES = (GLOBAL_BATCH // 2, GLOBAL_BATCH)  # 128 = the 2-rank run's per-rank batch
@@ -87,7 +89,7 @@ def run_all(ns: argparse.Namespace, results: Path, data: Path, cpus: int | None)
 
 def timed_seconds(run_dir: Path) -> float:
     """A run's seconds per epoch as the report computes it (median over the epochs after warm-up)."""
-    path = run_dir / timing.TIMING_FILE
+    path = run_dir / rundir.TIMING_LOG
     run, _ = report.parse_timing_log(path.read_text(), run_dir.name, str(path))
     return report.run_timing(run, report.ReportConfig.warmup_epochs).seconds_per_epoch
 
@@ -115,11 +117,11 @@ def interleaved_pairs(ns: argparse.Namespace, work: Path, data: Path, cpus: int 
 
 
 def interleaved(ns: argparse.Namespace, work: Path, data: Path, cpus: int | None) -> None:
-    """--interleaved rounds of stockpredict/interleaved.py in one 2-node srun step: 1 rank alone and
+    """--interleaved rounds of stockpredict/job/interleaved.py in one 2-node srun step: 1 rank alone and
     2 ranks, alternating every --interleaved-steps steps, so the host's drift cannot bias the ratio."""
-    from stockpredict import interleaved as probe
+    from stockpredict.control import interleaved_launch as probe
 
-    out = work / "interleaved.json"
+    out = work / rundir.INTERLEAVED_SUMMARY
     cmd = probe.srun_command(data, out, nodes=NODES, cpus_per_task=cpus, global_batch=GLOBAL_BATCH,
                              rounds=ns.interleaved, steps=ns.interleaved_steps)
     say(f"interleaved: {' '.join(cmd)}")
@@ -129,8 +131,9 @@ def interleaved(ns: argparse.Namespace, work: Path, data: Path, cpus: int | None
 
 def summarise(results: Path) -> dict:
     """The numbers the benchmark prints, from the report's own model (build_report on these runs)."""
-    built = report.build_report(report.load_runs(results / "runs"),
-                                report.ReportConfig(runs_dir=results / "runs", out_dir=results, plots=False))
+    built = report.build_report(report.load_runs(results / rundir.RUNS),
+                                report.ReportConfig(runs_dir=results / rundir.RUNS, out_dir=results,
+                                                    plots=False))
     (section,) = built.sections
     scaling = section.scaling
     if scaling is None or scaling.analysis is None:
@@ -165,7 +168,7 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--pair-epochs", type=int, default=3, help="epochs of a pair's runs (first untimed)")
     parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
                         help="then ROUNDS rounds of 1 rank vs 2 ranks alternating inside one job "
-                             "(stockpredict/interleaved.py): the speedup without the host's drift")
+                             "(stockpredict/job/interleaved.py): the speedup without the host's drift")
     parser.add_argument("--interleaved-steps", type=int, default=20, help="steps of each kind per round")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds per job, queueing included")
     ns = parser.parse_args(argv)
@@ -178,7 +181,7 @@ def _main(argv: list[str] | None) -> int:
         say(f"WARNING: {cores} core(s): {NODES} virtual nodes share cores and measure time-sharing")
     work = Path(ns.work).resolve() if ns.work else Path(tempfile.mkdtemp(prefix="bench-scaling-"))
     results = work / "results"
-    if not ns.pairs_only and (results / "runs").exists() and any((results / "runs").iterdir()):
+    if not ns.pairs_only and (results / rundir.RUNS).exists() and any((results / rundir.RUNS).iterdir()):
         raise UserError(f"{results / 'runs'} already holds runs: give a fresh --work directory")
     say(f"work directory {work}; {cores} core(s) here")
 
@@ -200,13 +203,13 @@ def _main(argv: list[str] | None) -> int:
         return 0
     started = time.monotonic()
     run_all(ns, results, data, cpus)
-    status = report.main(["--runs", str(results / "runs"), "--out", str(results), "--no-plots"])
+    status = report.main(["--runs", str(results / rundir.RUNS), "--out", str(results), "--no-plots"])
     if status != 0:
         raise UserError("the report failed; see the messages above")
     numbers = summarise(results)
     fit, run = numbers["fit"], numbers["run"]
     affinities = run.hardware.get("cpu_affinity_by_rank") if isinstance(run.hardware, dict) else None
-    say(f"all runs in {time.monotonic() - started:.0f} s; report {results / report.MARKDOWN_NAME}")
+    say(f"all runs in {time.monotonic() - started:.0f} s; report {results / rundir.REPORT_MARKDOWN}")
     say(f"the 2-rank run's cores by rank: {affinities if affinities else 'not recorded'}")
     say(f"model without the 2-rank training run: overhead {fit.overhead_s * 1e3:.2f} ms/step, "
         f"{fit.per_sample_s * 1e6:.1f} us/sample, latency {fit.latency_s * 1e3:.3f} ms per ring step "

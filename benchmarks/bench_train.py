@@ -15,7 +15,7 @@
 
 Throughput excludes epoch 1 (graph building): parts 1 and 2 take the median over epochs 2-4 of each
 run (timing.jsonl for the trainer, epoch wall time for model.fit). Data files are generated in the exact
-layout of stockpredict/layout.py (random walk closes, gzip-4 chunks of 2,048 windows like the
+layout of stockpredict/common/layout.py (random walk closes, gzip-4 chunks of 2,048 windows like the
 preprocessing stage) unless --data/--large is given.
 
     .venv/bin/python benchmarks/bench_train.py [--part streaming|scaling|memory|all] [--work DIR]
@@ -40,8 +40,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: this checkout's stockpredict
-from stockpredict import layout  # noqa: E402 -- after the path line; h5py/numpy only, no TensorFlow
-from stockpredict.tfcluster import WorkerCluster  # noqa: E402 -- TensorFlow-free
+from stockpredict.common import layout, rundir  # noqa: E402 -- after the path line; no TensorFlow
+from stockpredict.job.engine.tfcluster import WorkerCluster  # noqa: E402 -- TensorFlow-free
 
 PYTHON = sys.executable
 HOROVODRUN = str(Path(PYTHON).parent / "horovodrun")
@@ -50,7 +50,8 @@ FULL_WINDOWS = 3_400_000  # the seed's S&P 500 universe is ~1.1M windows; the is
 
 
 def write_random_sequences(path: Path, windows: dict, seed: int = 0) -> Path:
-    """A sequences file in the layout of stockpredict/layout.py with random-walk windows, written chunk by
+    """A sequences file in the layout of stockpredict/common/layout.py with random-walk windows, written chunk
+    by
     chunk (little memory), with the preprocessing stage's storage: chunks of 2,048 windows, gzip level 4."""
     rng = np.random.default_rng(seed)
     codec = {"compression": "gzip", "compression_opts": 4}
@@ -110,9 +111,9 @@ def train(run_dir: Path, data: Path, ranks: int = 1, pin: bool = False, **flags)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     if proc.returncode != 0:
         raise SystemExit(f"trainer failed ({' '.join(cmd)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    events = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (run_dir / rundir.TIMING_LOG).read_text().splitlines()]
     return {"epochs": [e for e in events if e["event"] == "epoch"],
-            "metrics": json.loads((run_dir / "metrics.json").read_text())}
+            "metrics": json.loads((run_dir / rundir.METRICS).read_text())}
 
 
 def fit_in_memory(data: Path, windows: int, batch: int, steps: int, epochs: int,
@@ -202,9 +203,9 @@ def train_tf(run_dir: Path, data: Path, python: str, ranks: int = 2, pin: bool =
     outputs = [p.communicate()[0] for p in procs]
     if any(p.returncode != 0 for p in procs):
         raise SystemExit(f"tf engine failed:\n{outputs[0][-3000:]}")
-    events = [json.loads(line) for line in (run_dir / "timing.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (run_dir / rundir.TIMING_LOG).read_text().splitlines()]
     return {"epochs": [e for e in events if e["event"] == "epoch"],
-            "metrics": json.loads((run_dir / "metrics.json").read_text()),
+            "metrics": json.loads((run_dir / rundir.METRICS).read_text()),
             "versions": events[0]["versions"]}
 
 

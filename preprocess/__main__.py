@@ -1,5 +1,5 @@
-"""`python -m preprocess ...`: see preprocess/cli.py."""
+"""`python -m preprocess ...`: see preprocess/command.py."""
 
-from preprocess.cli import main
+from preprocess.command import main
 
 raise SystemExit(main())

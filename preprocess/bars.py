@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from preprocess import formats, timestamps
-from preprocess.config import PRICE_FEATURES, PreprocessConfig
+from preprocess.preprocess_config import PRICE_FEATURES, PreprocessConfig
 
 EXCHANGE_TZ = "America/New_York"   # NYSE/Nasdaq: sessions are calendar days in this zone
 SESSION_OPEN_MINUTE = 9 * 60 + 30  # 09:30 exchange time, minutes after midnight

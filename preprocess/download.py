@@ -32,8 +32,9 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from stockpredict.cli import UserError, get_logger, run_cli
-from stockpredict.files import write_atomic, write_json_atomic
+from stockpredict.common.errors import UserError, run_cli
+from stockpredict.common.files import write_atomic, write_json_atomic
+from stockpredict.common.logs import get_logger
 
 log = get_logger("stockpredict.download")
 

@@ -19,9 +19,10 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from preprocess.config import PreprocessConfig
-from stockpredict.cli import UserError, get_logger
-from stockpredict.files import file_sha256
+from preprocess.preprocess_config import PreprocessConfig
+from stockpredict.common.errors import UserError
+from stockpredict.common.files import file_sha256
+from stockpredict.common.logs import get_logger
 
 log = get_logger("stockpredict.preprocess")
 

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from preprocess import bars, formats
-from preprocess.config import PreprocessConfig
-from stockpredict.cli import UserError, get_logger
+from preprocess.preprocess_config import PreprocessConfig
+from stockpredict.common.errors import UserError
+from stockpredict.common.logs import get_logger
 
 log = get_logger("stockpredict.preprocess")
 

@@ -1,7 +1,7 @@
 """The preprocessing stage as one function: `build_dataset(raw, out, config)` -> sequences HDF5 + summary.
 
 Steps: read and clean every ticker (in parallel, one task per file); assign trading days (or windows,
-for the random split) to train/val/test; fit the representation (stockpredict/transform.py) on the
+for the random split) to train/val/test; fit the representation (stockpredict/common/transform.py) on the
 train windows only; write every window in (ticker, time) order into a temporary file, then rename it to
 `out`. On the synthetic universe the best achievable skill (optimum.json beside the CSVs) is recomputed
 for this horizon, window length and test split and stored as the attribute `optimum`.
@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from preprocess import bars, inputs, optimum, store, windows
-from preprocess.config import TARGET_FEATURE, PreprocessConfig
-from stockpredict import transform as transforms
-from stockpredict.cli import UserError, get_logger
+from preprocess.preprocess_config import TARGET_FEATURE, PreprocessConfig
+from stockpredict.common import transform as transforms
+from stockpredict.common.errors import UserError
+from stockpredict.common.logs import get_logger
 
 log = get_logger("stockpredict.preprocess")
 
@@ -245,7 +246,7 @@ def normalisation_arrays(tickers: list[_Ticker], config: PreprocessConfig) -> tu
 
 def fit_transform(tickers: list[_Ticker], config: PreprocessConfig, norm_min: np.ndarray,
                   norm_max: np.ndarray) -> transforms.Transform:
-    """The configured representation, fitted on train windows only (see stockpredict/transform.py)."""
+    """The configured representation, fitted on train windows only (see stockpredict/common/transform.py)."""
     if config.representation == "seed":
         return transforms.SeedTransform(config.features, norm_min, norm_max)
     close, L, h = config.close_index, config.seq_len, config.horizon

@@ -23,10 +23,10 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from stockpredict.cli import UserError
-from stockpredict.files import DiskFull, disk_full_cause
-from stockpredict.layout import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported for the pipeline
-from stockpredict.layout import SPLITS
+from stockpredict.common.errors import UserError
+from stockpredict.common.files import DiskFull, disk_full_cause
+from stockpredict.common.layout import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported for the pipeline
+from stockpredict.common.layout import SPLITS
 
 TEMP_SUFFIX = ".tmp"
 # gzip (deflate) is in every HDF5 build, so any HDF5 reader opens the file; level 4 measured best on

@@ -34,8 +34,9 @@ import pandas as pd
 
 from preprocess import optimum
 from preprocess.optimum import TickerProcess
-from stockpredict.cli import UserError, get_logger, run_cli
-from stockpredict.files import write_json_atomic
+from stockpredict.common.errors import UserError, run_cli
+from stockpredict.common.files import write_json_atomic
+from stockpredict.common.logs import get_logger
 
 log = get_logger("stockpredict.preprocess")
 
@@ -268,8 +269,8 @@ def build_tiny_dataset(root: Path) -> Path:
     normalisation; returns the .h5 path. The test fixture `tiny_dataset` and the trainer's tests use it:
     a least-squares predictor on the window beats persistence on its test split (tests/test_preprocess.py).
     """
-    from preprocess.config import PreprocessConfig
     from preprocess.pipeline import build_dataset
+    from preprocess.preprocess_config import PreprocessConfig
 
     root = Path(root)
     write_universe(root / "raw", **TINY_UNIVERSE)

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from preprocess.bars import SESSION_MINUTES
-from preprocess.config import PRICE_FEATURES
+from preprocess.preprocess_config import PRICE_FEATURES
 
 # Per-minute problem codes; a window takes the largest code among its minutes, so the order here is
 # the priority of the reported drop reason.

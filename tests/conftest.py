@@ -23,7 +23,7 @@ TF_VENV = Path(os.environ.get("STOCKPREDICT_TF_VENV", REPO / ".venv-tf"))
 TF_PYTHON = TF_VENV / "bin" / "python"
 
 sys.path.insert(0, str(REPO))
-from stockpredict import slurmjobs  # noqa: E402
+from stockpredict.control import slurmjobs  # noqa: E402
 
 
 @dataclass(frozen=True)

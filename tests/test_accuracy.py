@@ -1,6 +1,6 @@
 """The model learns what is learnable: the seed's LSTM, trained with plain Keras on the default (returns)
 representation of a small synthetic universe, beats persistence by a good share of the known optimum, and
-does no harm on a random walk. Scored on the test split, in price units, by stockpredict.metrics."""
+does no harm on a random walk. Scored on the test split, in price units, by stockpredict.common.metrics."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
-from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
+from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import write_universe
-from stockpredict import metrics
-from stockpredict.data import read_sequences_info
+from stockpredict.common import metrics
+from stockpredict.common.sequences import read_sequences_info
 
 # A strong signal: phi 0.5 makes about half of the 5-minute move predictable. Short windows (20 minutes
 # carry all of it at phi 0.5) keep the test fast.
@@ -24,7 +24,7 @@ RANDOM_WALK = {**STRONG, "deviation_vol": 0.0, "fair_vol": 0.0008}
 def _train_and_score(root, universe: dict, epochs: int = 3) -> tuple[float, dict | None]:
     import tensorflow as tf
 
-    from stockpredict.model import build_model
+    from stockpredict.job.model import build_model
 
     write_universe(root / "raw", seed=7, **universe)
     path = root / "sequences.h5"

@@ -1,4 +1,5 @@
-"""The Horovod wheel's build-cache key (stockpredict/buildcache.py): it changes with everything the compiled
+"""The Horovod wheel's build-cache key (stockpredict/control/buildcache.py): it changes with everything the
+compiled
 extension depends on, and only with that."""
 
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from stockpredict import buildcache
+from stockpredict.control import buildcache
 
 
 def _key(monkeypatch, tensorflow=("tensorflow-cpu==2.15.1",), environ=None, extra=(), tools=None):
@@ -29,7 +30,7 @@ def test_the_key_changes_with_what_the_build_links_against(monkeypatch):
         _key(monkeypatch, tensorflow=("tensorflow==2.15.1",)),               # GPU build (TF_EXTRA=gpu)
         _key(monkeypatch, tensorflow=("tensorflow-cpu==2.15.0",)),           # another TensorFlow
         _key(monkeypatch, environ={"HOROVOD_GPU_OPERATIONS": "NCCL"}),        # a build switch
-        _key(monkeypatch, extra=("HOROVOD_NCCL_HOME=/opt/nccl",)),            # stockpredict.nccl's choice
+        _key(monkeypatch, extra=("HOROVOD_NCCL_HOME=/opt/nccl",)),  # stockpredict.control.nccl's choice
         _key(monkeypatch, tools={"mpirun": "mpirun (Open MPI) 5.0.3"}),      # another MPI
         _key(monkeypatch, tools={"g++": "g++ 13.2.0"}),                       # another compiler
     ]

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import REPO
+from stockpredict.common import rundir
 
 
 @pytest.mark.cluster
@@ -60,7 +61,7 @@ def test_demo_runs_the_study_end_to_end(slurm_cluster, tmp_path):
     assert first and second and not first & second
     # ... and a rank waiting in MPI yields its one core to the other threads (HorovodEngine.init).
     assert two_nodes["hardware"]["mpi_yield_when_idle"] == "1"
-    # 1 rank against 2 nodes inside one srun step (stockpredict/interleaved.py): every round printed as it
+    # 1 rank against 2 nodes inside one srun step (stockpredict/job/interleaved.py): every round printed as it
     # ended, and the rounds with their medians beside scaling.md.
     interleaved = json.loads((results / "interleaved.json").read_text())
     assert (interleaved["ranks"], interleaved["global_batch"], interleaved["steps"]) == (2, 256, 5)
@@ -88,7 +89,7 @@ def test_demo_rejects_a_batch_that_does_not_divide(tmp_path):
     ((1, 4), 2, (1, 4)),                      # asked for explicitly: kept, with a warning
 ])
 def test_the_demo_sweeps_node_counts_this_machine_has_cores_for(requested, cpus, expected):
-    from stockpredict.demo import choose_node_counts
+    from stockpredict.control.demo import choose_node_counts
 
     counts, why = choose_node_counts(requested, cpus)
     assert counts == expected
@@ -97,7 +98,7 @@ def test_the_demo_sweeps_node_counts_this_machine_has_cores_for(requested, cpus,
 
 
 def test_cores_per_node_reads_the_local_clusters_node_line(tmp_path):
-    from stockpredict.demo import cores_per_node
+    from stockpredict.control.demo import cores_per_node
 
     conf = tmp_path / "slurm.conf"
     conf.write_text("CpuFreqDef=x CPUs=9\nNodeName=node[1-2] NodeHostname=h Port=[1-2] CPUs=3 Gres=gpu:1\n")
@@ -107,7 +108,7 @@ def test_cores_per_node_reads_the_local_clusters_node_line(tmp_path):
 
 def test_held_out_lines_come_from_a_real_reports_scaling_md(tmp_path):
     from stockpredict import report
-    from stockpredict.demo import held_out_lines
+    from stockpredict.control.demo import held_out_lines
     from test_report_scaling import model_runs
 
     runs, out = tmp_path / "runs", tmp_path / "results"
@@ -120,7 +121,7 @@ def test_held_out_lines_come_from_a_real_reports_scaling_md(tmp_path):
 
 
 def test_held_out_lines_pick_the_datasets_section():
-    from stockpredict.demo import held_out_lines
+    from stockpredict.control.demo import held_out_lines
 
     def section(prefix: str, ranks: int) -> str:
         return (f"## d: 1/1/1 windows, fingerprint {prefix}\n\n### Scaling model\n\n**Held-out check.** "
@@ -133,15 +134,16 @@ def test_held_out_lines_pick_the_datasets_section():
 
 
 def test_second_batch_is_the_two_node_runs_per_rank_batch():
-    from stockpredict.demo import second_batch
+    from stockpredict.control.demo import second_batch
 
     assert (second_batch(256), second_batch(100), second_batch(1)) == (128, 50, 2)
 
 
 def test_the_interleaved_step_runs_only_with_2_nodes_and_its_failure_does_not_stop_the_demo(
         monkeypatch, tmp_path, capsys):
-    from stockpredict import demo, interleaved
-    from stockpredict.cli import UserError
+    from stockpredict.common.errors import UserError
+    from stockpredict.control import demo
+    from stockpredict.control import interleaved_launch as interleaved
 
     config = demo.DemoConfig(nodes_list=(1, 3), results=str(tmp_path))
     assert demo.interleaved_on_slurm(config, tmp_path / "s.h5", 1) is None
@@ -158,4 +160,4 @@ def test_the_interleaved_step_runs_only_with_2_nodes_and_its_failure_does_not_st
     assert out[-2] == "demo [interleaved] round 1/15: ..."
     assert out[-1] == ("demo [interleaved] FAILED, the report follows without it: the interleaved benchmark "
                        "failed (srun exit 1): boom")
-    assert not (tmp_path / demo.INTERLEAVED_NAME).exists()
+    assert not (tmp_path / rundir.INTERLEAVED_SUMMARY).exists()

@@ -10,24 +10,33 @@ import sys
 from conftest import REPO, TF_PYTHON, require_tf_venv
 
 
-def _make_dry(tmp_path, *args: str) -> str:
-    """The recipe `make setup` would run for a venv that does not exist yet (make -n prints, runs nothing)."""
-    # Without the outer make's flags: `make test-fast SETUP_DONE=` would hand SETUP_DONE= down to it.
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), "setup",
-                           f"VENV={tmp_path / 'venv'}", *args], capture_output=True, text=True, env=env)
+def _setup_dry(tmp_path, *args: str) -> str:
+    """The commands `make setup` would run for a venv that does not exist yet (--dry-run runs nothing)."""
+    proc = subprocess.run([sys.executable, "-m", "stockpredict.control.install", "--dry-run",
+                           f"--venv={tmp_path / 'venv'}", *args], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
 
 def test_setup_engine_tf_uses_its_own_pins_and_builds_no_horovod(tmp_path):
-    tf = _make_dry(tmp_path, "ENGINE=tf")
-    assert "-c constraints-tf.txt" in tf and '.[tf-$SP_TF_EXTRA,test]' in tf
+    tf = _setup_dry(tmp_path, "--engine=tf")
+    assert "-c constraints-tf.txt" in tf and ".[tf-cpu,test]" in tf
     assert "horovod" not in tf.lower()
-    default = _make_dry(tmp_path)
-    assert "-c constraints.txt" in default and "horovod==0.28.1" in default
+    default = _setup_dry(tmp_path)
+    assert "-c constraints.txt" in default and "horovod==0.28.1" in default and ".[cpu,test]" in default
     assert "constraints-tf" not in default
-    assert "stockpredict.nccl" in default  # used only when TF_EXTRA=gpu (the recipe tests it at run time)
+    assert "stockpredict.nccl" not in default  # only with --tf-extra gpu
+    assert "stockpredict.nccl" in _setup_dry(tmp_path, "--tf-extra=gpu")
+
+
+def test_make_setup_is_one_call_of_the_setup_program(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    for engine, expected in (("ENGINE=tf", '--engine="tf"'), ("ENGINE=", '--engine="horovod"')):
+        proc = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), "setup",
+                               f"VENV={tmp_path / 'venv'}", engine], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "-m stockpredict.control.install" in proc.stdout and expected in proc.stdout
+        assert "pip" not in proc.stdout
 
 
 def test_engine_tf_defaults_the_environment_to_venv_tf():

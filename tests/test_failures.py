@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from conftest import REPO, read_json_lines, wait_until
-from stockpredict import checkpoints
+from stockpredict.job import checkpoints
 from stockpredict.report.restarts import restarts_of
 from test_faults import fill, tmpfs
 

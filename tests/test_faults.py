@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from stockpredict import checkpoints, files, preemption, timing
-from stockpredict.cli import UserError
-from stockpredict.config import TrainConfig
-from stockpredict.render import make_spec, render_job
+from stockpredict.common import files, rundir, timing
+from stockpredict.common.errors import UserError
+from stockpredict.common.train_config import TrainConfig
+from stockpredict.control.jobscript import make_spec, render_job
+from stockpredict.job import checkpoints, preemption
 from stockpredict.report.parse import parse_timing_log
 from stockpredict.report.restarts import restart_summary, restarts_of
 
@@ -208,7 +209,7 @@ def test_checkpoint_on_a_full_disk_fails_in_one_line_and_keeps_the_previous(tmp_
 
 def test_timing_append_and_json_write_on_a_full_disk_leave_the_old_file_whole(tmp_path):
     with tmpfs(tmp_path / "disk", 64) as disk:
-        log = disk / timing.TIMING_FILE
+        log = disk / rundir.TIMING_LOG
         timing.append_event(log, {"schema": 1, "event": "run_start"})
         before = log.read_bytes()
         fill(disk, leave_bytes=100)  # room for part of the next record only
@@ -221,7 +222,7 @@ def test_timing_append_and_json_write_on_a_full_disk_leave_the_old_file_whole(tm
         with pytest.raises(files.DiskFull, match="metrics.json: No space left on device"):
             files.write_json_atomic(disk / "metrics.json", {"new": "y" * 50_000})
         assert json.loads((disk / "metrics.json").read_text()) == {"old": True}
-        assert sorted(p.name for p in disk.iterdir()) == ["filler", "metrics.json", timing.TIMING_FILE]
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "metrics.json", rundir.TIMING_LOG]
 
 
 def test_preprocessing_on_a_full_disk_is_one_line_and_leaves_no_output(tmp_path):
@@ -304,7 +305,7 @@ def run_train_script(tmp_path: Path, exit_status: int, preempt_time: str) -> sub
     fake.chmod(0o755)
     run_dir = tmp_path / "run"
     run_dir.mkdir(exist_ok=True)
-    timing.append_event(run_dir / timing.TIMING_FILE, timing.make_event(
+    timing.append_event(run_dir / rundir.TIMING_LOG, timing.make_event(
         "run_start", time=timing.utc_now_iso(), job_id="5", attempt=0, resumed_from_epoch=None, ranks=1,
         nodes=1, gpus_per_node=0, hosts=["n"], batch_size_per_rank=1, global_batch_size=1, learning_rate=1.0,
         epochs=1, mode=None, dataset="d", windows={}, versions={}, config={}, hardware={}))
@@ -328,7 +329,7 @@ def test_train_script_requeues_only_a_preempted_job_that_can_rerun(tmp_path, exi
     assert proc.returncode == job_status, proc.stderr
     assert says in proc.stderr
     assert (tmp_path / "requeued").exists() == requeued
-    ends = [e for e in timing.read_events(tmp_path / "run" / timing.TIMING_FILE) if e["event"] == "run_end"]
+    ends = [e for e in timing.read_events(tmp_path / "run" / rundir.TIMING_LOG) if e["event"] == "run_end"]
     if exit_status in (137, 143, 2):  # the trainer could not write run_end: the script did
         assert [e["status"] for e in ends] == ["preempted" if requeued else "failed"]
 

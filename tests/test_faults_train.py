@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from stockpredict import checkpoints, timing
+from stockpredict.common import rundir
+from stockpredict.job import checkpoints
 from test_faults import fill, tmpfs
 from test_train import derive, events, run_main
 
@@ -45,7 +46,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_r
     common = ["--data", short_dataset, "--run-dir", run, "--batch-size", "64", "--seed", "3"]
     with tmpfs(run / "checkpoints", 1024):
         assert run_main(*common, "--epochs", "1") == 0
-        log_before = (run / timing.TIMING_FILE).read_text()
+        log_before = (run / rundir.TIMING_LOG).read_text()
         fill(run / "checkpoints")
         capsys.readouterr()
         assert run_main(*common, "--epochs", "2", "--resume") == 2
@@ -54,7 +55,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_r
         assert err[-1] == (f"error: cannot write {target}: No space left on device (ENOSPC); free space (or "
                            "quota) there and rerun")
         # The log is whole (the earlier attempt's lines unchanged, no torn line); the checkpoint is intact.
-        log_after = (run / timing.TIMING_FILE).read_text()
+        log_after = (run / rundir.TIMING_LOG).read_text()
         assert log_after.startswith(log_before) and all(json.loads(line) for line in log_after.splitlines())
         names = [d.name for d in (run / "checkpoints").iterdir()]
         assert sorted(names) == ["ckpt-e0001-s0000000", "filler"]

@@ -1,9 +1,9 @@
-"""A terminal waiting on a job prints each finished epoch from timing.jsonl (stockpredict.follow)."""
+"""A terminal waiting on a job prints each finished epoch from timing.jsonl (stockpredict.control.follow)."""
 
 from __future__ import annotations
 
-from stockpredict import timing
-from stockpredict.follow import EpochPrinter, epoch_line
+from stockpredict.common import rundir, timing
+from stockpredict.control.follow import EpochPrinter, epoch_line
 
 
 def _epoch(n: int, loss: float) -> dict:
@@ -16,7 +16,7 @@ def test_each_epoch_is_printed_once_as_it_lands_and_a_torn_line_waits(tmp_path):
     printer = EpochPrinter(tmp_path, label="2 node(s)", out=lines.append)
     printer()  # no log yet: nothing, no error
     assert lines == []
-    log = tmp_path / timing.TIMING_FILE
+    log = tmp_path / rundir.TIMING_LOG
     start = {"schema": 1, "event": "run_start", "epochs": 4}
     timing.append_event(log, start)
     timing.append_event(log, _epoch(1, 0.75))
@@ -40,7 +40,7 @@ def test_epoch_line_shows_val_loss_when_there_is_one():
 def test_an_allreduce_benchmark_shows_allreduces_not_samples_or_loss(tmp_path):
     lines: list[str] = []
     printer = EpochPrinter(tmp_path, label="bench", out=lines.append)
-    log = tmp_path / timing.TIMING_FILE
+    log = tmp_path / rundir.TIMING_LOG
     timing.append_event(log, {"schema": 1, "event": "run_start", "epochs": 3, "kind": "allreduce"})
     timing.append_event(log, _epoch(2, 0.0))
     printer()

@@ -1,4 +1,5 @@
-"""GPU preflight without a GPU: which NCCL Horovod's GPU build uses (stockpredict/nccl.py), the gpu-check
+"""GPU preflight without a GPU: which NCCL Horovod's GPU build uses (stockpredict/control/nccl.py), the
+gpu-check
 job's rendering and submission, and what the checks report on this CPU-only machine."""
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, TF_PYTHON, require_tf_venv
-from stockpredict import gpucheck
-from stockpredict.cli import UserError
-from stockpredict.nccl import find_nccl, header_version
+from stockpredict.common.errors import UserError
+from stockpredict.control.nccl import find_nccl, header_version
+from stockpredict.job import gpucheck
 
 NCCL_H = "#define NCCL_MAJOR 2\n#define NCCL_MINOR 21\n#define NCCL_PATCH 5\n#define NCCL_SUFFIX \"\"\n"
 

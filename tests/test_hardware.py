@@ -1,4 +1,5 @@
-"""The TensorFlow-free CPU affinity helpers (stockpredict/hardware.py), checked against the real process."""
+"""The TensorFlow-free CPU affinity helpers (stockpredict/common/hardware.py), checked against the real
+process."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from stockpredict import hardware
+from stockpredict.common import hardware
 
 
 def test_affinity_is_what_the_os_reports_and_follows_taskset():
@@ -19,7 +20,8 @@ def test_affinity_is_what_the_os_reports_and_follows_taskset():
     # A child started under taskset on one core sees exactly that core.
     core = hardware.cpu_affinity()[-1]
     out = subprocess.run(["taskset", "-c", str(core), sys.executable, "-c",
-                          "import json; from stockpredict.hardware import cpu_affinity, intra_op_threads;"
+                          "import json; "
+                          "from stockpredict.common.hardware import cpu_affinity, intra_op_threads; "
                           "print(json.dumps([cpu_affinity(), intra_op_threads()]))"],
                          capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert json.loads(out) == [[core], 1]

@@ -1,4 +1,4 @@
-"""stockpredict/interleaved.py: the summary of the rounds, and the srun step that runs it."""
+"""stockpredict/job/interleaved.py: the summary of the rounds, and the srun step that runs it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from stockpredict.cli import UserError
-from stockpredict.interleaved import follow, srun_command, summarise
+from stockpredict.common.errors import UserError
+from stockpredict.control.interleaved_launch import follow, srun_command
+from stockpredict.job.interleaved import summarise
 
 
 def test_the_speedup_is_the_median_of_each_rounds_own_ratio():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from preprocess import optimum
-from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
+from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import (
     OPTIMUM_FILE,
     SyntheticConfig,
@@ -19,7 +19,7 @@ from preprocess.synthetic import (
     ticker_process,
     write_universe,
 )
-from stockpredict.data import read_sequences_info
+from stockpredict.common.sequences import read_sequences_info
 
 HORIZON, SEQ_LEN = 5, 60
 SPREAD = {"phi_spread": 0.1, "vol_spread": 0.5, "price_min": 10.0, "price_max": 900.0}

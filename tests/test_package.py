@@ -21,7 +21,7 @@ _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".cluster", "data", "resul
 # every profile, and say which files it used.
 _RENDER = """
 import json, sys
-import stockpredict.render as render
+import stockpredict.control.jobscript as render
 cases = json.loads(sys.stdin.read())
 print(json.dumps({
     "module": render.__file__,
@@ -61,7 +61,7 @@ def test_an_installed_wheel_renders_the_golden_scripts_and_every_profile(install
     for name, script in out["scripts"].items():
         assert script == (GOLDEN / f"{name}.sbatch").read_text(), name
 
-    from stockpredict.render import available_profiles, load_profile
+    from stockpredict.control.jobscript import available_profiles, load_profile
 
     assert sorted(out["profiles"]) == available_profiles() == ["local", "university-gpu"]
     for name, values in out["profiles"].items():

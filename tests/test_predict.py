@@ -1,4 +1,4 @@
-"""Forecasts from a trained run (stockpredict.predict): fresh bars -> the run's windows and transform ->
+"""Forecasts from a trained run (stockpredict.job.predict): fresh bars -> the run's windows and transform ->
 the model -> prices. Fast tests check the windows against the preprocessing stage's own HDF5 windows and
 every user mistake; the slow ones train a tiny run and reproduce its test RMSE from raw bars."""
 
@@ -17,9 +17,10 @@ import pytest
 
 from conftest import REPO
 from preprocess import inputs, windows
-from stockpredict import predict, preemption
-from stockpredict import transform as transforms
-from stockpredict.cli import UserError
+from stockpredict.common import rundir
+from stockpredict.common import transform as transforms
+from stockpredict.common.errors import UserError
+from stockpredict.job import predict, preemption
 
 
 def _h5_windows(path: Path) -> pd.DataFrame:
@@ -46,9 +47,9 @@ def _make_run(root: Path, data: Path, transform=None, record: dict | None = None
     root.mkdir(parents=True, exist_ok=True)
     with h5py.File(data, "r") as h5:
         transform = transform or transforms.from_attrs(h5.attrs)
-    (root / predict.TRANSFORM_FILE).write_text(transforms.to_json(transform))
-    (root / predict.INPUTS_FILE).write_text(json.dumps(record or predict.inputs_record(data)))
-    (root / predict.MODEL_FILE).write_bytes(b"")
+    (root / rundir.TRANSFORM).write_text(transforms.to_json(transform))
+    (root / rundir.INPUTS).write_text(json.dumps(record or predict.inputs_record(data)))
+    (root / rundir.MODEL).write_bytes(b"")
     (root / "config.json").write_text(json.dumps({"train": {"data": str(data)}}))
     return root
 
@@ -225,7 +226,7 @@ def test_seed_prices_far_outside_the_training_range_are_rejected(tiny_dataset, t
 def test_a_run_without_inputs_json_reads_its_data_file_while_it_exists(tiny_dataset, fake_run, tmp_path):
     run = tmp_path / "old-run"
     shutil.copytree(fake_run, run)
-    (run / predict.INPUTS_FILE).unlink()
+    (run / rundir.INPUTS).unlink()
     old = predict.read_run(run)
     assert old.config == predict.read_run(fake_run).config and old.source == str(tiny_dataset)
     (run / "config.json").write_text(json.dumps({"train": {"data": str(tmp_path / "gone.h5")}}))
@@ -236,13 +237,13 @@ def test_a_run_without_inputs_json_reads_its_data_file_while_it_exists(tiny_data
 def test_a_run_mixing_files_of_different_runs_is_rejected(tiny_dataset, fake_run, tmp_path):
     run = tmp_path / "mixed"
     shutil.copytree(fake_run, run)
-    record = json.loads((run / predict.INPUTS_FILE).read_text())
+    record = json.loads((run / rundir.INPUTS).read_text())
     record["tickers"] = record["tickers"][:-1]
-    (run / predict.INPUTS_FILE).write_text(json.dumps(record))
+    (run / rundir.INPUTS).write_text(json.dumps(record))
     with pytest.raises(UserError, match=r"per-ticker statistics for 8 tickers, the training file had 7"):
         predict.read_run(run)
     record["config"]["features"] = ["close", "open"]
-    (run / predict.INPUTS_FILE).write_text(json.dumps(record))
+    (run / rundir.INPUTS).write_text(json.dumps(record))
     with pytest.raises(UserError, match=r"features \['close', 'volume'\] differ .* \['close', 'open'\]"):
         predict.read_run(run)
     loaded = predict.read_run(fake_run)
@@ -271,7 +272,7 @@ def test_user_mistakes_are_one_line_and_exit_2(case, message, fake_run, tiny_dat
     elif case == "no-model":
         run = tmp_path / "run"
         shutil.copytree(fake_run, run)
-        (run / predict.MODEL_FILE).unlink()
+        (run / rundir.MODEL).unlink()
     elif case == "bad-raw":
         raw = tmp_path / "no-bars"
     else:
@@ -305,7 +306,7 @@ def _test_days_flat_file(tiny_dataset: Path, out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_dataset, tmp_path_factory) -> Path:
-    from stockpredict import train
+    from stockpredict.job import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
     preemption.clear_stop()
@@ -316,7 +317,7 @@ def trained_run(tiny_dataset, tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_all_windows_of_the_test_days_reproduce_the_trainers_test_rmse(trained_run, tiny_dataset, tmp_path):
-    assert json.loads((trained_run / predict.INPUTS_FILE).read_text())["tickers"] == \
+    assert json.loads((trained_run / rundir.INPUTS).read_text())["tickers"] == \
         predict.inputs_record(tiny_dataset)["tickers"]
     raw = _test_days_flat_file(tiny_dataset, tmp_path / "2024-03-15.csv.gz")
     out = tmp_path / "predictions.csv"
@@ -359,9 +360,9 @@ def test_a_model_of_another_window_length_is_rejected_in_one_line(trained_run, t
                                                                   capsys):
     run = tmp_path / "mixed"
     shutil.copytree(trained_run, run)
-    record = json.loads((run / predict.INPUTS_FILE).read_text())
+    record = json.loads((run / rundir.INPUTS).read_text())
     record["config"]["seq_len"] = 30
-    (run / predict.INPUTS_FILE).write_text(json.dumps(record))
+    (run / rundir.INPUTS).write_text(json.dumps(record))
     out = tmp_path / "p.csv"
     assert predict.main(["--run", str(run), "--raw", str(_raw_of(tiny_dataset)), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

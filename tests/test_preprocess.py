@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 
 from preprocess import windows
-from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
+from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import TINY_UNIVERSE
-from stockpredict import metrics
-from stockpredict.cli import UserError
-from stockpredict.transform import from_attrs
+from stockpredict.common import metrics
+from stockpredict.common.errors import UserError
+from stockpredict.common.transform import from_attrs
 
 SPLITS = ("train", "val", "test")
 

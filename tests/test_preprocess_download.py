@@ -11,9 +11,9 @@ import pytest
 from yfinance.exceptions import YFRateLimitError, YFTzMissingError
 
 from preprocess import download
-from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
-from stockpredict.cli import UserError
+from preprocess.preprocess_config import PreprocessConfig
+from stockpredict.common.errors import UserError
 
 NY = "America/New_York"
 # Wednesday 2024-03-20, 18:00 New York time: the 20th is complete; 2024-03-29 (Good Friday) is in range

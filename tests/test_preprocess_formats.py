@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 from preprocess import timestamps
-from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
+from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import write_universe
-from stockpredict.cli import UserError
+from stockpredict.common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CLEAN = dict(missing_frac=0.0, bad_row_frac=0.0, duplicate_frac=0.0, unsorted_frac=0.0)

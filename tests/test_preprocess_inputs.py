@@ -10,11 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
+from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import write_universe
-from stockpredict.cli import UserError
-from stockpredict.transform import from_attrs
+from stockpredict.common.errors import UserError
+from stockpredict.common.transform import from_attrs
 
 CLEAN = dict(missing_frac=0.0, bad_row_frac=0.0, duplicate_frac=0.0, unsorted_frac=0.0)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from stockpredict.cli import UserError
-from stockpredict.render import (
+from stockpredict.common.errors import UserError
+from stockpredict.control.jobscript import (
     PROFILE_KEYS,
     SPEC_FIELDS,
     JobSpec,
@@ -300,7 +300,7 @@ def test_submit_timeline_exports_the_file_in_the_run_directory(tmp_path):
 
 
 def test_profile_prices_for_the_report(tmp_path):
-    from stockpredict.render import profile_prices
+    from stockpredict.control.jobscript import profile_prices
 
     profile = tmp_path / "site.toml"
     profile.write_text('gpus_per_node = 8\nprice_per_node_hour = 20\nprice_per_gpu_hour = 3.5\n')

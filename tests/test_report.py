@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from stockpredict import report
-from stockpredict.cli import UserError
+from stockpredict.common import rundir
+from stockpredict.common.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -285,7 +286,8 @@ def test_no_usable_logs_is_a_user_error(tmp_path):
 def test_registry_names_every_table_and_plot_once(tmp_path):
     # Each table's rows hold exactly the registry's columns, no file name is used twice, and the plot
     # module draws exactly the registry's plots.
-    from stockpredict import plots, timing
+    from stockpredict.common import timing
+    from stockpredict.report import plots
 
     runs = tmp_path / "runs"
     strong_and_weak_runs(runs)
@@ -297,11 +299,11 @@ def test_registry_names_every_table_and_plot_once(tmp_path):
         section_rows = getattr(built.sections[0], table.name)           # Markdown: the table's own columns
         assert all(list(row) == list(table.row_columns) for row in section_rows), table.name
         assert sorted(table.markdown_columns) == sorted(table.row_columns), table.name
-    files = [t.csv_file for t in report.TABLES] + [p.file for p in report.PLOTS] + [report.MARKDOWN_NAME]
+    files = [t.csv_file for t in report.TABLES] + [p.file for p in report.PLOTS] + [rundir.REPORT_MARKDOWN]
     assert len(files) == len(set(files))
     assert set(plots.render_all(built)) == {p.name for p in report.PLOTS}
-    # The timing contract comes from stockpredict.timing, not a copy.
-    assert (report.SCHEMA_VERSION, report.TIMING_LOG_NAME) == (timing.SCHEMA_VERSION, timing.TIMING_FILE)
+    # The timing contract comes from stockpredict.common.timing, not a copy.
+    assert (report.SCHEMA_VERSION, rundir.TIMING_LOG) == (timing.SCHEMA_VERSION, rundir.TIMING_LOG)
 
 
 def test_engines_are_compared_side_by_side_never_pooled(tmp_path):
@@ -320,7 +322,7 @@ def test_engines_are_compared_side_by_side_never_pooled(tmp_path):
     assert by_engine["tf"][1]["efficiency"] == pytest.approx(12.0 / 8.0 / 2)
     assert by_engine["tf"][0]["samples_per_second"] == pytest.approx(4096 / 12.0)
     assert [r["engine"] for r in built.engines] == ["horovod", "horovod", "tf", "tf"]  # the CSV's rows
-    from stockpredict import plots
+    from stockpredict.report import plots
 
     assert plots.render_all(built)["engines"].startswith(PNG_MAGIC)
 
@@ -413,7 +415,7 @@ def write_sequences(path: Path, windows=(40, 8, 8), inputs=None, config=None, at
 
 
 def test_dataset_fingerprint_follows_content_not_path(tmp_path):
-    from stockpredict import identity
+    from stockpredict.common import identity
 
     a = write_sequences(tmp_path / "one" / "seq.h5")
     same = write_sequences(tmp_path / "two" / "other.h5", seed=1)  # same inputs and config, other path
@@ -432,7 +434,7 @@ def test_dataset_fingerprint_follows_content_not_path(tmp_path):
 def test_dataset_fingerprint_without_recorded_inputs_hashes_a_sample_of_the_data(tmp_path):
     import h5py
 
-    from stockpredict import identity
+    from stockpredict.common import identity
 
     a = write_sequences(tmp_path / "a.h5", attrs=False)
     b = write_sequences(tmp_path / "b.h5", attrs=False)
@@ -447,7 +449,7 @@ def test_dataset_fingerprint_without_recorded_inputs_hashes_a_sample_of_the_data
 
 
 def test_model_identity_and_run_start_optional_fields():
-    from stockpredict import identity, timing
+    from stockpredict.common import identity, timing
 
     config = {"lstm_units": 64, "dropout": 0.2, "dense_units": 16, "lr": 1e-3, "representation": None}
     assert identity.model_identity(config, 60, 2) == {"lstm_units": 64, "dropout": 0.2, "dense_units": 16,
@@ -595,7 +597,7 @@ def test_cli_dataset_filter_errors_in_one_line(tmp_path):
 
 
 def test_plots_one_series_per_dataset_and_one_loss_panel_per_dataset(tmp_path):
-    from stockpredict import plots
+    from stockpredict.report import plots
 
     runs = tmp_path / "runs"
     two_datasets_two_models(runs)
@@ -630,7 +632,7 @@ def test_identity_of_a_preprocessed_file_round_trips_through_run_start(tiny_data
     # will write it (timing.make_event), and read back as the report's key.
     import shutil
 
-    from stockpredict import identity, timing
+    from stockpredict.common import identity, timing
 
     copy = tmp_path / "elsewhere.h5"
     shutil.copy(tiny_dataset, copy)
@@ -729,7 +731,7 @@ def test_accuracy_csv_appends_the_optimum_columns_after_the_key_columns(tmp_path
 
 
 def test_accuracy_at_scale_plot_series_by_dataset_and_optimum_only_where_known(tmp_path):
-    from stockpredict import plots
+    from stockpredict.report import plots
 
     runs = tmp_path / "runs"
     accuracy_runs(runs)

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from stockpredict import report, scaling_model, timeline
+from stockpredict import report
+from stockpredict.common import rundir
+from stockpredict.report import scaling_model, timeline
 from test_report import TRAIN_WINDOWS, read_csv, run_cli, run_end, run_start, simple_run, write_log
 
 OVERHEAD, PER_SAMPLE, LATENCY = 0.004, 1e-4, 0.001    # seconds per step, per sample, per ring step
@@ -44,7 +46,7 @@ def model_runs(runs: Path, gradient_bytes: int | None = GRADIENT_BYTES, ranks=(1
 
 def bench_log(ranks: int = 2, iterations: int = 100, gradient_bytes: int = GRADIENT_BYTES,
               seconds: float | None = None) -> list[dict]:
-    """An allreduce benchmark's log as stockpredict.allreduce_bench writes it (epoch 1 is warm-up)."""
+    """An allreduce benchmark's log as stockpredict.job.allreduce_bench writes it (epoch 1 is warm-up)."""
     seconds = seconds if seconds is not None else iterations * 2 * (ranks - 1) * LATENCY
     start = run_start(ranks=ranks, nodes=ranks, batch=0, global_batch=0, mode=None, epochs=3,
                       kind="allreduce", gradient_bytes=gradient_bytes, dataset=None, windows={})
@@ -154,7 +156,7 @@ def test_prices_per_node_from_a_site_profile(tmp_path):
         nodes = -(-p // 4)                                                   # whole nodes of 4 GPUs
         assert float(r["cost_per_epoch"]) == pytest.approx(epoch / 3600 * nodes * 12.0)
     # The same profile still renders jobs: the price keys are the report's, not the job's.
-    from stockpredict.render import load_profile
+    from stockpredict.control.jobscript import load_profile
     assert "price_per_node_hour" not in load_profile(str(profile))
     assert '"price_unit": "node"' in (out / "scaling.md").read_text()
 
@@ -276,7 +278,7 @@ def test_timeline_in_a_run_directory_gives_the_step_time_breakdown(tmp_path):
 
 def test_registry_names_the_model_outputs_once():
     files = ([t.csv_file for t in (*report.TABLES, *report.registry.MODEL_TABLES)]
-             + [p.file for p in report.PLOTS] + [report.registry.SCALING_PLOT.file, report.MARKDOWN_NAME])
+             + [p.file for p in report.PLOTS] + [report.registry.SCALING_PLOT.file, rundir.REPORT_MARKDOWN])
     assert len(files) == len(set(files))
     assert report.registry.scaling_plot_file(1) == "scaling_prediction.png"
     assert report.registry.scaling_plot_file(3) == "scaling_prediction_3.png"
@@ -298,7 +300,7 @@ def test_malformed_model_fields_make_the_log_corrupt(tmp_path, field, value, rea
 
 
 def test_make_event_writes_and_checks_the_model_fields():
-    from stockpredict import timing as contract
+    from stockpredict.common import timing as contract
 
     base = {k: None for k in contract.RUN_START_FIELDS}
     event = contract.make_event("run_start", **base, gradient_bytes=GRADIENT_BYTES, kind="allreduce")

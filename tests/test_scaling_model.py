@@ -1,4 +1,5 @@
-"""The scaling model (stockpredict/scaling_model.py) and its rendering: parameter recovery, held-out check,
+"""The scaling model (stockpredict/report/scaling_model.py) and its rendering: parameter recovery, held-out
+check,
 presets, cost arithmetic, a synthetic ring-allreduce world, and the seed's own published table."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from stockpredict import scaling_model as sm
-from stockpredict.scaling_render import (
+from stockpredict.report import scaling_model as sm
+from stockpredict.report.prediction import (
     last_worthwhile_doubling,
     plot_prediction,
     render_markdown,

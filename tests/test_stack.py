@@ -110,10 +110,10 @@ def test_virtual_nodes_run_their_tasks_on_cores_of_their_own(slurm_cluster, job_
     """The local cluster pins each slurmd to its own core(s) (etc/node-cpus) and tasks inherit it: the
     tasks of a job on as many nodes as this machine has cores (at most 4) get disjoint CPU affinities."""
     from conftest import CLUSTER_DIR
-    from stockpredict.hardware import cpu_affinity
+    from stockpredict.common.hardware import cpu_affinity
 
     nodes = max(2, min(4, len(cpu_affinity())))
-    probe = "import json, os; from stockpredict.hardware import affinity_summary; " \
+    probe = "import json, os; from stockpredict.common.hardware import affinity_summary; " \
             "print(json.dumps(dict(node=os.environ['SLURMD_NODENAME'], **affinity_summary())))"
     script = job_dir / "affinity.sbatch"
     script.write_text(textwrap.dedent(f"""\

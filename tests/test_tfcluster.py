@@ -1,4 +1,5 @@
-"""TF_CONFIG from the Slurm step (stockpredict/tfcluster.py): host lists, tasks per node, ports. Pure
+"""TF_CONFIG from the Slurm step (stockpredict/job/engine/tfcluster.py): host lists, tasks per node, ports.
+Pure
 functions; `scontrol show hostnames` is the reference when it is installed."""
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import subprocess
 
 import pytest
 
-from stockpredict.cli import UserError
-from stockpredict.tfcluster import (
+from stockpredict.common.errors import UserError
+from stockpredict.job.engine.tfcluster import (
     PORT_BASE,
     PORTS_PER_SLOT,
     expand_hostlist,

@@ -1,4 +1,4 @@
-"""The Horovod timeline parser (stockpredict/timeline.py): a real 2-rank timeline recorded with
+"""The Horovod timeline parser (stockpredict/report/timeline.py): a real 2-rank timeline recorded with
 `HOROVOD_TIMELINE=... horovodrun -np 2 -H localhost:2 --gloo python tests/programs/timeline_train.py 5`
 (tests/fixtures/horovod_timeline_2ranks.json: 1 warm-up step + 5 steps, 7 gradient tensors), and small
 hand-made timelines whose shares are known exactly."""
@@ -10,7 +10,7 @@ import json
 import pytest
 
 from conftest import REPO
-from stockpredict.timeline import TimelineError, load_events, read_timeline, step_breakdown
+from stockpredict.report.timeline import TimelineError, load_events, read_timeline, step_breakdown
 
 REAL = REPO / "tests" / "fixtures" / "horovod_timeline_2ranks.json"
 

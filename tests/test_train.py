@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TF_PYTHON, require_tf_venv, wait_until
-from stockpredict import checkpoints, identity, loop, preemption, timing
-from stockpredict import train as train_module
-from stockpredict.config import TrainConfig
+from stockpredict.common import identity, rundir, timing
+from stockpredict.common.train_config import TrainConfig
+from stockpredict.job import checkpoints, preemption
+from stockpredict.job import train as train_module
 
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
 TRAIN_CMD = [sys.executable, "-m", "stockpredict.train"]
@@ -83,7 +84,7 @@ def run_trainer(engine: str, *args, on_start=None) -> int:
 
 
 def events(run_dir: Path) -> list[dict]:
-    return timing.read_events(run_dir / timing.TIMING_FILE)
+    return timing.read_events(run_dir / rundir.TIMING_LOG)
 
 
 def final_weights(run_dir: Path, engine: str = "horovod") -> list[np.ndarray]:
@@ -91,11 +92,11 @@ def final_weights(run_dir: Path, engine: str = "horovod") -> list[np.ndarray]:
     if engine == "horovod":
         import tensorflow as tf
 
-        return tf.keras.models.load_model(run_dir / loop.MODEL_FILE).get_weights()
+        return tf.keras.models.load_model(run_dir / rundir.MODEL).get_weights()
     out = run_dir.parent / f"{run_dir.name}-weights.npz"
     code = ("import sys, numpy as np, stockpredict, tensorflow as tf; "
             "np.savez(sys.argv[2], *tf.keras.models.load_model(sys.argv[1]).get_weights())")
-    subprocess.run([str(TF_PYTHON), "-c", code, str(run_dir / loop.MODEL_FILE), str(out)], check=True,
+    subprocess.run([str(TF_PYTHON), "-c", code, str(run_dir / rundir.MODEL), str(out)], check=True,
                    env=dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True)
     with np.load(out) as saved:
         return [saved[f"arr_{i}"] for i in range(len(saved.files))]
@@ -148,7 +149,7 @@ def _send_stop_after_first_epoch(run_dir: Path, pid: int, delay_s: float = 0.0) 
     makes the stop land inside epoch 2 rather than at the stop check that directly follows the epoch-1
     event (which a loaded machine can otherwise let the signal reach first)."""
     def watch():
-        if wait_until(lambda: (run_dir / timing.TIMING_FILE).exists()
+        if wait_until(lambda: (run_dir / rundir.TIMING_LOG).exists()
                       and any(e["event"] == "epoch" for e in events(run_dir)), 120, poll_s=0.02):
             time.sleep(delay_s)
             os.kill(pid, signal.SIGUSR1)
@@ -299,7 +300,7 @@ def test_horovodrun_two_ranks_preempted_by_usr1_then_resumed(tiny_dataset, tmp_p
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        assert wait_until(lambda: (run / timing.TIMING_FILE).exists()
+        assert wait_until(lambda: (run / rundir.TIMING_LOG).exists()
                           and any(e["event"] == "epoch" for e in events(run)), 180, poll_s=0.1)
         ranks = _rank_pids(run)
         assert len(ranks) == 2, ranks
@@ -403,7 +404,7 @@ def test_slurm_usr1_every_rank_exits_75_then_resume_completes(slurm_cluster, job
     try:
         # Signal once the ranks have started (run_start: past init, handlers installed), during epoch 1's
         # graph building: after epoch 1 itself the last two tiny epochs can end before scancel runs.
-        assert wait_until(lambda: (run / timing.TIMING_FILE).exists()
+        assert wait_until(lambda: (run / rundir.TIMING_LOG).exists()
                           and any(e["event"] == "run_start" for e in events(run)), 240, poll_s=0.2)
         subprocess.run(["scancel", "--signal=USR1", job_id], env=slurm_cluster.env, check=True)
         state = slurm_cluster.wait(job_id, timeout_s=300)

@@ -9,11 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from stockpredict import data, layout, metrics, timing
-from stockpredict.cli import UserError
-from stockpredict.config import TrainConfig, parse_args, resolve_config
-from stockpredict.loop import WarmupSchedule, choose_gpu, dataset_warnings
-from stockpredict.transform import SeedTransform
+from stockpredict.common import layout, metrics, rundir, sequences, timing
+from stockpredict.common.errors import UserError
+from stockpredict.common.train_config import TrainConfig, parse_args, resolve_config
+from stockpredict.common.transform import SeedTransform
+from stockpredict.job import data
+from stockpredict.job.loop import WarmupSchedule, choose_gpu, dataset_warnings
 
 
 @pytest.mark.parametrize("visible, local_rank, expected", [
@@ -27,7 +28,7 @@ def test_choose_gpu(visible, local_rank, expected):
 
 
 def test_the_lstm_is_unrolled_on_cpu_only():
-    from stockpredict.model import unroll_lstm
+    from stockpredict.job.model import unroll_lstm
 
     assert unroll_lstm([]) is True
     assert unroll_lstm(["/physical_device:GPU:0"]) is False  # cuDNN needs the looped layer
@@ -37,7 +38,7 @@ def test_the_unrolled_lstm_computes_what_the_looped_one_does():
     """Unrolling is a CPU speed-up only: same weights, same predictions and gradients (float32)."""
     import tensorflow as tf
 
-    from stockpredict.model import build_model
+    from stockpredict.job.model import build_model
 
     looped, unrolled = (build_model(60, 2, dropout=0.0, unroll=u) for u in (False, True))
     unrolled.set_weights(looped.get_weights())
@@ -182,8 +183,8 @@ def test_fractional_warmup_is_parsed_as_a_float_and_negative_is_refused():
 @pytest.fixture(scope="module")
 def chunk_1000_file(tmp_path_factory):
     """The tiny synthetic universe preprocessed with --chunk-windows 1000 (not the default 2,048)."""
-    from preprocess.config import PreprocessConfig
     from preprocess.pipeline import build_dataset
+    from preprocess.preprocess_config import PreprocessConfig
     from preprocess.synthetic import TINY_UNIVERSE, write_universe
 
     root = tmp_path_factory.mktemp("chunk1000")
@@ -194,8 +195,8 @@ def chunk_1000_file(tmp_path_factory):
 
 
 def test_reads_follow_the_files_chunk_length(chunk_1000_file, monkeypatch):
-    info = data.read_sequences_info(chunk_1000_file)
-    assert info.block_windows == 1000 != data.BLOCK_WINDOWS
+    info = sequences.read_sequences_info(chunk_1000_file)
+    assert info.block_windows == 1000 != sequences.BLOCK_WINDOWS
     with h5py.File(chunk_1000_file) as handle:
         assert layout.chunk_windows(handle["train/x"]) == 1000
     n = info.windows["train"]
@@ -221,7 +222,7 @@ def test_reads_follow_the_files_chunk_length(chunk_1000_file, monkeypatch):
 
 
 def test_epoch_batches_hand_over_the_epochs_batches_in_order_and_stop_cleanly(chunk_1000_file):
-    info = data.read_sequences_info(chunk_1000_file)
+    info = sequences.read_sequences_info(chunk_1000_file)
     start, stop = data.shard_range(info.windows["train"], 0, 2)
     expected = list(data.iter_train_batches(str(chunk_1000_file), start, stop, 16, 10, seed=3, epoch=2,
                                             rank=0, block=info.block_windows))
@@ -241,7 +242,7 @@ def test_epoch_batches_hand_over_the_epochs_batches_in_order_and_stop_cleanly(ch
 
 
 def test_epoch_batches_raise_the_readers_error_in_the_training_thread(chunk_1000_file):
-    info = data.read_sequences_info(chunk_1000_file)
+    info = sequences.read_sequences_info(chunk_1000_file)
     with data.epoch_batches(info, 16, 10**6, seed=0, epoch=1, rank=0, size=1) as batches:
         with pytest.raises(RuntimeError, match="ran out of rows"):
             batches.take(10**6)
@@ -292,7 +293,7 @@ def test_timing_events_refuse_missing_or_unknown_fields():
 
 
 def test_timing_close_appends_failed_run_end_only_once(tmp_path, capsys):
-    log = tmp_path / timing.TIMING_FILE
+    log = tmp_path / rundir.TIMING_LOG
     log.write_text(json.dumps({"schema": 1, "event": "run_start", "time": "2026-01-01T00:00:00Z"}) + "\n"
                    + '{"schema": 1, "event": "epo')  # torn line from a killed job
     assert timing.main(["close", str(tmp_path), "--status", "failed"]) == 0
@@ -335,12 +336,12 @@ def test_horovod_engine_makes_waiting_mpi_ranks_yield_unless_the_user_chose(user
     import subprocess
     import sys
 
-    from stockpredict.engine import MPI_YIELD_VARIABLE
+    from stockpredict.job.engine import MPI_YIELD_VARIABLE
 
     env = {k: v for k, v in os.environ.items() if k != MPI_YIELD_VARIABLE}
     if user_value is not None:
         env[MPI_YIELD_VARIABLE] = user_value
-    code = ("import os; from stockpredict.engine import make_engine, MPI_YIELD_VARIABLE as V\n"
+    code = ("import os; from stockpredict.job.engine import make_engine, MPI_YIELD_VARIABLE as V\n"
             "e = make_engine('horovod'); before = os.environ.get(V); e.init()\n"
             "print(before, os.environ.get(V), e.size)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,

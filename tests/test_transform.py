@@ -1,4 +1,5 @@
-"""stockpredict/transform.py and stockpredict/metrics.py: representations round-trip prices, and the
+"""stockpredict/common/transform.py and stockpredict/common/metrics.py: representations round-trip
+prices, and the
 price-unit metrics do not depend on the representation (real files from the pipeline)."""
 
 from __future__ import annotations
@@ -7,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from preprocess.config import PreprocessConfig
 from preprocess.pipeline import build_dataset
-from stockpredict import metrics, transform
-from stockpredict.data import read_sequences_info
+from preprocess.preprocess_config import PreprocessConfig
+from stockpredict.common import metrics, transform
+from stockpredict.common.sequences import read_sequences_info
 
 FEATURES = ("close", "volume", "high")
 

@@ -3,7 +3,7 @@
     python -m stockpredict.report --runs results/runs --out results
 
 Reads every `<runs>/*/timing.jsonl` (schema 1, written by stockpredict.train; the contract is
-stockpredict/timing.py) and writes into `--out`: `scaling.md`, one CSV per table beside it
+stockpredict/common/timing.py) and writes into `--out`: `scaling.md`, one CSV per table beside it
 (strong_scaling.csv, weak_scaling.csv, batch_size.csv, accuracy.csv, environment.csv) and six PNG plots,
 plus the scaling model per key (scaling_prediction.csv and .png, docs/scaling.md) and the step-time
 breakdown of any Horovod timeline.json in a run directory (step_breakdown.csv).
@@ -21,7 +21,7 @@ The package is a pure core and a thin shell, like the other stages, one module p
     config.py    ReportConfig
     scaling.py   key_scaling(runs, benchmarks, config) -> KeyScaling; step_breakdown_table (per key)
 
-The log's contract (schema version, file name, fields) is imported from stockpredict/timing.py.
+The log's contract (schema version, file name, fields) is imported from stockpredict/common/timing.py.
 
 Rules (docs/report.md explains them):
 - A log is used only if its last event is `run_end` with status "completed". Failed, preempted-and-not-
@@ -41,66 +41,64 @@ Rules (docs/report.md explains them):
   says what was held fixed between them; they are in the batch-size and accuracy tables.
 """
 
-from .command import main
-from .config import ReportConfig
-from .keys import ComparabilityKey, DatasetKey, run_start_key
-from .output import make_report, write_report
-from .parse import (
-                    MODES,
-                    SCHEMA_VERSION,
-                    TIMING_LOG_NAME,
-                    EpochRecord,
-                    GroupKey,
-                    LoadedRuns,
-                    Run,
-                    SkipLog,
-                    SkippedLog,
-                    load_runs,
-                    parse_timing_log,
+from stockpredict.report.command import main
+from stockpredict.report.keys import ComparabilityKey, DatasetKey, run_start_key
+from stockpredict.report.markdown import render_csv, render_markdown, render_markdown_table
+from stockpredict.report.output import make_report, write_report
+from stockpredict.report.parse import (
+    MODES,
+    SCHEMA_VERSION,
+    EpochRecord,
+    GroupKey,
+    LoadedRuns,
+    Run,
+    SkipLog,
+    SkippedLog,
+    load_runs,
+    parse_timing_log,
 )
-from .registry import (
-                    ACCURACY_COLUMNS,
-                    BATCH_COLUMNS,
-                    CSV_NAMES,
-                    ENVIRONMENT_COLUMNS,
-                    KEY_COLUMNS,
-                    MARKDOWN_NAME,
-                    MODEL_TABLES,
-                    PLOT_NAMES,
-                    PLOTS,
-                    SCALING,
-                    STEP_BREAKDOWN,
-                    STRONG_COLUMNS,
-                    TABLES,
-                    WEAK_COLUMNS,
-                    PlotSpec,
-                    TableSpec,
+from stockpredict.report.registry import (
+    ACCURACY_COLUMNS,
+    BATCH_COLUMNS,
+    CSV_NAMES,
+    ENVIRONMENT_COLUMNS,
+    KEY_COLUMNS,
+    MODEL_TABLES,
+    PLOT_NAMES,
+    PLOTS,
+    SCALING,
+    STEP_BREAKDOWN,
+    STRONG_COLUMNS,
+    TABLES,
+    WEAK_COLUMNS,
+    PlotSpec,
+    TableSpec,
 )
-from .render import render_csv, render_markdown, render_markdown_table
-from .scaling import KeyScaling, key_scaling, step_breakdown_table
-from .tables import (
-                    GroupTiming,
-                    Report,
-                    RunTiming,
-                    Section,
-                    accuracy_table,
-                    batch_size_table,
-                    build_report,
-                    build_section,
-                    environment_table,
-                    group_timings,
-                    karp_flatt,
-                    parallel_efficiency,
-                    run_timing,
-                    speedup,
-                    strong_scaling_table,
-                    weak_scaling_table,
+from stockpredict.report.report_config import ReportConfig
+from stockpredict.report.scaling import KeyScaling, key_scaling, step_breakdown_table
+from stockpredict.report.tables import (
+    GroupTiming,
+    Report,
+    RunTiming,
+    Section,
+    accuracy_table,
+    batch_size_table,
+    build_report,
+    build_section,
+    environment_table,
+    group_timings,
+    karp_flatt,
+    parallel_efficiency,
+    run_timing,
+    speedup,
+    strong_scaling_table,
+    weak_scaling_table,
 )
 
 __all__ = [
-    "ACCURACY_COLUMNS", "BATCH_COLUMNS", "CSV_NAMES", "ENVIRONMENT_COLUMNS", "KEY_COLUMNS", "MARKDOWN_NAME",
+    "ACCURACY_COLUMNS", "BATCH_COLUMNS", "CSV_NAMES", "ENVIRONMENT_COLUMNS", "KEY_COLUMNS",
     "MODEL_TABLES", "SCALING", "STEP_BREAKDOWN", "KeyScaling", "key_scaling", "step_breakdown_table",
-    "MODES", "PLOTS", "PLOT_NAMES", "SCHEMA_VERSION", "STRONG_COLUMNS", "TABLES", "TIMING_LOG_NAME",
+    "MODES", "PLOTS", "PLOT_NAMES", "SCHEMA_VERSION", "STRONG_COLUMNS", "TABLES",
     "WEAK_COLUMNS", "ComparabilityKey", "DatasetKey", "EpochRecord", "GroupKey", "GroupTiming", "LoadedRuns",
     "PlotSpec", "Report", "ReportConfig", "Run", "RunTiming", "Section", "SkipLog", "SkippedLog", "TableSpec",
     "accuracy_table", "batch_size_table", "build_report", "build_section", "environment_table",

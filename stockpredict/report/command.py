@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import Sequence
 
-from ..cli import UserError, run_cli
-from ..scaling_model import NETWORKS
-from .config import PRICE_UNITS, ReportConfig
-from .output import make_report
+from stockpredict.common.errors import UserError, run_cli
+from stockpredict.report.output import make_report
+from stockpredict.report.report_config import PRICE_UNITS, ReportConfig
+from stockpredict.report.scaling_model import NETWORKS
 
 
 def _price(args: argparse.Namespace) -> tuple[float | None, str, int]:
@@ -20,7 +20,9 @@ def _price(args: argparse.Namespace) -> tuple[float | None, str, int]:
     ranks_per_node = _number(args.ranks_per_node, "--ranks-per-node", int)
     price = _number(args.price_per_hour, "--price-per-hour")
     if args.profile:
-        from ..render import profile_prices  # jinja2 is imported only when a profile is named
+        from stockpredict.control.jobscript import (
+            profile_prices,  # jinja2 is imported only when a profile is named
+        )
 
         found = profile_prices(args.profile)
         if ranks_per_node is None:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .. import timing
-from ..cli import UserError
-from .registry import KEY_COLUMNS
+from stockpredict.common import timing
+from stockpredict.common.errors import UserError
+from stockpredict.report.registry import KEY_COLUMNS
 
 FINGERPRINT_SHOWN = 12  # hex digits of the fingerprint shown in headings and labels
 SPLIT_ORDER = ("train", "val", "test")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cli import UserError, get_logger
-from ..files import write_atomic
-from .config import ReportConfig
-from .parse import load_runs
-from .registry import MARKDOWN_NAME, PLOTS, SCALING, STEP_BREAKDOWN, TABLES, scaling_plot_file
-from .render import render_csv, render_markdown
-from .tables import Report, build_report
+from stockpredict.common import rundir
+from stockpredict.common.errors import UserError
+from stockpredict.common.files import write_atomic
+from stockpredict.common.logs import get_logger
+from stockpredict.report.markdown import render_csv, render_markdown
+from stockpredict.report.parse import load_runs
+from stockpredict.report.registry import PLOTS, SCALING, STEP_BREAKDOWN, TABLES, scaling_plot_file
+from stockpredict.report.report_config import ReportConfig
+from stockpredict.report.tables import Report, build_report
 
 log = get_logger("stockpredict.report")
 
@@ -32,13 +34,13 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     plot_files: dict[str, str] = {}
     scaling_plots: dict[int, str] = {}
     if report.config.plots:
-        from .. import plots  # matplotlib is imported only when plots are wanted
+        from stockpredict.report import plots  # matplotlib is imported only when plots are wanted
 
         pngs = plots.render_all(report)
         for plot in PLOTS:
             outputs.append((out_dir / plot.file, pngs[plot.name]))
             plot_files[plot.name] = plot.file
-        from ..scaling_render import plot_prediction
+        from stockpredict.report.prediction import plot_prediction
 
         fitted = [(i, s.scaling.analysis) for i, s in enumerate(report.sections)
                   if s.scaling is not None and s.scaling.analysis is not None]
@@ -46,7 +48,7 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
             scaling_plots[index] = scaling_plot_file(number)
             outputs.append((out_dir / scaling_plots[index], plot_prediction(analysis)))
     # scaling.md last: once it is there, every file it links to is too.
-    outputs.append((out_dir / MARKDOWN_NAME, render_markdown(report, plot_files, scaling_plots)))
+    outputs.append((out_dir / rundir.REPORT_MARKDOWN, render_markdown(report, plot_files, scaling_plots)))
     for path, data in outputs:
         try:
             write_atomic(path, data)

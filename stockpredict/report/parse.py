@@ -1,6 +1,6 @@
 """Parsing: one timing.jsonl into a `Run`, or a reason to skip it; every log of a runs directory.
 
-The log's contract (schema version, file name, events, field types) is stockpredict/timing.py; this
+The log's contract (schema version, file name, events, field types) is stockpredict/common/timing.py; this
 module only decides which logs are usable and how a resumed run's records combine (docs/report.md).
 """
 
@@ -12,17 +12,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .. import timing
-from ..cli import UserError
-from ..timeline import StepBreakdown, TimelineError, read_timeline
-from .keys import ComparabilityKey, run_start_key
-from .restarts import Restart, restarts_of
+from stockpredict.common import rundir, timing
+from stockpredict.common.errors import UserError
+from stockpredict.report.keys import ComparabilityKey, run_start_key
+from stockpredict.report.restarts import Restart, restarts_of
+from stockpredict.report.timeline import StepBreakdown, TimelineError, read_timeline
 
 SCHEMA_VERSION = timing.SCHEMA_VERSION
-TIMING_LOG_NAME = timing.TIMING_FILE
 MODES = timing.MODES
 # A Horovod timeline in a run directory (`make submit TIMELINE=1` sets HOROVOD_TIMELINE to it).
-TIMELINE_NAME = "timeline.json"
 
 
 # --- records parsed from the logs ----------------------------------------------------------------
@@ -74,8 +72,8 @@ class Run:
     key: ComparabilityKey      # dataset fingerprint (or path), model config, engine: see keys.py
     kind: str = "train"        # run_start `kind`: "train", or "allreduce" (stockpredict.allreduce_bench)
     gradient_bytes: int | None = None  # run_start `gradient_bytes`; None in logs written before it
-    timeline: StepBreakdown | None = None  # from TIMELINE_NAME in the run directory, if readable
-    timeline_recorded: bool = False        # the run directory holds TIMELINE_NAME (readable or not)
+    timeline: StepBreakdown | None = None  # from rundir.TIMELINE in the run directory, if readable
+    timeline_recorded: bool = False        # the run directory holds rundir.TIMELINE (readable or not)
     restarts: tuple[Restart, ...] = ()  # one per run_start after the first, with the time it lost
     # run_start `optimum`: the best achievable skill ({"kalman_skill", "window_skill", ...}); None = unknown
     optimum: Mapping[str, Any] | None = None
@@ -312,7 +310,7 @@ def load_runs(runs_dir: Path) -> LoadedRuns:
     skipped: list[SkippedLog] = []
     notes: list[str] = []
     for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        path = run_dir / TIMING_LOG_NAME
+        path = run_dir / rundir.TIMING_LOG
         if not path.exists():
             skipped.append(SkippedLog(str(path), "missing: the job is pending or failed before training"))
             continue
@@ -325,7 +323,7 @@ def load_runs(runs_dir: Path) -> LoadedRuns:
         except OSError as err:
             skipped.append(SkippedLog(str(path), f"unreadable: {err.strerror or err}"))
             continue
-        timeline = run_dir / TIMELINE_NAME
+        timeline = run_dir / rundir.TIMELINE
         if timeline.exists():
             try:
                 run = replace(run, timeline=read_timeline(timeline), timeline_recorded=True)

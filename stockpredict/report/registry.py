@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..scaling_model import COST_COLUMNS, PREDICTION_COLUMNS
+from stockpredict.report.scaling_model import COST_COLUMNS, PREDICTION_COLUMNS
 
-MARKDOWN_NAME = "scaling.md"
 # Which comparability key a CSV row belongs to (keys.ComparabilityKey.columns fills them).
 KEY_COLUMNS = ("dataset", "fingerprint", "windows", "model", "engine")
 

@@ -9,7 +9,7 @@ The gradient size S comes from run_start `gradient_bytes`; a key none of whose r
 model, only a note. Runs that recorded a Horovod timeline are left out of the fit: the timeline costs
 time and such runs usually cap their steps; they feed the step-time breakdown instead.
 
-Allreduce microbenchmarks (run_start `kind: "allreduce"`, stockpredict/allreduce_bench.py) have no
+Allreduce microbenchmarks (run_start `kind: "allreduce"`, stockpredict/job/allreduce_bench.py) have no
 dataset. They join every key with the same engine and the same gradient size: an allreduce of S bytes
 on p ranks does not depend on the data. Nothing here takes a ratio across keys.
 """
@@ -19,12 +19,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import scaling_model
-from ..scaling_model import MeasuredPoint, ModelError, ScalingAnalysis, ScalingFit
-from .config import ReportConfig
-from .parse import Run
-from .registry import STEP_BREAKDOWN
-from .tables import run_timing
+from stockpredict.report import scaling_model
+from stockpredict.report.parse import Run
+from stockpredict.report.registry import STEP_BREAKDOWN
+from stockpredict.report.report_config import ReportConfig
+from stockpredict.report.scaling_model import MeasuredPoint, ModelError, ScalingAnalysis, ScalingFit
+from stockpredict.report.tables import run_timing
 
 FITTED = "fitted"  # the `network` column when the predictions use the fitted latency and bandwidth
 

@@ -12,13 +12,13 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from .. import timing
-from ..cli import UserError
-from ..metrics import skill_of_optimum
-from .config import ReportConfig
-from .keys import ComparabilityKey, DatasetKey, section_labels, select_dataset
-from .parse import TIMING_LOG_NAME, GroupKey, LoadedRuns, Run, SkippedLog
-from .registry import KEY_COLUMNS, SCALING, SCALING_COST_COLUMNS, TABLES_BY_NAME
+from stockpredict.common import rundir, timing
+from stockpredict.common.errors import UserError
+from stockpredict.common.metrics import skill_of_optimum
+from stockpredict.report.keys import ComparabilityKey, DatasetKey, section_labels, select_dataset
+from stockpredict.report.parse import GroupKey, LoadedRuns, Run, SkippedLog
+from stockpredict.report.registry import KEY_COLUMNS, SCALING, SCALING_COST_COLUMNS, TABLES_BY_NAME
+from stockpredict.report.report_config import ReportConfig
 
 # --- statistics ----------------------------------------------------------------------------------
 
@@ -283,7 +283,10 @@ def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int
     """Every table of one key's runs (the caller guarantees they share the key), the scaling model
     fitted to them (plus the allreduce `benchmarks` of the same engine and gradient size) and the
     step-time breakdown of their timelines."""
-    from .scaling import key_scaling, step_breakdown_table  # scaling.py builds on this module
+    from stockpredict.report.scaling import (  # scaling.py builds on this module
+        key_scaling,
+        step_breakdown_table,
+    )
 
     groups = group_timings(runs, warmup_epochs)
     config = config or ReportConfig(warmup_epochs=warmup_epochs)
@@ -378,7 +381,7 @@ def build_report(loaded: LoadedRuns, config: ReportConfig) -> Report:
             raise UserError(f"no usable timing logs in {config.runs_dir}: all {len(loaded.skipped)} "
                             f"were skipped (warnings above say why)")
         raise UserError(f"no timing logs in {config.runs_dir} (expected {config.runs_dir}/<run-id>/"
-                        f"{TIMING_LOG_NAME}; submit runs first: make sweep, or make demo)")
+                        f"{rundir.TIMING_LOG}; submit runs first: make sweep, or make demo)")
     # Allreduce benchmarks have no dataset: they join every key of the same engine and gradient size.
     benchmarks = tuple(r for r in loaded.runs if r.kind == "allreduce")
     if len(benchmarks) == len(loaded.runs):

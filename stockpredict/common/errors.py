@@ -1,4 +1,4 @@
-"""What every command-line entry point shares: one logger, one-line user errors, exit codes.
+"""What every command-line entry point shares: one-line user errors and exit codes.
 
 A user mistake (bad path, bad flag value, wrong file schema) raises `UserError`; `run_cli` turns it
 into `error: <message>` on stderr and exit status 2, never a traceback. Anything else is a bug and
@@ -8,13 +8,11 @@ keeps its traceback.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
 EXIT_USER_ERROR = 2
-LOG_LEVEL_ENV = "STOCKPREDICT_LOG_LEVEL"
 
 
 class UserError(Exception):
@@ -42,18 +40,6 @@ def parse_int_list(text: str, what: str) -> list[int]:
     if not values:
         raise UserError(f"{what} is empty")
     return values
-
-
-def get_logger(name: str = "stockpredict") -> logging.Logger:
-    """The package logger; its level comes from $STOCKPREDICT_LOG_LEVEL (default INFO)."""
-    logger = logging.getLogger(name)
-    if not logging.getLogger().handlers and not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
-        logger.propagate = False
-    return logger
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-from .cli import UserError
+from stockpredict.common.errors import UserError
 
 # Ports: below Linux's ephemeral range (32768-60999), above Slurm's and this project's daemons
 # (6817/6818, the local cluster's 17000-22999). PORT_SLOTS job/step slots of PORTS_PER_SLOT ports each.

@@ -1,6 +1,6 @@
 """Honest test metrics: the model against the persistence forecast, in price units.
 
-Every forecast is converted back to a price with the file's transform (stockpredict/transform.py)
+Every forecast is converted back to a price with the file's transform (stockpredict/common/transform.py)
 before it is scored, so the price-unit metrics (and skill) mean the same whatever the representation.
 Everything is computed from sums (squared errors, absolute errors, counts), so each rank can score its
 own shard and one allreduce of the sums gives the exact metrics of the whole split.
@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .transform import Transform
+from stockpredict.common.transform import Transform
 
 # Order of the per-shard sums; one float64 vector, so ranks combine them with a single Sum allreduce.
 SUM_FIELDS = (

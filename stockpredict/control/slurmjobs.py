@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from .cli import UserError
+from stockpredict.common.errors import UserError
 
 SUBMITTED_RE = re.compile(r"^Submitted batch job (\d+)", re.MULTILINE)
 FINAL_STATES = {

@@ -1,7 +1,7 @@
 """The HDF5 sequences file's contract: names, schema version, attribute keys, chunk length.
 
 One definition for the writer (preprocess/store.py, preprocess/pipeline.py), the reader
-(stockpredict/data.py) and the benchmarks' synthetic files (benchmarks/bench_train.py). h5py and
+(stockpredict/job/data.py) and the benchmarks' synthetic files (benchmarks/bench_train.py). h5py and
 numpy only, no TensorFlow, so preprocessing imports it freely. docs/data.md describes the layout:
 
     /<split>/x           float32 (n, seq_len, n_features)   normalised inputs
@@ -19,7 +19,7 @@ from typing import Any
 
 SCHEMA_VERSION = 2                  # bump on any change a reader must know about
 # 1: the seed's min-max price levels; 2: + /<split>/last_close and the attrs representation, transform,
-# optimum (stockpredict/transform.py). Schema-1 files still read, as the seed representation.
+# optimum (stockpredict/common/transform.py). Schema-1 files still read, as the seed representation.
 READABLE_SCHEMAS = (1, 2)
 SPLITS = ("train", "val", "test")   # a split may hold n = 0 windows; its datasets still exist
 

@@ -1,6 +1,6 @@
 """What a run trained on and with: the dataset's identity and the model configuration.
 
-The trainer records both in `run_start` (fields `dataset_id` and `model`, see stockpredict/timing.py);
+The trainer records both in `run_start` (fields `dataset_id` and `model`, see stockpredict/common/timing.py);
 the report compares runs only when both agree (docs/report.md, "Comparability key"). No TensorFlow here:
 the control side and tests compute the same identity from the same file.
 
@@ -21,9 +21,9 @@ from typing import Any, Mapping
 import h5py
 import numpy as np
 
-from . import timing
-from .cli import UserError
-from .layout import SPLITS
+from stockpredict.common import timing
+from stockpredict.common.errors import UserError
+from stockpredict.common.layout import SPLITS
 
 # Root attributes the preprocessing stage writes that fix the windows' content: the raw inputs' SHA-256
 # per file, the resolved preprocessing config, and what the config implies. Derived counts (dropped,

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .cli import UserError
+from stockpredict.common.errors import UserError
 
 # errno -> (the C name, the text the C library and TensorFlow put into their messages)
 DISK_FULL_ERRNOS = {errno.ENOSPC: ("ENOSPC", "No space left on device"),

@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter
 PLAIN_NUMBERS = FuncFormatter(lambda value, _pos: f"{value:g}")  # "4", not "2^2", on log axes
 
 if TYPE_CHECKING:
-    from .report import Report
+    from stockpredict.report import Report
 
 FIGSIZE_INCHES = (6.4, 4.4)
 DPI = 110
@@ -280,7 +280,7 @@ def engines_figure(per_key: Series) -> Figure:
 
 def figures(report: "Report") -> dict[str, Figure]:
     """Every plot of the report, keyed like the registry's PLOTS (report/registry.py)."""
-    from .report.keys import dataset_labels
+    from stockpredict.report.keys import dataset_labels
 
     sections = report.sections
     names = dataset_labels(s.key.dataset for s in sections)

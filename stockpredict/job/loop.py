@@ -2,7 +2,7 @@
 
 Each step is a function returning what the next one needs (RunPlan -> Replica -> Position -> exit
 status). Nothing here names the distributed framework: every collective goes through an
-`engine.Engine` (stockpredict/engine.py), so another engine runs the same loop, checkpoints,
+`engine.Engine` (stockpredict/job/engine/__init__.py), so another engine runs the same loop, checkpoints,
 preemption protocol, metrics and timing.
 """
 
@@ -23,18 +23,17 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from . import checkpoints, identity, preemption, timing
-from . import transform as transforms
-from .checkpoints import ResumePoint
-from .cli import LOG_LEVEL_ENV, UserError, get_logger
-from .config import TrainConfig, resolve_config
-from .data import SequencesInfo
-from .engine import MPI_YIELD_VARIABLE, Engine
-from .files import reporting_disk_full, write_atomic, write_json_atomic
-from .hardware import affinity_summary
-
-MODEL_FILE = "model.keras"
-TRANSFORM_FILE = "transform.json"  # stockpredict.transform.to_json of the data file's transform
+from stockpredict.common import identity, rundir, timing
+from stockpredict.common import transform as transforms
+from stockpredict.common.errors import UserError
+from stockpredict.common.files import reporting_disk_full, write_atomic, write_json_atomic
+from stockpredict.common.hardware import affinity_summary
+from stockpredict.common.logs import LOG_LEVEL_ENV, get_logger
+from stockpredict.common.sequences import SequencesInfo
+from stockpredict.common.train_config import TrainConfig, resolve_config
+from stockpredict.job import checkpoints, preemption
+from stockpredict.job.checkpoints import ResumePoint
+from stockpredict.job.engine import MPI_YIELD_VARIABLE, Engine
 
 log = get_logger("stockpredict.train")
 
@@ -62,7 +61,8 @@ def plan_run(config: TrainConfig, ranks: int) -> RunPlan:
     Runs identically on every rank and before the first collective, so all ranks fail together
     with one message from rank 0.
     """
-    from .data import read_sequences_info, steps_per_epoch
+    from stockpredict.common.sequences import read_sequences_info
+    from stockpredict.job.data import steps_per_epoch
 
     info = read_sequences_info(config.data)
     n_train = info.windows["train"]
@@ -126,7 +126,7 @@ class Replica:
 
 def build_replica(plan: RunPlan, engine: Engine) -> Replica:
     """A fresh model and optimizer (same seed on every rank) and the compiled train/predict steps."""
-    from .model import build_model, dropout_generators, unroll_lstm
+    from stockpredict.job.model import build_model, dropout_generators, unroll_lstm
 
     cfg = plan.config
     # Same seed on every rank: identical initial weights (the broadcast makes sure anyway) and a
@@ -246,14 +246,14 @@ def stop_agreed(engine: Engine) -> bool:
 
 def train_epochs(run: Run, position: Position) -> int:
     """The epoch loop from `position`; returns the process exit status (0, or EXIT_PREEMPTED)."""
-    from .data import epoch_batches
+    from stockpredict.job.data import epoch_batches
 
     plan, replica, engine, cfg = run.plan, run.replica, run.engine, run.plan.config
     size, steps = engine.size, plan.steps
-    timing_path = plan.run_dir / timing.TIMING_FILE
+    timing_path = plan.run_dir / rundir.TIMING_LOG
     start = run_start_record(run, position)
     if run.is_root:  # only rank 0 writes files
-        write_json_atomic(plan.run_dir / "config.json", {
+        write_json_atomic(plan.run_dir / rundir.CONFIG, {
             "train": dataclasses.asdict(cfg), "ranks": size,
             "global_batch_size": cfg.batch_size * size, "learning_rate": cfg.lr * size,
             "warmup_steps": plan.warmup_steps, "steps_per_epoch": steps,
@@ -263,7 +263,7 @@ def train_epochs(run: Run, position: Position) -> int:
              "resuming from " + plan.resume.dir.name if plan.resume else "starting fresh with",
              size, ",".join(start["hosts"]), cfg.batch_size * size, cfg.lr * size, plan.warmup_steps, steps)
     if cfg.resume and plan.resume is None:
-        log.info("--resume: no checkpoint in %s, starting fresh", plan.run_dir / checkpoints.CHECKPOINT_DIR)
+        log.info("--resume: no checkpoint in %s, starting fresh", plan.run_dir / rundir.CHECKPOINTS)
     for warning in plan.resume.fallback_warnings() if plan.resume is not None and run.is_root else ():
         log.warning("%s", warning)  # every rank skipped the same checkpoints; rank 0 says so
 
@@ -317,8 +317,8 @@ def train_epochs(run: Run, position: Position) -> int:
 def evaluate(run: Run, split: str, with_metrics: bool = False) -> np.ndarray:
     """A whole split scored by all ranks, each a contiguous share; returns the sums over all ranks:
     [count, squared error] or metrics.SUM_FIELDS."""
-    from .data import iter_eval_shard
-    from .metrics import SUM_FIELDS, shard_sums
+    from stockpredict.common.metrics import SUM_FIELDS, shard_sums
+    from stockpredict.job.data import iter_eval_shard
 
     info, engine = run.plan.info, run.engine
     sums = np.zeros(len(SUM_FIELDS) if with_metrics else 2)
@@ -363,7 +363,7 @@ def preempt(run: Run, epochs_done: int, step: int, carried: float, local_loss_su
                 "for requeue", preemption.stop_signal_name(), epochs_done, step, time.monotonic() - started,
                 preemption.EXIT_PREEMPTED)
     if run.is_root:
-        timing.append_event(run.plan.run_dir / timing.TIMING_FILE, timing.make_event(
+        timing.append_event(run.plan.run_dir / rundir.TIMING_LOG, timing.make_event(
             "run_end", status="preempted", total_seconds=run.elapsed(), test=None))
     # srun --kill-on-bad-exit and horovodrun SIGTERM the remaining ranks as soon as the first one
     # exits non-zero; a rank still on its way out would then end "Terminated" instead of 75 and
@@ -376,7 +376,7 @@ def preempt(run: Run, epochs_done: int, step: int, carried: float, local_loss_su
 
 def finish(run: Run) -> int:
     """Test metrics, the weights-in-sync check, metrics.json, model.keras and `run_end` "completed"."""
-    from .metrics import metrics_from_sums
+    from stockpredict.common.metrics import metrics_from_sums
 
     plan, engine = run.plan, run.engine
     test_sums = evaluate(run, "test", with_metrics=True) if plan.info.windows["test"] else None
@@ -386,24 +386,24 @@ def finish(run: Run) -> int:
     if len(set(checksums)) != 1:
         log.error("ranks ended with different weights: %s", checksums)
     if run.is_root:  # only rank 0 writes files
-        write_json_atomic(plan.run_dir / "metrics.json", {
+        write_json_atomic(plan.run_dir / rundir.METRICS, {
             "test": test, "windows": dict(plan.info.windows), "weights_checksums": checksums,
             "peak_rss_mb": peak_rss})
         # Keras picks the format from the suffix, so the temporary name keeps ".keras". The model
         # is not compiled, so no optimizer state goes in (checkpoints/ hold that).
-        tmp = plan.run_dir / f".tmp-{os.getpid()}-{MODEL_FILE}"
+        tmp = plan.run_dir / f".tmp-{os.getpid()}-{rundir.MODEL}"
         try:
-            with reporting_disk_full(plan.run_dir / MODEL_FILE):
+            with reporting_disk_full(plan.run_dir / rundir.MODEL):
                 run.replica.model.save(tmp)
         except BaseException:
             tmp.unlink(missing_ok=True)  # never leave a partial model behind (a full disk)
             raise
-        os.replace(tmp, plan.run_dir / MODEL_FILE)
+        os.replace(tmp, plan.run_dir / rundir.MODEL)
         # How to turn the model's output into a price (and fresh bars into its input): the run
         # directory is self-contained for `python -m stockpredict.predict`.
-        write_atomic(plan.run_dir / TRANSFORM_FILE, transforms.to_json(plan.info.transform))
+        write_atomic(plan.run_dir / rundir.TRANSFORM, transforms.to_json(plan.info.transform))
         write_inputs_record(plan)
-        timing.append_event(plan.run_dir / timing.TIMING_FILE, timing.make_event(
+        timing.append_event(plan.run_dir / rundir.TIMING_LOG, timing.make_event(
             "run_end", status="completed", total_seconds=run.elapsed(), test=test))
     if test is not None:
         log.info("test: mse %.6g (persistence %.6g, skill %s), rmse %.4g / mae %.4g in price units, "
@@ -416,12 +416,12 @@ def finish(run: Run) -> int:
 def write_inputs_record(plan: RunPlan) -> None:
     """inputs.json: the data file's preprocessing config and tickers, what predict needs besides the
     transform. A file without them (a benchmark's synthetic file) only loses `predict`, not the run."""
-    from .predict import INPUTS_FILE, inputs_record
+    from stockpredict.job.predict import inputs_record
 
     try:
-        write_json_atomic(plan.run_dir / INPUTS_FILE, inputs_record(plan.info.path))
+        write_json_atomic(plan.run_dir / rundir.INPUTS, inputs_record(plan.info.path))
     except (KeyError, OSError, ValueError) as err:
-        log.warning("no %s (%s: %s): python -m stockpredict.predict cannot use this run", INPUTS_FILE,
+        log.warning("no %s (%s: %s): python -m stockpredict.predict cannot use this run", rundir.INPUTS,
                     type(err).__name__, err)
 
 
@@ -588,7 +588,7 @@ def setup_logging(run_dir: Path, is_root: bool) -> logging.Handler | None:
     if log.level == logging.NOTSET:  # the host application configured logging (e.g. pytest)
         log.setLevel(os.environ.get(LOG_LEVEL_ENV, "INFO").upper())
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(run_dir / rundir.TRAIN_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     return handler

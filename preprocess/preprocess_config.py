@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from stockpredict.cli import UserError, reject_unknown_keys
-from stockpredict.transform import REPRESENTATIONS
+from stockpredict.common.errors import UserError, reject_unknown_keys
+from stockpredict.common.transform import REPRESENTATIONS
 
 PRICE_FEATURES = ("open", "high", "low", "close")
 KNOWN_FEATURES = PRICE_FEATURES + ("volume",)

@@ -1,5 +1,5 @@
 """Progress of a running job for a terminal that waits on it: each finished epoch, read from the run's
-`timing.jsonl` (the timing contract, stockpredict/timing.py), printed as one line.
+`timing.jsonl` (the timing contract, stockpredict/common/timing.py), printed as one line.
 
     printer = EpochPrinter(run_dir, label="2 nodes")
     slurmjobs.wait_for_jobs([job_id], timeout_s, on_poll=printer)   # prints as epochs finish
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from . import timing
+from stockpredict.common import rundir
 
 
 def epoch_line(record: dict, label: str = "") -> str:
@@ -31,7 +31,7 @@ class EpochPrinter:
     """Call it (e.g. on every poll of a job's state) to print the epochs finished since the last call."""
 
     def __init__(self, run_dir: Path | str, label: str = "", out: Callable[[str], None] | None = None):
-        self.path = Path(run_dir) / timing.TIMING_FILE
+        self.path = Path(run_dir) / rundir.TIMING_LOG
         self.label = label
         self.out = out or (lambda line: print(line, flush=True))
         self.offset = 0

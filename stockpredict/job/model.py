@@ -1,6 +1,6 @@
 """The seed's forecasting model: LSTM(50) -> Dropout(0.3) -> Dense(32, relu) -> Dense(1, out), MSE loss.
 
-The output layer follows the file's representation (stockpredict/transform.py):
+The output layer follows the file's representation (stockpredict/common/transform.py):
     returns  linear: the target is a standardised log return, negative as often as positive;
     seed     ReLU, as in the seed: targets are min-max normalised prices in [0, 1] (a test-split price
              below the training minimum can fall slightly below 0; the ReLU then clips it).

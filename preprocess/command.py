@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from preprocess.config import BAR_LABELS, PreprocessConfig
 from preprocess.pipeline import build_dataset
-from stockpredict.cli import UserError, run_cli
-from stockpredict.transform import REPRESENTATIONS
+from preprocess.preprocess_config import BAR_LABELS, PreprocessConfig
+from stockpredict.common.errors import UserError, run_cli
+from stockpredict.common.transform import REPRESENTATIONS
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,7 +1,8 @@
 """The `tf` engine: tf.distribute's MultiWorkerMirroredStrategy with the trainer's custom loop.
 
 One worker process per rank (one GPU each, or one per node on CPU), started by plain `srun` (no MPI).
-The cluster comes from the Slurm step's variables (stockpredict/tfcluster.py builds TF_CONFIG), or from
+The cluster comes from the Slurm step's variables (stockpredict/job/engine/tfcluster.py builds TF_CONFIG), or
+from
 a TF_CONFIG already set, or is a single worker. Collectives: NCCL on GPU, TensorFlow's ring
 implementation on CPU. Every tf.distribute-specific line is marked `# tf.distribute:`.
 
@@ -18,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .tfcluster import WorkerCluster, slurm_cluster, tf_config_cluster
+from stockpredict.job.engine.tfcluster import WorkerCluster, slurm_cluster, tf_config_cluster
 
 
 class _AveragingTape:

@@ -6,7 +6,7 @@
                                           model, markers = measured runs)
     write_prediction_csv(analysis) -> str (results/scaling_prediction.csv text, analysis.columns)
 
-matplotlib's object API on the Agg canvas (no pyplot, no display), as in stockpredict/plots.py.
+matplotlib's object API on the Agg canvas (no pyplot, no display), as in stockpredict/report/plots.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import io
 import math
 from typing import Any
 
-from .scaling_model import ScalingAnalysis
+from stockpredict.report.scaling_model import ScalingAnalysis
 
 # Doubling the ranks must gain at least this much speedup to count as "still paying".
 WORTHWHILE_GAIN = 0.10

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..cli import UserError, reject_unknown_keys
-from ..scaling_model import NETWORKS, Pricing
+from stockpredict.common.errors import UserError, reject_unknown_keys
+from stockpredict.report.scaling_model import NETWORKS, Pricing
 
 PRICE_UNITS = ("gpu", "node")
 

@@ -1,0 +1,644 @@
+"""Submit training jobs to Slurm: one run (`train`), a scaling grid (`sweep`), the queue (`status`), logs.
+
+    python -m stockpredict.submit train --nodes 4 --gpus-per-node 1 --data data/processed/sequences.h5
+    python -m stockpredict.submit train --nodes 2 --dry-run ...        # render and print, do not submit
+    python -m stockpredict.submit sweep --nodes-list "1 2 4" --batch-list "32 64 128 256" --mode strong ...
+    python -m stockpredict.submit allreduce --nodes 2 --data data/processed/sequences.h5 [--iterations 200]
+    python -m stockpredict.submit preprocess --raw data/raw --out data/processed/sequences.h5
+    python -m stockpredict.submit status
+    python -m stockpredict.submit logs <run-id>
+
+Every training run gets its own directory `results/runs/<run-id>/`, created atomically (os.mkdir), with
+the rendered `job.sbatch`, `submit.json` (the resolved job parameters and the job id), the Slurm output
+`slurm-<jobid>.out` and everything the trainer writes there (`--run-dir`): timing.jsonl, checkpoints, model.
+The run id reads `<YYYYmmdd-HHMMSS-mmm>-n<nodes>-g<gpus per node>-b<batch per rank>` (then `-tf` for the
+tf engine, `--engine tf`).
+
+A dry run (`--dry-run`, `make submit DRY_RUN=1`) renders without submitting and creates nothing under
+`results/runs/` (which holds only real runs, so the report's warnings about unfinished runs mean
+something): the printed script is the one a real submission would write, with the run directory it would
+use, and a copy is kept in `results/dry-runs/<run-id>/` (job.sbatch, submit.json). A missing data file is
+only a warning then, so the script can be read before the data exists.
+
+`allreduce` submits the allreduce microbenchmark (stockpredict/job/allreduce_bench.py) as a run like any
+other: the same template, launcher and results/runs/<run-id>/ (`<timestamp>-allreduce-n<nodes>-g<gpus>`),
+so `make report` adds it to the scaling model. `--data` sizes the model's gradients as the training runs'.
+
+From Python, `submit_training(...)` runs the same trainer through submitit (Slurm when sbatch is on PATH,
+submitit's local executor otherwise) and writes the same kind of run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time as time_module
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Sequence
+
+from stockpredict.common import rundir
+from stockpredict.common.benchmarks import BenchConfig
+from stockpredict.common.checkout import ENGINE_VENVS, REPO
+from stockpredict.common.errors import UserError, parse_int_list, run_cli
+from stockpredict.common.files import write_atomic
+from stockpredict.common.logs import get_logger
+from stockpredict.common.train_config import TrainConfig, add_train_arguments
+from stockpredict.control import slurmjobs
+from stockpredict.control.jobscript import (
+    ENGINE_LAUNCHERS,
+    JobSpec,
+    load_profile,
+    make_spec,
+    render_job,
+    validate,
+)
+
+log = get_logger("stockpredict.submit")
+
+GPU_CHECK_TIME = "00:15:00"  # the preflight takes a few minutes; a short job starts sooner
+DEFAULT_BATCH = TrainConfig.batch_size  # per rank; the seed's baseline
+# The trainer flags `submit train` and `submit sweep` take (typed once, in
+# stockpredict/common/train_config.py).
+TRAIN_FLAGS = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps", "engine")
+
+
+def job_config(config: TrainConfig, run_dir: Path, threads: int) -> TrainConfig:
+    """What a job's trainer runs: `config` in `run_dir`, with one thread per allocated CPU, and
+    --resume always, so a requeued job continues from its checkpoint."""
+    return dataclasses.replace(config, run_dir=str(run_dir), resume=True, threads=threads)
+
+
+_warned_missing: set[str] = set()
+
+
+def _check_data(data: str, dry_run: bool) -> None:
+    """A missing data file stops a submission; a dry run only warns (once per file), so a newcomer can
+    read the script before preprocessing."""
+    if Path(data).is_file():
+        return
+    if not dry_run:
+        raise UserError(f"data file {data} not found; build it with `make preprocess` (or pass DATA=)")
+    if data not in _warned_missing:
+        _warned_missing.add(data)
+        log.warning("data file %s not found; rendering anyway (dry run). Build it with `make preprocess` "
+                    "(or pass DATA=) before submitting", data)
+
+
+# --- run directories ------------------------------------------------------------------------------
+
+def run_id_for(nodes: int, gpus_per_node: int, batch_size: int, now: datetime | None = None) -> str:
+    """`20261126-143012-417-n4-g1-b32`: local time to the millisecond, nodes, GPUs per node, batch/rank."""
+    now = now or datetime.now()
+    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-n{nodes}-g{gpus_per_node}-b{batch_size}"
+
+
+def run_suffix(nodes: int, gpus_per_node: int, config: TrainConfig) -> str:
+    """`n4-g1-b32`, plus `-tf` for the tf engine (Horovod runs keep the names they always had)."""
+    suffix = f"n{nodes}-g{gpus_per_node}-b{config.batch_size}"
+    return suffix if config.engine == TrainConfig.engine else f"{suffix}-{config.engine}"
+
+
+def new_run_dir(parent: Path, suffix: str) -> Path:
+    """Create `parent/<timestamp>-<suffix>` atomically; a name taken by a concurrent submitter is retried."""
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        now = datetime.now()
+        path = parent / f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{suffix}"
+        try:
+            os.mkdir(path)  # fails if it exists: two submitters can never share a directory
+            return path
+        except FileExistsError:
+            time_module.sleep(0.001)
+
+
+# --- building and submitting jobs -------------------------------------------------------------------
+
+def train_spec(profile: str, run_dir: Path, config: TrainConfig, **overrides: Any) -> JobSpec:
+    """The JobSpec of one training run: profile defaults, then `overrides` (None values are ignored)."""
+    values: dict[str, Any] = dict(load_profile(profile, engine=config.engine))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values["launcher"] = engine_launcher(config.engine, values.get("launcher"), overrides.get("launcher"))
+    values.update(kind="train", requeue=True, run_dir=str(run_dir), output=str(run_dir / rundir.SLURM_OUTPUT),
+                  job_name=values.get("job_name") or "stockpredict-train")
+    cpus = values.get("cpus_per_task", JobSpec.cpus_per_task)
+    values["command"] = ["python", "-m", "stockpredict.train", *job_config(config, run_dir, cpus).to_argv()]
+    return validate(make_spec(values))
+
+
+def engine_launcher(engine: str, profile_launcher: str | None, asked: str | None) -> str:
+    """The launcher for `engine`: the one asked for (checked), else the profile's if the engine can use
+    it, else the engine's default (a Horovod profile's srun-pmix becomes plain srun for the tf engine)."""
+    usable = ENGINE_LAUNCHERS[engine]
+    if asked is not None:
+        if asked not in usable:
+            raise UserError(f"launcher {asked!r} cannot start the {engine} engine; use "
+                            f"{' or '.join(usable)}")
+        return asked
+    return profile_launcher if profile_launcher in usable else usable[0]
+
+
+@dataclass(frozen=True)
+class Submission:
+    run_id: str
+    run_dir: Path
+    job_id: str | None   # None on a dry run
+    script: str
+
+
+def submit_train(config: TrainConfig, profile: str = "local", results: str | Path = "results",
+                 dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
+    """Render one training job into a fresh run directory and sbatch it (unless `dry_run`: see the module
+    docstring for where a dry run keeps its script).
+
+    `config.run_dir`, `resume` and `threads` are set here (see job_config); pass run_dir="".
+    """
+    config = dataclasses.replace(config, data=str(Path(config.data).resolve()))
+    _check_data(config.data, dry_run)
+    if not dry_run:
+        slurmjobs.require_sbatch()
+    sbatch_args = _dependency_args(after)
+    nodes = overrides.get("nodes") or load_profile(profile).get("nodes", JobSpec.nodes)
+    gpus = overrides.get("gpus_per_node")
+    if gpus is None:
+        gpus = load_profile(profile).get("gpus_per_node", JobSpec.gpus_per_node)
+    # Validate before creating anything, so bad input leaves no empty run directory behind.
+    train_spec(profile, Path("/nonexistent/run"), config, **overrides)
+    run_dir, target = _job_dir(results, rundir.RUNS, run_suffix(nodes, gpus, config), dry_run)
+    spec = train_spec(profile, target, config, **overrides)
+    train = dataclasses.asdict(job_config(config, target, spec.cpus_per_task))
+    return _render_and_submit(spec, run_dir, {"train": train}, sbatch_args, dry_run)
+
+
+def allreduce_spec(profile: str, run_dir: Path, bench: BenchConfig, **overrides: Any) -> JobSpec:
+    """The JobSpec of one allreduce benchmark run: like train_spec, but kind allreduce, not requeued
+    (a benchmark has nothing to resume), and the benchmark's --threads from the CPUs per task."""
+    values: dict[str, Any] = dict(load_profile(profile))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(kind="allreduce", requeue=False, run_dir=str(run_dir),
+                  output=str(run_dir / rundir.SLURM_OUTPUT),
+                  job_name=values.get("job_name") or "stockpredict-allreduce")
+    cpus = values.get("cpus_per_task", JobSpec.cpus_per_task)
+    argv = ["--run-dir", str(run_dir), "--iterations", str(bench.iterations), "--epochs", str(bench.epochs)]
+    argv += ["--data", bench.data] if bench.data is not None else ["--n-features", str(bench.n_features)]
+    values["command"] = ["python", "-m", "stockpredict.allreduce_bench", *argv, "--threads", str(cpus)]
+    return validate(make_spec(values))
+
+
+def submit_allreduce(bench: BenchConfig, profile: str = "local", results: str | Path = "results",
+                     dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
+    """Render the allreduce microbenchmark into a fresh run directory under results/runs/ and sbatch it
+    (a dry run as for submit_train). `bench.run_dir` is set here; pass run_dir=""."""
+    if bench.data is not None:
+        bench = dataclasses.replace(bench, data=str(Path(bench.data).resolve()))
+        _check_data(bench.data, dry_run)
+    if not dry_run:
+        slurmjobs.require_sbatch()
+    sbatch_args = _dependency_args(after)
+    profile_values = load_profile(profile)
+    nodes = overrides.get("nodes") or profile_values.get("nodes", JobSpec.nodes)
+    gpus = overrides.get("gpus_per_node")
+    if gpus is None:
+        gpus = profile_values.get("gpus_per_node", JobSpec.gpus_per_node)
+    allreduce_spec(profile, Path("/nonexistent/run"), bench, **overrides)  # bad input: no directory made
+    run_dir, target = _job_dir(results, rundir.RUNS, f"allreduce-n{nodes}-g{gpus}", dry_run)
+    spec = allreduce_spec(profile, target, bench, **overrides)
+    record = dataclasses.asdict(dataclasses.replace(bench, run_dir=str(target), threads=spec.cpus_per_task))
+    return _render_and_submit(spec, run_dir, {"allreduce": record}, sbatch_args, dry_run)
+
+
+def _job_dir(results: str | Path, subdir: str, suffix: str, dry_run: bool) -> tuple[Path, Path]:
+    """(directory created for the script and record, directory the job runs in). The same for a real
+    submission; a dry run keeps its files under dry-runs/ and renders the path a real run would get."""
+    root = Path(results).resolve()
+    made = new_run_dir(root / (rundir.DRY_RUNS if dry_run else subdir), suffix)
+    return made, root / subdir / made.name
+
+
+def submit_aux(kind: str, command: list[str], profile: str = "local", results: str | Path = "results",
+               dry_run: bool = False, after: str | None = None, engine: str = "horovod",
+               **overrides: Any) -> Submission:
+    """Render and submit a one-process preprocess, report or gpu-check job into results/jobs/<id>/
+    (`engine` picks the environment `{venv}` names in the profile's setup lines)."""
+    if not dry_run:
+        slurmjobs.require_sbatch()
+    sbatch_args = _dependency_args(after)
+    values: dict[str, Any] = dict(load_profile(profile, engine=engine))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    # gpu-check keeps the profile's (or GPUS=) GPUs: it checks them; the others need none.
+    gpus = values.get("gpus_per_node", 0) if kind == "gpu-check" else 0
+    if kind == "gpu-check" and not gpus:
+        raise UserError("gpu-check needs a GPU node: pass GPUS=1 (GPUS=2 also times a 2-GPU allreduce) or "
+                        "use a profile with gpus_per_node")
+    if kind == "gpu-check" and "time" not in overrides:
+        values["time"] = GPU_CHECK_TIME
+    values.update(kind=kind, nodes=1, tasks_per_node=1, gpus_per_node=gpus, launcher="none",
+                  job_name=f"stockpredict-{kind}", command=["python", "-m", *command])
+    validate(make_spec(dict(values, output="/nonexistent/x")))
+    job_dir, target = _job_dir(results, rundir.JOBS, kind, dry_run)
+    spec = validate(make_spec(dict(values, output=str(target / rundir.SLURM_OUTPUT))))
+    return _render_and_submit(spec, job_dir, {}, sbatch_args, dry_run)
+
+
+def _dependency_args(after: str | None) -> list[str]:
+    if after is None:
+        return []
+    if not re.fullmatch(r"\d+", str(after)):
+        raise UserError(f"--after wants a numeric Slurm job id, got {after!r}")
+    return [f"--dependency=afterok:{after}"]
+
+
+def _render_and_submit(spec: JobSpec, run_dir: Path, extra: dict, sbatch_args: list[str],
+                       dry_run: bool) -> Submission:
+    try:
+        script = render_job(spec)
+        script_path = run_dir / rundir.JOB_SCRIPT
+        write_atomic(script_path, script)
+        record = {"run_id": run_dir.name, "job": dataclasses.asdict(spec), **extra,
+                  "sbatch_args": sbatch_args, "job_id": None, "dry_run": dry_run}
+        job_id = None
+        if not dry_run:
+            # Submitted from the run directory: that is the job's working directory.
+            job_id = slurmjobs.sbatch(script_path, sbatch_args, cwd=run_dir)
+            record["job_id"] = job_id
+        write_atomic(run_dir / rundir.SUBMIT_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        # Nothing was queued: leave no directory that looks like a run.
+        if not (run_dir / rundir.SUBMIT_RECORD).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return Submission(run_id=run_dir.name, run_dir=run_dir, job_id=job_id, script=script)
+
+
+def _announce(sub: Submission) -> None:
+    if sub.job_id is None:
+        print(sub.script, end="")
+        print(f"dry run: nothing submitted; script kept in {sub.run_dir / rundir.JOB_SCRIPT}; "
+              f"to submit, run the same command without the dry run")
+        return
+    # This first line is a contract: it is exactly what sbatch prints, so scripts can parse the job id.
+    print(f"Submitted batch job {sub.job_id}")
+    print(f"run {sub.run_id}: Slurm log {sub.run_dir / f'slurm-{sub.job_id}.out'}, "
+          f"timing {sub.run_dir / 'timing.jsonl'}")
+
+
+# --- sweeps -----------------------------------------------------------------------------------------
+
+def sweep_grid(nodes_list: Sequence[int], batch_list: Sequence[int], mode: str, ranks_per_node: int,
+               repeats: int = 1) -> list[dict[str, int | str]]:
+    """The runs of a scaling sweep, each {nodes, ranks, batch_per_rank, global_batch, repeat, mode}.
+
+    strong: the BATCH_LIST value is the global batch, split evenly over the ranks (must divide);
+    weak: the BATCH_LIST value is the per-rank batch, so the global batch grows with the ranks.
+    """
+    if mode not in ("strong", "weak"):
+        raise UserError(f"mode must be strong or weak, got {mode!r}")
+    if repeats < 1:
+        raise UserError(f"repeats must be >= 1, got {repeats}")
+    grid = []
+    for nodes in nodes_list:
+        ranks = nodes * ranks_per_node
+        for batch in batch_list:
+            if nodes < 1 or batch < 1:
+                raise UserError(f"nodes and batch sizes must be >= 1, got nodes={nodes} batch={batch}")
+            if mode == "strong" and batch % ranks:
+                raise UserError(f"strong scaling keeps the global batch {batch} fixed, but it does not "
+                                f"divide evenly over {ranks} ranks ({nodes} nodes); pick batch sizes "
+                                f"divisible by every rank count")
+            per_rank = batch // ranks if mode == "strong" else batch
+            for repeat in range(1, repeats + 1):
+                grid.append({"nodes": nodes, "ranks": ranks, "batch_per_rank": per_rank,
+                             "global_batch": per_rank * ranks, "repeat": repeat, "mode": mode})
+    return grid
+
+
+# --- status and logs --------------------------------------------------------------------------------
+
+def _runs_by_job(results: Path) -> dict[str, str]:
+    """{job id: run id} of every submission recorded under results/runs/ and results/jobs/."""
+    found = {}
+    for sub in (rundir.RUNS, rundir.JOBS):
+        for record in (results / sub).glob(f"*/{rundir.SUBMIT_RECORD}"):
+            try:
+                job_id = json.loads(record.read_text()).get("job_id")
+            except (OSError, json.JSONDecodeError, AttributeError):
+                continue
+            if job_id:
+                found[str(job_id)] = record.parent.name
+    return found
+
+
+SQUEUE_FORMAT = "%i|%j|%T|%M|%D|%R"  # job id | name | state | elapsed | nodes | reason or node list
+
+
+def status_rows(squeue_out: str, runs: dict[str, str]) -> list[tuple[str, str, str, str, str, str]]:
+    """This toolkit's lines of `squeue -h -o SQUEUE_FORMAT`: jobs whose id a run directory records (so a
+    custom --job-name shows too), plus jobs named stockpredict* (e.g. submitted with another RESULTS).
+
+    Array and heterogeneous job ids (`41_3`, `41+0`) match the recorded id `41`. A name may contain '|'.
+    """
+    rows = []
+    for line in squeue_out.splitlines():
+        fields = line.split("|")
+        if len(fields) < 6:
+            continue
+        job_id, name = fields[0], "|".join(fields[1:-4])
+        if re.split(r"[_+]", job_id)[0] in runs or name.startswith("stockpredict"):
+            rows.append((job_id, name, *fields[-4:]))
+    return rows
+
+
+def show_status(results: Path) -> int:
+    if shutil.which("squeue") is None:
+        raise UserError("squeue is not on PATH: start the local cluster with `make cluster-up` or load Slurm")
+    proc = subprocess.run(["squeue", "-h", "-o", SQUEUE_FORMAT], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"squeue failed: {' '.join(proc.stderr.split())}")
+    runs = _runs_by_job(results)
+    rows = status_rows(proc.stdout, runs)
+    print(f"{'JOBID':>8}  {'STATE':<10} {'TIME':>10} {'NODES':>5}  {'NAME':<22} {'RUN':<34} REASON/NODES")
+    for job_id, name, state, elapsed, nodes, reason in rows:
+        run = runs.get(re.split(r"[_+]", job_id)[0], "-")
+        print(f"{job_id:>8}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {run:<34} {reason}")
+    if not rows:
+        print("(no stockpredict jobs in the queue)")
+    return 0
+
+
+def show_logs(results: Path, run_id: str | None, tail_lines: int = 40) -> int:
+    candidates = [results / rundir.RUNS / run_id, results / rundir.JOBS / run_id] if run_id else []
+    run_dir = next((p for p in candidates if p.is_dir() and "/" not in run_id), None)
+    if run_dir is None:
+        recent = sorted((p.name for p in (results / rundir.RUNS).glob("*") if p.is_dir()), reverse=True)[:5]
+        hint = f"; recent runs: {', '.join(recent)}" if recent else ""
+        raise UserError(f"no run {run_id!r} under {results / rundir.RUNS} (use make logs RUN=<run-id>){hint}")
+    for path in sorted(run_dir.glob(rundir.SLURM_OUTPUT_GLOB)) + [run_dir / rundir.TRAIN_LOG]:
+        if path.is_file():
+            lines = path.read_text(errors="replace").splitlines()
+            print(f"==> {path} (last {min(tail_lines, len(lines))} of {len(lines)} lines) <==")
+            print("\n".join(lines[-tail_lines:]))
+    return 0
+
+
+# --- Python API on submitit -------------------------------------------------------------------------
+
+def _minutes(slurm_time: str) -> int:
+    """Slurm time string -> whole minutes (rounded up), for submitit's timeout_min."""
+    days, _, rest = slurm_time.rpartition("-") if "-" in slurm_time else ("0", "", slurm_time)
+    parts = [int(p) for p in rest.split(":")]
+    if "-" in slurm_time:  # D-H, D-H:M, D-H:M:S
+        h, m, s = (parts + [0, 0])[:3]
+    elif len(parts) == 3:
+        h, m, s = parts
+    else:                  # M or M:S
+        h, m, s = 0, parts[0], (parts + [0])[1]
+    return int(days) * 1440 + h * 60 + m + (1 if s else 0)
+
+
+def _import_submitit():
+    import submitit
+
+    class TrainerCall(submitit.helpers.Checkpointable):
+        """Runs the trainer in each task. On submitit's preemption signal, the default checkpoint()
+        resubmits the same call; its argv has --resume, so the trainer continues from its last checkpoint."""
+
+        def __call__(self, argv: list[str]) -> int:
+            from stockpredict.job import train
+
+            status = int(train.main(argv) or 0)
+            if status != 0:
+                raise RuntimeError(f"trainer exited with status {status}")
+            return status
+
+    return submitit, TrainerCall
+
+
+def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs: int | None = None,
+                    batch_size: int = DEFAULT_BATCH, profile: str = "local", results: str | Path = "results",
+                    time: str | None = None, mode: str | None = None, lr: float | None = None,
+                    seed: int | None = None, warmup_epochs: float | None = None, cluster: str | None = None,
+                    config: TrainConfig | None = None, engine: str | None = None, **overrides: Any):
+    """Submit one training run with submitit and return its `submitit.Job` (one result per rank).
+
+    Slurm when sbatch is on PATH (srun --mpi=pmix, the profile's partition and setup lines), submitit's
+    local executor otherwise (one task; nodes must then be 1). `cluster` forces "slurm", "local" or
+    "debug". The run directory `results/runs/<run-id>/` gets the trainer's outputs, `submit.json`, and
+    submitit's own logs in `submitit/`. `time` is a Slurm time limit (minutes are rounded up).
+    `config` (a TrainConfig) sets any other trainer field; the keyword arguments given win over it.
+    `engine="tf"` runs tf.distribute workers under plain srun, in the checkout's .venv-tf (make setup
+    ENGINE=tf), which must have submitit too; the default is Horovod in the calling interpreter.
+    """
+    submitit, TrainerCall = _import_submitit()
+    given = dict(epochs=epochs, lr=lr, seed=seed, mode=mode, warmup_epochs=warmup_epochs, engine=engine)
+    base = config or TrainConfig(data=data, run_dir="")
+    config = dataclasses.replace(base, data=str(Path(data).resolve()), batch_size=batch_size,
+                                 **{k: v for k, v in given.items() if v is not None})
+    _check_data(config.data, dry_run=False)
+    spec = train_spec(profile, Path("/nonexistent/run"), config, nodes=nodes, gpus_per_node=gpus_per_node,
+                      time=time, **overrides)
+    executor = submitit.AutoExecutor(folder="/nonexistent", cluster=cluster)
+    if executor.cluster != "slurm" and spec.ranks != 1:
+        raise UserError(f"submitit's {executor.cluster} executor runs one task; asked for {spec.ranks} ranks "
+                        f"(start the cluster with `make cluster-up` for multi-rank runs)")
+    run_dir = new_run_dir(Path(results).resolve() / rundir.RUNS, run_suffix(nodes, gpus_per_node, config))
+    spec = train_spec(profile, run_dir, config, nodes=nodes, gpus_per_node=gpus_per_node, time=time,
+                      **overrides)
+    executor = submitit.AutoExecutor(folder=run_dir / rundir.SUBMITIT, cluster=cluster,
+                                     **_engine_python(config.engine, executor.cluster))
+    launcher = {"srun-pmix": ["--mpi=pmix"], "srun-pmi2": ["--mpi=pmi2"], "srun": []}.get(spec.launcher)
+    if launcher is None:
+        raise UserError(f"submitit starts ranks with srun; launcher {spec.launcher!r} is not supported here")
+    params: dict[str, Any] = dict(name=spec.job_name, nodes=spec.nodes, tasks_per_node=spec.ranks_per_node,
+                                  cpus_per_task=spec.cpus_per_task, timeout_min=_minutes(spec.time),
+                                  slurm_srun_args=[*launcher, "--kill-on-bad-exit=1"],
+                                  slurm_setup=list(spec.setup))
+    if spec.gpus_per_node:
+        params["gpus_per_node"] = spec.gpus_per_node
+    for key in ("partition", "account", "qos", "constraint", "mem"):
+        if getattr(spec, key) is not None:
+            params[f"slurm_{key}"] = getattr(spec, key)
+    executor.update_parameters(**params)
+    trainer = job_config(config, run_dir, spec.cpus_per_task)
+    job = executor.submit(TrainerCall(), trainer.to_argv())
+    record = {"run_id": run_dir.name, "job": dataclasses.asdict(spec), "train": dataclasses.asdict(trainer),
+              "job_id": str(job.job_id), "submitit": {"cluster": executor.cluster, "parameters": params}}
+    write_atomic(run_dir / rundir.SUBMIT_RECORD,
+                 json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    log.info("submitted run %s as job %s (%s)", run_dir.name, job.job_id, executor.cluster)
+    return job
+
+
+def _engine_python(engine: str, cluster: str) -> dict[str, str]:
+    """submitit's slurm_python for `engine`: the engine's environment in this checkout, unless this
+    interpreter already is it (or the job does not run on Slurm)."""
+    python = REPO / ENGINE_VENVS[engine] / "bin" / "python"
+    if cluster != "slurm" or Path(sys.prefix).resolve() == python.parent.parent.resolve():
+        return {}
+    if not python.exists():
+        raise UserError(f"engine {engine!r} runs in {python.parent.parent}; build it with "
+                        f"`make setup ENGINE={engine}`")
+    return {"slurm_python": str(python)}
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
+    parser.add_argument("--profile", default="local",
+                        help="slurm/profiles/<name>.toml, or a path (default: local)")
+    parser.add_argument("--time", help="time limit, e.g. 00:30:00 (default: the profile's)")
+    parser.add_argument("--partition")
+    parser.add_argument("--account")
+    parser.add_argument("--qos")
+    parser.add_argument("--constraint")
+    parser.add_argument("--mem", help="memory per node, e.g. 32G")
+    parser.add_argument("--cpus-per-task", type=int)
+    parser.add_argument("--extra-directive", action="append", dest="extra_directives",
+                        help="extra #SBATCH option, e.g. --extra-directive=--exclusive (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="render and print the script, do not submit")
+    parser.add_argument("--results", default="results", help="results root (runs go in RESULTS/runs/)")
+    parser.add_argument("--after", help="start only after this job id completed successfully (afterok)")
+    if train:
+        _add_rank_flags(parser)
+        parser.add_argument("--signal-seconds", type=int, help="SIGUSR1 this long before the time limit")
+        # Unset trainer flags stay out of the namespace: TrainConfig's defaults apply.
+        add_train_arguments(parser, TRAIN_FLAGS, suppress_defaults=True)
+        parser.add_argument("--timeline", action="store_true",
+                            help="record a Horovod timeline in the run directory (step-time breakdown)")
+
+
+def _add_rank_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags of jobs that run ranks in a run directory (train, sweep, allreduce)."""
+    parser.add_argument("--nodes", type=int)
+    parser.add_argument("--gpus-per-node", type=int, help="0 = CPU only")
+    parser.add_argument("--tasks-per-node", type=int, help="default: one per GPU, or 1 on CPU")
+    parser.add_argument("--launcher", help="srun-pmix (default), srun-pmi2, mpirun, horovodrun-gloo")
+    parser.add_argument("--job-name")
+
+
+_SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
+               "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name",
+               "extra_directives", "timeline")
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(ns, k) for k in _SPEC_FLAGS if getattr(ns, k, None) is not None}
+
+
+def _train_args(ns: argparse.Namespace, batch_size: int | None = None,
+                mode: str | None = None) -> TrainConfig:
+    """The TrainConfig of the trainer flags given on the command line (run_dir is set per run)."""
+    values = {name: getattr(ns, name) for name in TRAIN_FLAGS if hasattr(ns, name)}
+    if batch_size is not None:
+        values["batch_size"] = batch_size
+    if mode is not None:
+        values["mode"] = mode
+    return TrainConfig.from_mapping(dict(values, run_dir=""))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m stockpredict.submit` and `stockpredict-submit`."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="stockpredict-submit", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_job_flags(commands.add_parser("train", help="render and submit one training run"), train=True)
+    sweep = commands.add_parser("sweep", help="submit a scaling grid of training runs")
+    _add_job_flags(sweep, train=True)
+    sweep.add_argument("--nodes-list", default="1 2 4")
+    sweep.add_argument("--batch-list", default="32 64 128 256")
+    sweep.add_argument("--mode", default="strong", choices=("strong", "weak"))
+    sweep.add_argument("--repeats", type=int, default=1)
+    bench = commands.add_parser("allreduce", help="submit the allreduce microbenchmark as a run")
+    _add_job_flags(bench, train=False)
+    _add_rank_flags(bench)
+    bench.add_argument("--data", help="sequences file: the model's gradients are sized by its features "
+                                      "(default: the seed's 2 features)")
+    bench.add_argument("--iterations", type=int, default=BenchConfig.iterations,
+                       help="allreduces per epoch (default %(default)s)")
+    bench.add_argument("--epochs", type=int, default=BenchConfig.epochs,
+                       help="epochs; the first is warm-up (default %(default)s)")
+    prep = commands.add_parser("preprocess", help="submit preprocessing as a one-process job")
+    _add_job_flags(prep, train=False)
+    prep.add_argument("--raw", required=True)
+    prep.add_argument("--out", required=True)
+    report = commands.add_parser("report", help="submit the report as a one-process job")
+    _add_job_flags(report, train=False)
+    report.add_argument("--runs", required=True)
+    report.add_argument("--out", required=True)
+    gpu_check = commands.add_parser("gpu-check", help="submit the GPU preflight of both engines (1 node)")
+    _add_job_flags(gpu_check, train=False)
+    gpu_check.add_argument("--gpus-per-node", type=int, help="default: the profile's")
+    gpu_check.add_argument("--engine", choices=tuple(ENGINE_VENVS), default="horovod",
+                           help="whose environment the job activates (default horovod: .venv)")
+    status = commands.add_parser("status", help="this toolkit's jobs in the queue")
+    status.add_argument("--results", default="results")
+    logs = commands.add_parser("logs", help="a run's Slurm output and training log")
+    logs.add_argument("run_id", nargs="?")
+    logs.add_argument("--results", default="results")
+    ns = parser.parse_args(argv)
+
+    if ns.command == "status":
+        return show_status(Path(ns.results))
+    if ns.command == "logs":
+        return show_logs(Path(ns.results), ns.run_id)
+    common = dict(profile=ns.profile, results=ns.results, dry_run=ns.dry_run, after=ns.after)
+    if ns.command == "train":
+        _announce(submit_train(_train_args(ns), **common, **_overrides(ns)))
+    elif ns.command == "gpu-check":
+        _announce(submit_aux("gpu-check", ["stockpredict.gpucheck"], engine=ns.engine, **common,
+                             **_overrides(ns)))
+    elif ns.command == "sweep":
+        _run_sweep(ns, common)
+    elif ns.command == "allreduce":
+        bench = BenchConfig(run_dir="", iterations=ns.iterations, epochs=ns.epochs, data=ns.data)
+        _announce(submit_allreduce(bench, **common, **_overrides(ns)))
+    else:
+        given = (ns.raw, ns.out) if ns.command == "preprocess" else (ns.runs, ns.out)
+        paths = [str(Path(p).resolve()) for p in given]
+        command = (["preprocess", "--raw", paths[0], "--out", paths[1]] if ns.command == "preprocess"
+                   else ["stockpredict.report", "--runs", paths[0], "--out", paths[1]])
+        _announce(submit_aux(ns.command, command, **common, **_overrides(ns)))
+    return 0
+
+
+def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
+    overrides = _overrides(ns)
+    profile = load_profile(ns.profile)
+    gpus = overrides.get("gpus_per_node", profile.get("gpus_per_node", JobSpec.gpus_per_node))
+    tasks = overrides.get("tasks_per_node", profile.get("tasks_per_node"))
+    ranks_per_node = JobSpec(gpus_per_node=gpus, tasks_per_node=tasks).ranks_per_node
+    grid = sweep_grid(parse_int_list(ns.nodes_list, "NODES_LIST"),
+                      parse_int_list(ns.batch_list, "BATCH_LIST"), ns.mode, ranks_per_node, ns.repeats)
+    # Check every run of the grid before submitting the first, so a bad value never leaves half a sweep.
+    _check_data(str(Path(ns.data).resolve()), ns.dry_run)
+    for run in grid:
+        args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
+        train_spec(ns.profile, Path("/nonexistent/run"), args, **dict(overrides, nodes=run["nodes"]))
+    header = (f"{'job_id':>8}  {'run_id':<36} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} "
+              f"{'global':>7} {'repeat':>6}  mode")
+    print(header)
+    for run in grid:
+        args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
+        sub = submit_train(args, **common, **dict(overrides, nodes=run["nodes"]))
+        print(f"{sub.job_id or 'dry-run':>8}  {sub.run_id:<36} {run['nodes']:>5} {run['ranks']:>5} "
+              f"{run['batch_per_rank']:>10} {run['global_batch']:>7} {run['repeat']:>6}  {run['mode']}",
+              flush=True)
+    if ns.dry_run:
+        print(f"dry run: nothing submitted; the {len(grid)} scripts are kept under "
+              f"{Path(ns.results).resolve() / rundir.DRY_RUNS}/<run id>/")
+        return
+    print(f"{len(grid)} runs under {Path(ns.results).resolve() / rundir.RUNS}; "
+          "follow them with `make status`")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -135,8 +135,9 @@ test-fast: setup ## The suite without the cluster and slow tests: the edit-test 
 	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" $(PYTEST_WORKERS) -m "not cluster and not slow" "$${args[@]}"
 
 # Run first by `make test` (and so by CI): a lint failure stops the suite before it starts.
-lint: setup ## Check the code with ruff (rules and line length: [tool.ruff] in pyproject.toml)
+lint: setup ## ruff, then the architecture contracts with import-linter (both configured in pyproject.toml)
 	@$(show) "$$SP_VENV/bin/ruff" check .
+	@$(show) "$$SP_VENV/bin/lint-imports" --no-cache
 
 # --- the study -----------------------------------------------------------------------------------
 

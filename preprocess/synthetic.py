@@ -267,7 +267,8 @@ TINY_UNIVERSE = {"tickers": 8, "days": 10, "seed": 0}
 def build_tiny_dataset(root: Path) -> Path:
     """A small universe (8 tickers x 10 days) written under `root` and preprocessed with per-ticker
     normalisation; returns the .h5 path. The test fixture `tiny_dataset` and the trainer's tests use it:
-    a least-squares predictor on the window beats persistence on its test split (tests/test_preprocess.py).
+    a least-squares predictor on the window beats persistence on its test split
+    (tests/preprocess/test_pipeline.py).
     """
     from preprocess.pipeline import build_dataset
     from preprocess.preprocess_config import PreprocessConfig

@@ -23,6 +23,13 @@ TF_VENV = Path(os.environ.get("STOCKPREDICT_TF_VENV", REPO / ".venv-tf"))
 TF_PYTHON = TF_VENV / "bin" / "python"
 
 sys.path.insert(0, str(REPO))
+# The test folders mirror the package (tests/<part>/ for stockpredict/<part>/, tests/preprocess/,
+# tests/cluster/ for slurm/). A few test modules share helpers (hand-made timing logs, the full-disk
+# tmpfs, the golden cases) and import each other by basename, which is unique across the folders: put
+# every folder on the path, whichever pytest collects first.
+TESTS = Path(__file__).resolve().parent
+sys.path[1:1] = [str(TESTS / part)
+                 for part in ("common", "control", "job", "report", "preprocess", "cluster")]
 from stockpredict.control import slurmjobs  # noqa: E402
 
 

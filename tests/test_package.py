@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_jobscript import CASES, GOLDEN
 
 from conftest import REPO
-from test_render import CASES, GOLDEN
 
 # Everything a build needs, not the environment, data or outputs of this checkout.
 _NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", ".cluster", "data", "results", "build", "*.egg-info",

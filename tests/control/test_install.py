@@ -40,10 +40,12 @@ def test_make_setup_is_one_call_of_the_setup_program(tmp_path):
 
 
 def test_engine_tf_defaults_the_environment_to_venv_tf():
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
     def venv(*args: str) -> str:
         return subprocess.run(["make", "-s", "--no-print-directory", "-C", str(REPO), *args,
                                "--eval", "print-venv: ; @echo $(VENV)", "print-venv"],
-                              capture_output=True, text=True).stdout.strip()
+                              capture_output=True, text=True, env=env).stdout.strip()
 
     assert (venv("ENGINE=tf"), venv(), venv("ENGINE=horovod"), venv("ENGINE=tf", "VENV=/x")) == (
         ".venv-tf", ".venv", ".venv", "/x")

@@ -1,17 +1,17 @@
 """The real trainer (one process, in-process) against damaged checkpoints and a disk that fills up while a
 checkpoint is written (a tiny tmpfs mounted by the test; root only). The same on the local Slurm
-cluster, with preemption by the `urgent` partition: tests/test_failures.py."""
+cluster, with preemption by the `urgent` partition: tests/cluster/test_faults_slurm.py."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from test_faults_units import fill, tmpfs
+from test_train import derive, events, run_main
 
 from stockpredict.common import rundir
 from stockpredict.job import checkpoints
-from test_faults import fill, tmpfs
-from test_train import derive, events, run_main
 
 pytestmark = pytest.mark.slow
 

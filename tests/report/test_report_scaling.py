@@ -11,12 +11,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_report import TRAIN_WINDOWS, read_csv, run_cli, run_end, run_start, simple_run, write_log
 
 from conftest import REPO
 from stockpredict import report
 from stockpredict.common import rundir
 from stockpredict.report import scaling_model, timeline
-from test_report import TRAIN_WINDOWS, read_csv, run_cli, run_end, run_start, simple_run, write_log
 
 OVERHEAD, PER_SAMPLE, LATENCY = 0.004, 1e-4, 0.001    # seconds per step, per sample, per ring step
 GRADIENT_BYTES = 49_060                                 # the seed's model: 12,265 parameters x 4 bytes

@@ -85,10 +85,11 @@ def test_golden(case):
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
     assert path.exists(), (
-        f"missing {path}; create it with: UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py")
+        f"missing {path}; create it with: UPDATE_GOLDEN=1 .venv/bin/pytest tests/control/test_jobscript.py")
     assert text == path.read_text(), (
         f"rendered script differs from {path}. If the change is intended, regenerate the golden files with "
-        f"UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_render.py and review the diff (git diff tests/golden)")
+        f"UPDATE_GOLDEN=1 .venv/bin/pytest tests/control/test_jobscript.py and review the diff "
+        f"(git diff tests/golden)")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

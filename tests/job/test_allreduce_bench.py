@@ -10,13 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_report import write_log
+from test_report_scaling import GRADIENT_BYTES, model_runs
 
 from conftest import REPO
 from stockpredict import report
 from stockpredict.common import benchmarks, rundir, timing
 from stockpredict.job import allreduce_bench
-from test_report import write_log
-from test_report_scaling import GRADIENT_BYTES, model_runs
 
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
 

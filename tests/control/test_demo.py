@@ -107,9 +107,10 @@ def test_cores_per_node_reads_the_local_clusters_node_line(tmp_path):
 
 
 def test_held_out_lines_come_from_a_real_reports_scaling_md(tmp_path):
+    from test_report_scaling import model_runs
+
     from stockpredict import report
     from stockpredict.control.demo import held_out_lines
-    from test_report_scaling import model_runs
 
     runs, out = tmp_path / "runs", tmp_path / "results"
     model_runs(runs, ranks=(1, 2, 4))

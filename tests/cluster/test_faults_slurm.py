@@ -15,11 +15,11 @@ from pathlib import Path
 
 import psutil
 import pytest
+from test_faults_units import fill, tmpfs
 
 from conftest import REPO, read_json_lines, wait_until
 from stockpredict.job import checkpoints
 from stockpredict.report.restarts import restarts_of
-from test_faults import fill, tmpfs
 
 pytestmark = pytest.mark.cluster
 

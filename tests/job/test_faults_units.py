@@ -1,6 +1,7 @@
 """Faults without a cluster (issue 14): damaged checkpoints, full disks (a tiny tmpfs mounted by the test,
 root only), the crash-loop guard, the SIGTERM stop flag, the job script's requeue decision, and the
-report's restarts line. The same faults on the real local cluster are in tests/test_failures.py."""
+report's restarts line. The same faults on the real local cluster are in
+tests/cluster/test_faults_slurm.py."""
 
 from __future__ import annotations
 
@@ -292,7 +293,7 @@ def test_sigterm_sets_the_stop_flag_only_once_installed_and_is_given_back():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-# --- the job script's decision (a stand-in scontrol; the real one: tests/test_failures.py) ----------
+# --- the job script's decision (a stand-in scontrol; the real one: tests/cluster/test_faults_slurm.py) ---
 
 def run_train_script(tmp_path: Path, exit_status: int, preempt_time: str) -> subprocess.CompletedProcess:
     """Render a train script (launcher "none"), run it with bash and a fake scontrol that reports

@@ -286,7 +286,7 @@ def _announce(sub: Submission) -> None:
     # This first line is a contract: it is exactly what sbatch prints, so scripts can parse the job id.
     print(f"Submitted batch job {sub.job_id}")
     print(f"run {sub.run_id}: Slurm log {sub.run_dir / f'slurm-{sub.job_id}.out'}, "
-          f"timing {sub.run_dir / 'timing.jsonl'}")
+          f"timing {sub.run_dir / rundir.TIMING_LOG}")
 
 
 # --- sweeps -----------------------------------------------------------------------------------------

@@ -27,11 +27,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from preprocess.bars import SESSION_MINUTES
+
 METHOD = ("kalman: steady-periodic Riccati recursion of the fair-value/deviation state (exact for the "
           "generator's linear-Gaussian process); window: population least squares of the horizon's log "
           "return on the window's log prices relative to its last close; skill pooled over tickers in "
           "price units, weights = window count x mean squared price")
-SESSION_MINUTES = 390
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 
 from conftest import REPO, VENV_BIN
 
@@ -32,7 +32,8 @@ def test_the_job_scripts_and_the_makefile_name_modules_that_answer():
     assert {"stockpredict.train", "stockpredict.checkpoints", "stockpredict.timing", "stockpredict.submit",
             "stockpredict.report", "preprocess"} <= set(names)
     for name in names:
-        proc = subprocess.run([sys.executable, "-m", name, "--help"], capture_output=True, text=True, cwd=REPO,
+        proc = subprocess.run([sys.executable, "-m", name, "--help"], capture_output=True, text=True,
+                              cwd=REPO,
                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=120)
         assert proc.returncode == 0 and "usage" in proc.stdout.lower(), (name, proc.stderr[-500:])
 

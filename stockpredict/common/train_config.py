@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from stockpredict.common.errors import UserError, reject_unknown_keys
+from stockpredict.common.timing import MODES
 
 ENGINES = ("horovod", "tf")  # stockpredict/job/engine/__init__.py, stockpredict/job/engine/tf.py
 DEFAULT_WARMUP_EPOCHS = 5  # Goyal et al. 2017 warm up over 5 epochs; capped at half the run
@@ -62,7 +63,7 @@ class TrainConfig:
             raise UserError(f"--warmup-epochs must be >= 0, not {self.warmup_epochs!r}")
         if self.lr_decay not in LR_DECAYS:
             raise UserError(f"--lr-decay must be one of {', '.join(LR_DECAYS)}, not {self.lr_decay!r}")
-        if self.mode not in (None, "strong", "weak"):
+        if self.mode not in (None, *MODES):
             raise UserError(f"--mode must be strong or weak, not {self.mode!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UserError(f"--max-steps must be a positive integer, not {self.max_steps!r}")
@@ -114,7 +115,7 @@ FLAGS: dict[str, tuple[Any, str]] = {
     "dense_units": (int, "hidden dense units (default 32)"),
     "seed": (int, "seed of the weights, dropout masks and shuffle (default 0)"),
     "resume": ("flag", "continue from the latest checkpoint in RUN_DIR/checkpoints if any"),
-    "mode": (("strong", "weak"), "scaling-study label"),
+    "mode": (MODES, "scaling-study label"),
     "threads": (int, "intra-op threads (default: $SLURM_CPUS_PER_TASK if set)"),
     "stop_check_steps": (int, "steps between the ranks' check for a stop signal (default 20)"),
     "max_steps": (int, "cap on steps per epoch (benchmarks and smoke runs; default: the whole shard)"),

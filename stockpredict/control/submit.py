@@ -50,6 +50,7 @@ from stockpredict.common.checkout import ENGINE_VENVS, REPO
 from stockpredict.common.errors import UserError, parse_int_list, run_cli
 from stockpredict.common.files import write_atomic
 from stockpredict.common.logs import get_logger
+from stockpredict.common.timing import MODES
 from stockpredict.common.train_config import TrainConfig, add_train_arguments
 from stockpredict.control import slurmjobs
 from stockpredict.control.jobscript import (
@@ -298,7 +299,7 @@ def sweep_grid(nodes_list: Sequence[int], batch_list: Sequence[int], mode: str, 
     strong: the BATCH_LIST value is the global batch, split evenly over the ranks (must divide);
     weak: the BATCH_LIST value is the per-rank batch, so the global batch grows with the ranks.
     """
-    if mode not in ("strong", "weak"):
+    if mode not in MODES:
         raise UserError(f"mode must be strong or weak, got {mode!r}")
     if repeats < 1:
         raise UserError(f"repeats must be >= 1, got {repeats}")
@@ -555,7 +556,7 @@ def _main(argv: Sequence[str] | None) -> int:
     _add_job_flags(sweep, train=True)
     sweep.add_argument("--nodes-list", default="1 2 4")
     sweep.add_argument("--batch-list", default="32 64 128 256")
-    sweep.add_argument("--mode", default="strong", choices=("strong", "weak"))
+    sweep.add_argument("--mode", default="strong", choices=MODES)
     sweep.add_argument("--repeats", type=int, default=1)
     bench = commands.add_parser("allreduce", help="submit the allreduce microbenchmark as a run")
     _add_job_flags(bench, train=False)

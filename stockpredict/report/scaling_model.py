@@ -29,7 +29,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-MODES = ("strong", "weak")
+from stockpredict.common import timing
+
+MODES = timing.MODES
 KINDS = ("train", "allreduce")
 MAX_RANKS = 256
 # Columns of results/scaling_prediction.csv; cost columns are appended when a price is given.

@@ -1,6 +1,7 @@
-"""A job script rendered before the layout of docs/architecture.md (tests/fixtures/job_before_layout_v1.sbatch,
-rendered by the commit before it, its paths made placeholders) still trains to the end: Slurm re-runs the
-script a job was submitted with when it requeues it, so the `python -m` names in it must keep working."""
+"""A job script rendered before the layout of docs/architecture.md
+(tests/fixtures/job_before_layout_v1.sbatch, rendered by the commit before it, its paths made
+placeholders) still trains to the end: Slurm re-runs the script a job was submitted with when it
+requeues it, so the `python -m` names in it must keep working."""
 
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ def test_clean_removes_what_the_toolkit_wrote_and_nothing_else(tmp_path):
         (results / name).write_text("x")
     (results / "keep").mkdir()
     proc = subprocess.run(["python3", "-m", "stockpredict.common.rundir", "clean", str(results)],
-                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in results.iterdir()) == ["keep", "my-notes.txt", "timing.jsonl.md"]
     assert proc.stdout.count("clean: removed ") == 7

@@ -92,7 +92,7 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 class JobSpec:
     """Everything one batch script depends on. Defaults are the local test cluster's; profiles override."""
 
-    kind: str = "train"                      # train | preprocess | report: picks templates/<kind>.sbatch.j2
+    kind: str = "train"                      # one of JOB_KINDS: picks templates/<kind>.sbatch.j2
     job_name: str = "stockpredict-train"     # [A-Za-z0-9._-] only: it lands in squeue and file names
     nodes: int = 1
     gpus_per_node: int = 0                   # 0 = CPU only (no --gpus-per-node directive)

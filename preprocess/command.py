@@ -58,6 +58,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="HDF5 chunk length along n")
     parser.add_argument("--compression", choices=("lzf", "gzip", "none"), default=defaults.compression,
                         help="HDF5 compression filter")
+    parser.add_argument("--schema", type=int, choices=(2, 3), default=defaults.schema,
+                        help="sequences file schema: 3 stores each minute once, 2 every window")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar (default: only when stderr is a terminal)")
     return parser.parse_args(argv)
@@ -71,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         val_frac=args.val_frac, split_seed=args.split_seed, representation=args.representation,
         normalize=args.normalize.replace("-", "_"),
         fill_gaps=args.fill_gaps, tz=args.tz, chunk_windows=args.chunk_windows, compression=args.compression,
+        schema=args.schema,
         bar_label=args.bar_label)
 
 

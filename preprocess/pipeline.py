@@ -136,7 +136,7 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
                       row_counts=row_counts, warnings=input_report.warnings,
                       input_rows=input_report.rows, representation=config.representation, optimum=best)
     attrs = {
-        "schema_version": store.SCHEMA_VERSION,
+        "schema_version": config.schema,
         "config": config.to_json(),
         "features": np.array(config.features, dtype=h5py.string_dtype("utf-8")),
         "target_feature": TARGET_FEATURE,
@@ -329,6 +329,40 @@ def ticker_windows(t: _Ticker, index: int, split: int, config: PreprocessConfig,
             ends[mask].astype(np.int64), last_close)
 
 
+def ticker_segments(t: _Ticker, index: int, split: int, config: PreprocessConfig,
+                    transform: transforms.Transform):
+    """One ticker's windows of one split for schema 3: (series, segment_start, start, y, window_end,
+    last_close). series holds, for every session with a window in the split, its minutes from the first
+    window's first minute to the last window's last input minute, in the stored form
+    (transform.series_forward); segment_start and start are rows of series. Windows in time order, the
+    same windows, targets and last closes as ticker_windows gives schema 2."""
+    mask = t.labels == split
+    sessions = np.flatnonzero(mask.any(axis=1))
+    L, h, close = config.seq_len, config.horizon, config.close_index
+    n_features = len(config.features)
+    if sessions.size == 0:
+        empty = np.zeros(0, np.int64)
+        return (np.zeros((0, n_features), np.float32), empty, empty, np.zeros(0, np.float32), empty,
+                np.zeros(0, np.float64))
+    chosen = mask[sessions]
+    first = chosen.argmax(axis=1)                                   # window index = start minute
+    last = chosen.shape[1] - 1 - chosen[:, ::-1].argmax(axis=1)
+    lengths = last - first + L
+    segment_start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    rows = np.arange(int(lengths.sum())) - np.repeat(segment_start - first, lengths)   # session minute
+    values = t.series.values[np.repeat(sessions, lengths), rows]
+    series = transform.series_forward(values, index, segment_start)
+    which, w = np.nonzero(chosen)
+    start = segment_start[which] + (w - first[which])
+    s = t.series
+    n = windows.windows_per_session(L, h)
+    last_close = s.values[:, L - 1: L - 1 + n, close][mask].astype(np.float64)
+    y = windows.window_targets(s.values[:, :, close], L, h)[mask]
+    ends = session_open_epochs(s.sessions)[:, None] + 60 * windows.window_end_minutes(L, h)
+    return (series, segment_start, start.astype(np.int64), transform.target_forward(y, last_close, index),
+            ends[mask].astype(np.int64), last_close)
+
+
 def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], config: PreprocessConfig,
                     attrs: dict, transform: transforms.Transform, progress: bool = False,
                     check: Callable[[], None] = lambda: None) -> None:
@@ -340,6 +374,9 @@ def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], 
     # disk) then raises here; a cached chunk would fail only when h5py flushes it while closing, where the
     # error is swallowed and the process crashed (measured: SIGSEGV on a full tmpfs).
     with h5py.File(path, "w", rdcc_nbytes=0) as h5:
+        if config.schema == 3:
+            _write_schema_3(h5, tickers, config, attrs, transform, progress, check)
+            return
         store.create_layout(h5, counts, config.seq_len, len(config.features),
                             [t.series.ticker for t in tickers], config.chunk_windows, config.compression)
         for key, value in attrs.items():
@@ -353,6 +390,24 @@ def write_sequences(path: Path, tickers: list[_Ticker], counts: dict[str, int], 
         for writer in writers:
             writer.close()
         h5.flush()  # metadata too: a full disk raises here rather than while closing
+
+
+def _write_schema_3(h5: h5py.File, tickers: list[_Ticker], config: PreprocessConfig, attrs: dict,
+                    transform: transforms.Transform, progress: bool, check: Callable[[], None]) -> None:
+    store.create_layout_3(h5, len(config.features), [t.series.ticker for t in tickers], config.chunk_windows,
+                          config.compression)
+    for key, value in attrs.items():
+        h5.attrs[key] = value
+    writers = [store.SplitWriter3(h5[split]) for split in store.SPLITS]
+    for index, t in enumerate(_bar(tickers, progress, "writing")):
+        for split, writer in enumerate(writers):
+            series, segment_start, start, y, ends, last_close = ticker_segments(t, index, split, config,
+                                                                                transform)
+            writer.append(series, segment_start, index, start, y, ends, last_close)
+        check()
+    for writer in writers:
+        writer.close()
+    h5.flush()  # metadata too: a full disk raises here rather than while closing
 
 
 def _ignore_sigint() -> None:

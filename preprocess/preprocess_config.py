@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from stockpredict.common.errors import UserError, reject_unknown_keys
+from stockpredict.common.layout import SCHEMA_VERSION, WRITABLE_SCHEMAS
 from stockpredict.common.transform import REPRESENTATIONS
 
 PRICE_FEATURES = ("open", "high", "low", "close")
@@ -40,6 +41,8 @@ class PreprocessConfig:
     chunk_windows: int = 2048    # HDF5 chunk length along n (windows)
     compression: str = "gzip"    # HDF5 filter: "gzip" (level 4), "lzf", or "none" (see docs/data.md)
     bar_label: str = "start"     # a bar's timestamp is its minute's "start" (09:30 = first bar) or "end"
+    schema: int = SCHEMA_VERSION  # 3: each minute stored once, windows built when read (docs/data.md);
+    #                               2: every window stored (to compare against; 30x larger, slower)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
@@ -70,6 +73,8 @@ class PreprocessConfig:
             raise UserError(f"chunk_windows must be >= 1, not {self.chunk_windows}")
         if self.compression not in ("lzf", "gzip", "none"):
             raise UserError(f"compression must be 'lzf', 'gzip' or 'none', not {self.compression!r}")
+        if self.schema not in WRITABLE_SCHEMAS:
+            raise UserError(f"schema must be one of {', '.join(map(str, WRITABLE_SCHEMAS))}, not {self.schema}")
         if self.bar_label not in BAR_LABELS:
             raise UserError(f"bar_label must be 'start' or 'end', not {self.bar_label!r}")
         try:

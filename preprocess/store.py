@@ -1,4 +1,5 @@
-"""The sequences file: atomic creation and the HDF5 layout (schema_version 2, see docs/data.md).
+"""The sequences file: atomic creation and the HDF5 layout (schema_version 3 by default, 2 on request; see
+docs/data.md and stockpredict/common/layout.py for schema 3).
 
 Layout, per split in SPLITS (a split may hold n = 0 windows; its datasets still exist):
     /<split>/x           float32 (n, seq_len, n_features)   inputs in the file's representation
@@ -23,6 +24,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
+from stockpredict.common import layout
 from stockpredict.common.errors import UserError
 from stockpredict.common.files import DiskFull, disk_full_cause
 from stockpredict.common.layout import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported for the pipeline
@@ -109,11 +111,16 @@ def atomic_output(out: Path, force: bool) -> Iterator[AtomicOutput]:
             signal.signal(signum, handler)
 
 
+def codec_options(compression: str) -> dict:
+    """h5py filter arguments of a --compression value."""
+    return {"none": {}, "lzf": {"compression": "lzf"},
+            "gzip": {"compression": "gzip", "compression_opts": GZIP_LEVEL}}[compression]
+
+
 def create_layout(h5: h5py.File, counts: dict[str, int], seq_len: int, n_features: int,
                   tickers: list[str], chunk_windows: int, compression: str) -> None:
-    """Create every dataset of the schema with its final shape, chunked along n."""
-    codec = {"none": {}, "lzf": {"compression": "lzf"},
-             "gzip": {"compression": "gzip", "compression_opts": GZIP_LEVEL}}[compression]
+    """Create every dataset of schema 2 with its final shape, chunked along n."""
+    codec = codec_options(compression)
     for split in SPLITS:
         n = counts[split]
         chunk = max(1, min(chunk_windows, n))
@@ -126,6 +133,93 @@ def create_layout(h5: h5py.File, counts: dict[str, int], seq_len: int, n_feature
             group.create_dataset(name, shape=(n,), dtype=dtype, chunks=(max(chunk, 1),), maxshape=(None,),
                                  **codec)
     h5.create_dataset("tickers", data=np.array(tickers, dtype=object), dtype=h5py.string_dtype("utf-8"))
+
+
+def create_layout_3(h5: h5py.File, n_features: int, tickers: list[str], chunk_windows: int,
+                    compression: str) -> None:
+    """Create every dataset of schema 3 empty and resizable (the series' length is known only at the end),
+    chunked along the first axis: series in layout.SERIES_CHUNK_MINUTES minutes, the rest in windows."""
+    codec = codec_options(compression)
+    for split in SPLITS:
+        group = h5.create_group(split)
+        group.create_dataset(layout.SERIES, shape=(0, n_features), dtype=np.float32,
+                             chunks=(layout.SERIES_CHUNK_MINUTES, n_features), maxshape=(None, n_features),
+                             **codec)
+        for name, dtype in ((layout.START, np.int64), (layout.Y, np.float32), (layout.TICKER, np.int32),
+                            (layout.WINDOW_END, np.int64), (layout.LAST_CLOSE, np.float64),
+                            (layout.SEGMENT_START, np.int64), (layout.SEGMENT_TICKER, np.int32)):
+            group.create_dataset(name, shape=(0,), dtype=dtype, chunks=(chunk_windows,), maxshape=(None,),
+                                 **codec)
+    h5.create_dataset(layout.TICKERS, data=np.array(tickers, dtype=object), dtype=h5py.string_dtype("utf-8"))
+
+
+class Appender:
+    """Appends rows to a resizable dataset chunked along its first axis, writing whole chunks only (so no
+    chunk is compressed twice); `length` counts the rows appended so far, written or pending."""
+
+    def __init__(self, dataset: h5py.Dataset):
+        self.dataset = dataset
+        self.chunk = dataset.chunks[0]
+        self.written = 0
+        self.pending: list[np.ndarray] = []
+        self.pending_n = 0
+
+    @property
+    def length(self) -> int:
+        return self.written + self.pending_n
+
+    def append(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        self.pending.append(rows)
+        self.pending_n += len(rows)
+        if self.pending_n >= self.chunk:
+            self._write(whole_chunks_only=True)
+
+    def close(self) -> None:
+        self._write(whole_chunks_only=False)
+
+    def _write(self, whole_chunks_only: bool) -> None:
+        if not self.pending:
+            return
+        rows = np.concatenate(self.pending)
+        take = (len(rows) // self.chunk) * self.chunk if whole_chunks_only else len(rows)
+        self.dataset.resize(self.written + take, axis=0)
+        self.dataset[self.written:self.written + take] = rows[:take]
+        self.written += take
+        self.pending = [rows[take:]] if take < len(rows) else []
+        self.pending_n = len(rows) - take
+
+
+class SplitWriter3:
+    """One split of schema 3: ticker-sessions' series and their windows, appended in (ticker, time) order."""
+
+    WINDOW_NAMES = (layout.Y, layout.TICKER, layout.WINDOW_END, layout.LAST_CLOSE)
+
+    def __init__(self, group: h5py.Group):
+        self.series = Appender(group[layout.SERIES])
+        self.windows = {name: Appender(group[name])
+                        for name in (layout.START, *self.WINDOW_NAMES, layout.SEGMENT_START,
+                                     layout.SEGMENT_TICKER)}
+
+    def append(self, series: np.ndarray, segment_start: np.ndarray, ticker: int, start: np.ndarray,
+               y: np.ndarray, window_end: np.ndarray, last_close: np.ndarray) -> None:
+        """One ticker's segments: series rows and window starts relative to this call's series."""
+        if len(series) == 0:
+            return
+        offset = self.series.length
+        self.series.append(series)
+        self.windows[layout.SEGMENT_START].append(segment_start + offset)
+        self.windows[layout.SEGMENT_TICKER].append(np.full(len(segment_start), ticker, np.int32))
+        self.windows[layout.START].append(start + offset)
+        self.windows[layout.Y].append(y)
+        self.windows[layout.TICKER].append(np.full(len(y), ticker, np.int32))
+        self.windows[layout.WINDOW_END].append(window_end)
+        self.windows[layout.LAST_CLOSE].append(last_close)
+
+    def close(self) -> None:
+        for appender in (self.series, *self.windows.values()):
+            appender.close()
 
 
 class SplitWriter:

@@ -1,8 +1,8 @@
 """What a sequences file holds, read from its attributes and shapes: the contract's reader for every
 stage (the trainer, the benchmarks, the submission side sizing a job). h5py and numpy only.
 
-The names are in stockpredict/common/layout.py; the streaming reader of windows is
-stockpredict/job/data.py.
+The names are in stockpredict/common/layout.py; the one reader of windows (every schema) is
+stockpredict/common/reader.py, the trainer's epochs of batches stockpredict/job/data.py.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class SequencesInfo:
     normalization: str        # "global" or "per_ticker" (min-max statistics of the seed representation)
     norm_min: np.ndarray      # (n_features,) or (n_tickers, n_features), float64
     norm_max: np.ndarray
-    block_windows: int = BLOCK_WINDOWS  # /train/x chunk length: the trainer's aligned read unit
+    block_windows: int = BLOCK_WINDOWS  # /train/x (schema 3: /train/y) chunk length
     schema_version: int = SCHEMA_VERSION
     representation: str = "seed"    # "returns" or "seed" (stockpredict/common/transform.py)
     transform: transforms.Transform | None = None  # model output -> price: transform.target_inverse(...)
@@ -69,25 +69,46 @@ def read_sequences_info(path: str | Path) -> SequencesInfo:
                             f"this trainer reads schema_version {' or '.join(map(str, READABLE_SCHEMAS))}; "
                             f"re-run preprocessing (make preprocess) with this version of the toolkit")
         version = int(version)
-        datasets = ("x", "y", "ticker") + (("last_close",) if version >= 2 else ())
+        if version >= 3:
+            datasets = (layout.SERIES, layout.START, layout.Y, layout.TICKER, layout.LAST_CLOSE,
+                        layout.SEGMENT_START, layout.SEGMENT_TICKER)
+        else:
+            datasets = ("x", "y", "ticker") + (("last_close",) if version >= 2 else ())
         missing = [f"/{s}/{d}" for s in SPLITS for d in datasets if f"{s}/{d}" not in handle]
         missing += [a for a in ("features", "target_feature", "norm_min", "norm_max") if a not in attrs]
         missing += [a for a in ("representation", "transform") if version >= 2 and a not in attrs]
+        missing += [a for a in (layout.ATTR_SEQ_LEN,) if version >= 3 and a not in attrs]
         if missing:
             raise UserError(f"{path}: missing {', '.join(missing)} (not a sequences file?)")
         features = tuple(_text(f) for f in attrs["features"])
         target = _text(attrs["target_feature"])
         if target not in features:
             raise UserError(f"{path}: target_feature {target!r} is not among features {list(features)}")
-        x_shape = handle["train/x"].shape
-        if len(x_shape) != 3 or x_shape[2] != len(features):
-            raise UserError(f"{path}: /train/x has shape {x_shape}, expected (n, seq_len, {len(features)})")
         windows = {}
-        for split in SPLITS:
-            shape, n_y = handle[f"{split}/x"].shape, handle[f"{split}/y"].shape[0]
-            if shape[1:] != x_shape[1:] or n_y != shape[0] or handle[f"{split}/ticker"].shape[0] != n_y:
-                raise UserError(f"{path}: /{split} arrays disagree in shape ({shape}, y {n_y})")
-            windows[split] = int(shape[0])
+        if version >= 3:
+            seq_len = int(attrs[layout.ATTR_SEQ_LEN])
+            for split in SPLITS:
+                group = handle[split]
+                series = group[layout.SERIES].shape
+                n = group[layout.Y].shape[0]
+                if len(series) != 2 or series[1] != len(features):
+                    raise UserError(f"{path}: /{split}/series has shape {series}, expected (minutes, "
+                                    f"{len(features)})")
+                if any(group[d].shape[0] != n for d in (layout.START, layout.TICKER, layout.LAST_CLOSE)):
+                    raise UserError(f"{path}: /{split} arrays disagree in length (y {n})")
+                windows[split] = int(n)
+            block = layout.chunk_windows(handle[f"train/{layout.Y}"], BLOCK_WINDOWS)
+        else:
+            x_shape = handle["train/x"].shape
+            if len(x_shape) != 3 or x_shape[2] != len(features):
+                raise UserError(f"{path}: /train/x has shape {x_shape}, expected (n, seq_len, {len(features)})")
+            for split in SPLITS:
+                shape, n_y = handle[f"{split}/x"].shape, handle[f"{split}/y"].shape[0]
+                if shape[1:] != x_shape[1:] or n_y != shape[0] or handle[f"{split}/ticker"].shape[0] != n_y:
+                    raise UserError(f"{path}: /{split} arrays disagree in shape ({shape}, y {n_y})")
+                windows[split] = int(shape[0])
+            seq_len = int(x_shape[1])
+            block = layout.chunk_windows(handle["train/x"], BLOCK_WINDOWS)
         if windows["train"] == 0:
             raise UserError(f"{path}: the train split is empty (0 windows); check the preprocessing "
                             f"window counts (attrs 'window_counts')")
@@ -104,11 +125,11 @@ def read_sequences_info(path: str | Path) -> SequencesInfo:
                             f"the file's {list(features)}; re-run preprocessing")
         return SequencesInfo(
             path=str(path), features=features, target_feature=target,
-            close_index=features.index(target), seq_len=int(x_shape[1]), n_features=int(x_shape[2]),
+            close_index=features.index(target), seq_len=seq_len, n_features=len(features),
             windows=windows, normalization=_text(attrs.get("normalization", "global")),
             norm_min=np.asarray(attrs["norm_min"], np.float64),
             norm_max=np.asarray(attrs["norm_max"], np.float64),
-            block_windows=layout.chunk_windows(handle["train/x"], BLOCK_WINDOWS),
+            block_windows=block,
             schema_version=version, representation=transform.name, transform=transform,
             optimum=read_optimum(attrs),
         )

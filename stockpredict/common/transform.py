@@ -106,6 +106,17 @@ class SeedTransform:
     def close_index(self) -> int:
         return self.features.index(TARGET_FEATURE)
 
+    # Schema 3 (common/reader.py): min-max is per minute, so the stored series IS the window's inputs and
+    # no column needs a per-window shift; the windows equal schema 2's bit for bit.
+    @property
+    def relative_columns(self) -> tuple[int, ...]:
+        return ()
+
+    def series_forward(self, values: np.ndarray, ticker: int, segment_start: np.ndarray) -> np.ndarray:
+        """One ticker's stored minutes (m, n_features) in price/volume units, its ticker-sessions starting
+        at rows segment_start -> the stored float32 series (schema 3)."""
+        return self._scale(np.asarray(values, np.float64), *self._bounds(ticker))
+
     def params(self) -> dict:
         return {"name": self.name, "features": list(self.features), "normalization": self.normalization,
                 "norm_min": _nan_to_none(self.norm_min), "norm_max": _nan_to_none(self.norm_max)}
@@ -149,6 +160,38 @@ class ReturnsTransform:
             else:
                 mean, std = self._volume(tickers)
                 out[..., j] = np.expm1(x[..., j] * std + mean)
+        return out
+
+    @property
+    def relative_columns(self) -> tuple[int, ...]:
+        """Columns a reader turns into window inputs by subtracting the window's last stored close."""
+        return tuple(j for j, f in enumerate(self.features) if f in PRICE_FEATURES)
+
+    def series_forward(self, values: np.ndarray, ticker: int, segment_start: np.ndarray) -> np.ndarray:
+        """One ticker's stored minutes (m, n_features), its ticker-sessions starting at rows
+        segment_start -> the stored float32 series (schema 3).
+
+        Price features: (log v - ref) / input_scale, ref = the mean log close of the session's usable
+        minutes (one per ticker-session), so a window's input is stored[t] - stored[last close] (common/reader.py). Centring on
+        the session keeps the stored values small (a few units), so float32 holds them to about 1e-6 of
+        the window's units; storing log v / input_scale itself (thousands) would lose three digits.
+        Volume: standardised per minute, exactly as inputs_forward, so it needs no shift.
+        """
+        values = np.asarray(values, np.float64)
+        out = np.empty(values.shape, np.float32)
+        with np.errstate(invalid="ignore", divide="ignore"):  # unusable minutes: no window reads them
+            logs = np.log(values[:, list(self.relative_columns)])
+            close = logs[:, self.relative_columns.index(self.close_index)]
+            usable = np.isfinite(close)
+            sums = np.add.reduceat(np.where(usable, close, 0.0), segment_start)
+            counts = np.add.reduceat(usable.astype(np.int64), segment_start)
+            ref = np.repeat(sums / np.maximum(counts, 1), np.diff(np.append(segment_start, len(close))))
+            for k, j in enumerate(self.relative_columns):
+                out[:, j] = (logs[:, k] - ref) / self.input_scale
+            for j, feature in enumerate(self.features):
+                if feature not in PRICE_FEATURES:
+                    mean, std = self._volume(ticker)
+                    out[:, j] = (np.log1p(values[:, j]) - mean) / std
         return out
 
     def _volume(self, tickers) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from stockpredict.common import layout, metrics, rundir, sequences, timing
+from stockpredict.common import layout, metrics, reader, rundir, sequences, timing
 from stockpredict.common.errors import UserError
 from stockpredict.common.train_config import TrainConfig, parse_args, resolve_config
 from stockpredict.common.transform import SeedTransform
@@ -64,20 +64,14 @@ def test_shards_partition_the_split_and_every_rank_can_run_the_steps(n, size):
         assert all(stop - start >= steps * batch for start, stop in ranges)
 
 
-def test_epoch_buffers_cover_the_shard_once_deterministically_and_reshuffle_per_epoch():
-    start, stop = 1000, 9000
-    plan = data.epoch_buffers(start, stop, seed=3, epoch=1, rank=0, block=512, blocks_per_buffer=4)
-    rows = np.concatenate([np.concatenate([np.arange(a, b) for a, b in blocks])[perm]
-                           for blocks, perm in plan])
-    assert sorted(rows.tolist()) == list(range(start, stop))
-    # block edges on multiples of the block (HDF5 chunk) length
-    assert all(a % 512 == 0 or a == start for blocks, _ in plan for a, _ in blocks)
-    again = data.epoch_buffers(start, stop, seed=3, epoch=1, rank=0, block=512, blocks_per_buffer=4)
-    assert all(np.array_equal(p1, p2) and b1 == b2 for (b1, p1), (b2, p2) in zip(plan, again))
-    other = data.epoch_buffers(start, stop, seed=3, epoch=2, rank=0, block=512, blocks_per_buffer=4)
-    rows2 = np.concatenate([np.concatenate([np.arange(a, b) for a, b in blocks])[perm]
-                            for blocks, perm in other])
-    assert not np.array_equal(rows, rows2)
+def test_epoch_order_is_a_permutation_of_the_shard_deterministic_in_seed_epoch_and_rank():
+    order = reader.epoch_order(8000, seed=3, epoch=1, rank=0)
+    assert sorted(order.tolist()) == list(range(8000))
+    assert np.array_equal(order, reader.epoch_order(8000, seed=3, epoch=1, rank=0))
+    for other in (dict(seed=4, epoch=1, rank=0), dict(seed=3, epoch=2, rank=0), dict(seed=3, epoch=1, rank=1)):
+        assert not np.array_equal(order, reader.epoch_order(8000, **other))
+    # a uniform shuffle, not blocks of neighbours: consecutive positions are far apart in the shard
+    assert np.median(np.abs(np.diff(order))) > 1000
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +82,8 @@ def numbered_file(tmp_path_factory):
     with h5py.File(path, "w") as handle:
         handle["train/x"] = np.repeat(np.arange(n, dtype=np.float32), 4).reshape(n, 2, 2)
         handle["train/y"] = np.arange(n, dtype=np.float32)
+        handle.attrs.update({"schema_version": 1, "features": ["close", "volume"], "target_feature": "close",
+                             "norm_min": [0.0, 0.0], "norm_max": [1.0, 1.0]})
     return path, n
 
 
@@ -95,15 +91,14 @@ def test_train_batches_are_from_the_shard_without_repeats_and_resume_mid_epoch_e
     path, n = numbered_file
     start, stop = data.shard_range(n, 1, 2)
     batch, steps = 32, data.steps_per_epoch(n, 32, 2)
-    full = list(data.iter_train_batches(str(path), start, stop, batch, steps, seed=0, epoch=1, rank=1,
-                                        block=300, blocks_per_buffer=3))
+    full = list(data.iter_train_batches(str(path), start, stop, batch, steps, seed=0, epoch=1, rank=1))
     assert len(full) == steps and all(len(y) == batch for _, y in full)
     ids = np.concatenate([y for _, y in full]).astype(int)
     assert len(set(ids)) == len(ids) and ids.min() >= start and ids.max() < stop
     assert all(np.array_equal(x[:, 0, 0], y) for x, y in full)
     assert not np.array_equal(ids, np.sort(ids))  # shuffled
     resumed = list(data.iter_train_batches(str(path), start, stop, batch, steps, seed=0, epoch=1, rank=1,
-                                           skip_steps=17, block=300, blocks_per_buffer=3))
+                                           skip_steps=17))
     assert len(resumed) == steps - 17
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(full[17:], resumed))
 
@@ -194,38 +189,23 @@ def chunk_1000_file(tmp_path_factory):
     return out
 
 
-def test_reads_follow_the_files_chunk_length(chunk_1000_file, monkeypatch):
+def test_the_shard_is_loaded_once_per_process_and_the_chunk_length_still_read(chunk_1000_file):
     info = sequences.read_sequences_info(chunk_1000_file)
     assert info.block_windows == 1000 != sequences.BLOCK_WINDOWS
-    with h5py.File(chunk_1000_file) as handle:
-        assert layout.chunk_windows(handle["train/x"]) == 1000
-    n = info.windows["train"]
-    assert n > 3 * 1000
-    start, stop = data.shard_range(n, 1, 3)
-    plan = data.epoch_buffers(start, stop, seed=0, epoch=1, rank=1, block=info.block_windows)
-    blocks = [block for chosen, _ in plan for block in chosen]
-    # every read lies inside one chunk of the file, and together they cover the shard once
-    assert all(a // 1000 == (b - 1) // 1000 for a, b in blocks)
-    assert sorted(blocks)[0][0] == start and sum(b - a for a, b in blocks) == stop - start
-    # and the trainer's input pipeline asks for exactly those blocks
-    seen = []
-    real = data.iter_train_batches
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs.get("block"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(data, "iter_train_batches", spy)
-    with data.epoch_batches(info, 32, 3, seed=0, epoch=1, rank=1, size=3) as batches:
-        xs, ys = batches.take(2)
-    assert seen == [1000] and xs.shape == (2, 32, info.seq_len, info.n_features) and ys.shape == (2, 32)
+    start, stop = data.shard_range(info.windows["train"], 1, 3)
+    data.shard_windows.cache_clear()
+    for epoch in (1, 2):
+        with data.epoch_batches(info, 32, 3, seed=0, epoch=epoch, rank=1, size=3) as batches:
+            xs, ys = batches.take(2)
+        assert xs.shape == (2, 32, info.seq_len, info.n_features) and ys.shape == (2, 32)
+    assert data.shard_windows.cache_info().misses == 1 and data.shard_windows.cache_info().hits == 1
 
 
 def test_epoch_batches_hand_over_the_epochs_batches_in_order_and_stop_cleanly(chunk_1000_file):
     info = sequences.read_sequences_info(chunk_1000_file)
     start, stop = data.shard_range(info.windows["train"], 0, 2)
     expected = list(data.iter_train_batches(str(chunk_1000_file), start, stop, 16, 10, seed=3, epoch=2,
-                                            rank=0, block=info.block_windows))
+                                            rank=0))
     with data.epoch_batches(info, 16, 10, seed=3, epoch=2, rank=0, size=2) as batches:
         first, rest = batches.take(3), batches.take(7)
         with pytest.raises(RuntimeError, match="ran out after 0 of 1"):

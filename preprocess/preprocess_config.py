@@ -74,7 +74,8 @@ class PreprocessConfig:
         if self.compression not in ("lzf", "gzip", "none"):
             raise UserError(f"compression must be 'lzf', 'gzip' or 'none', not {self.compression!r}")
         if self.schema not in WRITABLE_SCHEMAS:
-            raise UserError(f"schema must be one of {', '.join(map(str, WRITABLE_SCHEMAS))}, not {self.schema}")
+            raise UserError(f"schema must be one of {', '.join(map(str, WRITABLE_SCHEMAS))}, "
+                            f"not {self.schema}")
         if self.bar_label not in BAR_LABELS:
             raise UserError(f"bar_label must be 'start' or 'end', not {self.bar_label!r}")
         try:

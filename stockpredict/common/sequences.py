@@ -101,7 +101,8 @@ def read_sequences_info(path: str | Path) -> SequencesInfo:
         else:
             x_shape = handle["train/x"].shape
             if len(x_shape) != 3 or x_shape[2] != len(features):
-                raise UserError(f"{path}: /train/x has shape {x_shape}, expected (n, seq_len, {len(features)})")
+                raise UserError(f"{path}: /train/x has shape {x_shape}, expected (n, seq_len, "
+                                f"{len(features)})")
             for split in SPLITS:
                 shape, n_y = handle[f"{split}/x"].shape, handle[f"{split}/y"].shape[0]
                 if shape[1:] != x_shape[1:] or n_y != shape[0] or handle[f"{split}/ticker"].shape[0] != n_y:

@@ -18,8 +18,15 @@ from typing import Iterator
 
 import numpy as np
 
-from stockpredict.common.reader import (EVAL_BATCH_WINDOWS, SplitWindows, epoch_order, iter_batches,
-                                        iter_split, shard_range, steps_per_epoch)
+from stockpredict.common.reader import (
+    EVAL_BATCH_WINDOWS,
+    SplitWindows,
+    epoch_order,
+    iter_batches,
+    iter_split,
+    shard_range,
+    steps_per_epoch,
+)
 from stockpredict.common.sequences import SequencesInfo
 
 __all__ = ["EVAL_BATCH_WINDOWS", "PREFETCH_BATCHES", "EpochBatches", "epoch_batches", "iter_eval_shard",

@@ -11,6 +11,7 @@ import pytest
 from preprocess.pipeline import build_dataset
 from preprocess.preprocess_config import PreprocessConfig
 from stockpredict.common import metrics, transform
+from stockpredict.common.reader import load_split
 from stockpredict.common.sequences import read_sequences_info
 
 FEATURES = ("close", "volume", "high")
@@ -119,9 +120,8 @@ def test_price_metrics_do_not_depend_on_the_representation(both_representations)
     scores = {}
     for name, path in both_representations.items():
         info = read_sequences_info(path)
-        with h5py.File(path, "r") as h5:
-            group = h5["test"]
-            x, y, ticker, last = group["x"][:], group["y"][:], group["ticker"][:], group["last_close"][:]
+        group = load_split(path, "test")
+        x, y, ticker, last = group["x"], group["y"], group["ticker"], group["last_close"]
         prices = info.transform.inputs_inverse(x, last, ticker)[:, :, info.close_index]
         forecast_price = last + 0.5 * (prices[:, -10:].mean(axis=1) - last)
         pred = info.transform.target_forward(forecast_price, last, ticker)

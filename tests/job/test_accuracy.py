@@ -4,7 +4,6 @@ does no harm on a random walk. Scored on the test split, in price units, by stoc
 
 from __future__ import annotations
 
-import h5py
 import numpy as np
 import pytest
 
@@ -12,6 +11,7 @@ from preprocess.pipeline import build_dataset
 from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import write_universe
 from stockpredict.common import metrics
+from stockpredict.common.reader import load_split
 from stockpredict.common.sequences import read_sequences_info
 
 # A strong signal: phi 0.5 makes about half of the 5-minute move predictable. Short windows (20 minutes
@@ -30,9 +30,7 @@ def _train_and_score(root, universe: dict, epochs: int = 3) -> tuple[float, dict
     path = root / "sequences.h5"
     build_dataset(root / "raw", path, PreprocessConfig(seq_len=20), workers=1, progress=False)
     info = read_sequences_info(path)
-    with h5py.File(path, "r") as h5:
-        train = {k: h5["train"][k][:] for k in ("x", "y")}
-        test = {k: h5["test"][k][:] for k in ("x", "y", "ticker", "last_close")}
+    train, test = load_split(path, "train"), load_split(path, "test")
     tf.keras.utils.set_random_seed(0)
     model = build_model(info.seq_len, info.n_features, representation=info.representation)
     model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss="mse")

@@ -20,6 +20,7 @@ from preprocess import inputs, windows
 from stockpredict.common import rundir
 from stockpredict.common import transform as transforms
 from stockpredict.common.errors import UserError
+from stockpredict.common.reader import SplitWindows
 from stockpredict.job import predict, preemption
 
 
@@ -38,8 +39,7 @@ def _h5_windows(path: Path) -> pd.DataFrame:
 
 
 def _h5_x(path: Path, split: str, rows: np.ndarray) -> np.ndarray:
-    with h5py.File(path, "r") as h5:
-        return h5[f"{split}/x"][()][rows]
+    return SplitWindows(path, split, extras=False).x(np.asarray(rows))
 
 
 def _make_run(root: Path, data: Path, transform=None, record: dict | None = None) -> Path:

@@ -40,9 +40,11 @@ def derive(src: Path, dst: Path, train_rows: int | None = None, features: int | 
         for split in ("train", "val", "test"):
             rows = train_rows if split == "train" and train_rows is not None else a[f"{split}/y"].shape[0]
             for name in a[split]:
-                values = a[f"{split}/{name}"][:rows]
-                if name == "x" and features is not None:
-                    values = values[:, :, :features]
+                # schema 3: the minutes and ticker-sessions stay whole; only the windows are cut
+                whole = name in ("series", "segment_start", "segment_ticker")
+                values = a[f"{split}/{name}"][()] if whole else a[f"{split}/{name}"][:rows]
+                if name in ("x", "series") and features is not None:
+                    values = values[..., :features]
                 b[f"{split}/{name}"] = values
         if features is not None:
             b.attrs["features"] = a.attrs["features"][:features]
@@ -232,7 +234,7 @@ def one_epoch_run(small_dataset, tmp_path_factory) -> Path:
 
 BAD_INPUTS = [
     ("missing", "sequences file not found"),
-    ("schema", "schema_version is 3"),
+    ("schema", "schema_version is 4"),
     ("empty_train", "the train split is empty"),
     ("batch_too_large", "exceeds the 2500 training windows"),
     ("feature_mismatch", "was trained on windows of 60 min x ['close', 'volume']"),
@@ -252,7 +254,7 @@ def test_bad_input_is_one_line_and_nonzero(case, message, engine_name, small_dat
     if case == "missing":
         data = tmp_path / "nope.h5"
     elif case == "schema":
-        data = derive(small_dataset, tmp_path / "v3.h5", attrs={"schema_version": 3})
+        data = derive(small_dataset, tmp_path / "v3.h5", attrs={"schema_version": 4})
     elif case == "empty_train":
         data = derive(small_dataset, tmp_path / "empty.h5", train_rows=0)
     elif case == "batch_too_large":

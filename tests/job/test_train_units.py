@@ -68,7 +68,8 @@ def test_epoch_order_is_a_permutation_of_the_shard_deterministic_in_seed_epoch_a
     order = reader.epoch_order(8000, seed=3, epoch=1, rank=0)
     assert sorted(order.tolist()) == list(range(8000))
     assert np.array_equal(order, reader.epoch_order(8000, seed=3, epoch=1, rank=0))
-    for other in (dict(seed=4, epoch=1, rank=0), dict(seed=3, epoch=2, rank=0), dict(seed=3, epoch=1, rank=1)):
+    for other in (dict(seed=4, epoch=1, rank=0), dict(seed=3, epoch=2, rank=0),
+                  dict(seed=3, epoch=1, rank=1)):
         assert not np.array_equal(order, reader.epoch_order(8000, **other))
     # a uniform shuffle, not blocks of neighbours: consecutive positions are far apart in the shard
     assert np.median(np.abs(np.diff(order))) > 1000

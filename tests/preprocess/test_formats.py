@@ -20,6 +20,7 @@ from preprocess.pipeline import build_dataset
 from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import write_universe
 from stockpredict.common.errors import UserError
+from stockpredict.common.reader import load_split
 
 REPO = Path(__file__).resolve().parents[1]
 CLEAN = dict(missing_frac=0.0, bad_row_frac=0.0, duplicate_frac=0.0, unsorted_frac=0.0)
@@ -48,8 +49,8 @@ def _build(raw, tmp_path, name="out.h5", **config):
 
 def _datasets(path):
     with h5py.File(path, "r") as h5:
-        data = {f"{s}/{d}": h5[s][d][()] for s in ("train", "val", "test")
-                for d in ("x", "y", "ticker", "window_end")}
+        data = {f"{s}/{d}": v for s in ("train", "val", "test") for d, v in load_split(path, s).items()
+                if d in ("x", "y", "ticker", "window_end")}
         data["tickers"] = [t.decode() if isinstance(t, bytes) else t for t in h5["tickers"][()]]
         return data
 

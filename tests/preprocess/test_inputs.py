@@ -14,6 +14,7 @@ from preprocess.pipeline import build_dataset
 from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import write_universe
 from stockpredict.common.errors import UserError
+from stockpredict.common.reader import load_split
 from stockpredict.common.transform import from_attrs
 
 CLEAN = dict(missing_frac=0.0, bad_row_frac=0.0, duplicate_frac=0.0, unsorted_frac=0.0)
@@ -41,8 +42,8 @@ def _build(raw, tmp_path, name="out.h5", workers=1, **config):
 
 def _datasets(path):
     with h5py.File(path, "r") as h5:
-        data = {f"{s}/{d}": h5[s][d][()]
-                for s in ("train", "val", "test") for d in ("x", "y", "ticker", "window_end")}
+        data = {f"{s}/{d}": v for s in ("train", "val", "test") for d, v in load_split(path, s).items()
+                if d in ("x", "y", "ticker", "window_end")}
         data["tickers"] = [t.decode() if isinstance(t, bytes) else t for t in h5["tickers"][()]]
         return data
 
@@ -150,7 +151,8 @@ def test_fill_gaps_forward_fills_only_gaps_up_to_k_minutes(clean_universe, tmp_p
             ends = h5["train"]["window_end"][:]
             gap_end = pd.Timestamp(bars.loc[gap_rows[-1], "timestamp"]).value // 10**9
             i = np.flatnonzero((ticker == 0) & (ends == gap_end))[0]
-            x = transform.inputs_inverse(h5["train"]["x"][i:i + 1], h5["train"]["last_close"][i:i + 1], 0)
+            train = load_split(out, "train")
+            x = transform.inputs_inverse(train["x"][i:i + 1], train["last_close"][i:i + 1], 0)
             x = x[0, -gap:]
         np.testing.assert_allclose(x[:, 0], previous["close"], rtol=1e-6)
         np.testing.assert_allclose(x[:, 1], 0.0, atol=1e-3)
@@ -257,7 +259,7 @@ def test_global_normalisation_stores_one_min_max_per_feature(clean_universe, tmp
     with h5py.File(out, "r") as h5:
         assert h5.attrs["norm_min"].shape == (3,)
         assert list(h5.attrs["features"]) == ["close", "volume", "high"]
-        x = h5["train"]["x"][:]
+        x = load_split(out, "train")["x"]
         assert x.shape[2] == 3
         np.testing.assert_allclose(x.min(axis=(0, 1)), 0, atol=1e-6)
         np.testing.assert_allclose(x.max(axis=(0, 1)), 1, atol=1e-6)

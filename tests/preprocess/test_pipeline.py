@@ -16,18 +16,19 @@ from preprocess.preprocess_config import PreprocessConfig
 from preprocess.synthetic import TINY_UNIVERSE
 from stockpredict.common import metrics
 from stockpredict.common.errors import UserError
+from stockpredict.common.reader import load_split
 from stockpredict.common.transform import from_attrs
 
 SPLITS = ("train", "val", "test")
 
 
-def test_tiny_dataset_has_the_schema_2_layout(tiny_dataset):
+def test_tiny_dataset_has_the_schema_3_layout(tiny_dataset):
     with h5py.File(tiny_dataset, "r") as h5:
         tickers = [t.decode() if isinstance(t, bytes) else t for t in h5["tickers"][()]]
         assert len(tickers) == TINY_UNIVERSE["tickers"] and tickers == sorted(tickers)
         assert h5["tickers"].dtype.kind == "O"
         attrs = h5.attrs
-        assert attrs["schema_version"] == 2
+        assert attrs["schema_version"] == 3
         assert list(attrs["features"]) == ["close", "volume"]
         assert attrs["target_feature"] == "close" and attrs["normalization"] == "per_ticker"
         assert attrs["representation"] == "returns"
@@ -48,18 +49,25 @@ def test_tiny_dataset_has_the_schema_2_layout(tiny_dataset):
             group = h5[split]
             n = counts[split]
             assert n > 0
-            assert group["x"].shape == (n, 60, 2) and group["x"].dtype == np.float32
+            assert "x" not in group  # schema 3: each minute once, windows built by the reader
+            series, start = group["series"], group["start"][:]
+            assert series.shape[1] == 2 and series.dtype == np.float32 and start.dtype == np.int64
+            assert start.shape == (n,) and start.min() >= 0 and start.max() + 60 <= series.shape[0]
+            assert series.shape[0] < 1.5 * n  # ~385 minutes serve a session's 326 windows (schema 2: 60 n)
+            segments = group["segment_start"][:]
+            assert segments[0] == 0 and np.all(np.diff(segments) >= 60)
+            assert np.array_equal(np.unique(group["segment_ticker"][:]), np.unique(group["ticker"][:]))
             assert group["y"].shape == (n,) and group["y"].dtype == np.float32
             assert group["ticker"].dtype == np.int32 and group["window_end"].dtype == np.int64
             assert group["last_close"].shape == (n,) and group["last_close"].dtype == np.float64
-            assert group["x"].chunks is not None and group["x"].compression is not None
+            assert series.chunks is not None and series.compression is not None
             ticker, ends = group["ticker"][:], group["window_end"][:]
             # (ticker, time) order on disk
             assert np.all(np.diff(ticker) >= 0)
             same = ticker[1:] == ticker[:-1]
             assert np.all(np.diff(ends)[same] > 0)
             # returns: the window's last close is the reference, so its input is exactly 0
-            assert np.all(group["x"][:, -1, 0] == 0)
+            assert np.all(load_split(tiny_dataset, split)["x"][:, -1, 0] == 0)
         dropped = json.loads(attrs["dropped_counts"])
         assert dropped["missing_minute"] > 0  # the synthetic data has missing minutes
 
@@ -73,7 +81,7 @@ def test_a_least_squares_predictor_on_the_window_beats_persistence(tiny_dataset)
         optimum = json.loads(h5.attrs["optimum"])
 
         def design(split):
-            group = h5[split]
+            group = load_split(tiny_dataset, split)
             x = group["x"][:, :, close].astype(np.float64)
             return (np.column_stack([x, np.ones(len(x))]), group["y"][:].astype(np.float64),
                     group["ticker"][:], group["last_close"][:])
@@ -94,7 +102,7 @@ def test_windows_targets_and_last_close_match_the_raw_csv(tiny_dataset):
         tickers = [t.decode() if isinstance(t, bytes) else t for t in h5["tickers"][()]]
         transform = from_attrs(h5.attrs)
         for split in SPLITS:
-            group = h5[split]
+            group = load_split(tiny_dataset, split)
             rng = np.random.default_rng(0)
             for i in np.sort(rng.choice(group["y"].shape[0], 20, replace=False)):
                 t = int(group["ticker"][i])
@@ -141,7 +149,8 @@ def test_the_seed_representation_fits_min_max_on_train(tiny_dataset, tmp_path):
     with h5py.File(out, "r") as h5, h5py.File(tiny_dataset, "r") as returns:
         assert h5.attrs["representation"] == "seed" and json.loads(h5.attrs["transform"])["name"] == "seed"
         assert h5.attrs["optimum"] == returns.attrs["optimum"]  # the optimum is the data's, not the model's
-        x, y, ticker = h5["train"]["x"][:], h5["train"]["y"][:], h5["train"]["ticker"][:]
+        train = load_split(out, "train")
+        x, y, ticker = train["x"], train["y"], train["ticker"]
         for t in np.unique(ticker):
             mine = ticker == t
             # train fills [0, 1] exactly per ticker and feature; val/test may leave it

@@ -174,7 +174,8 @@ class ReturnsTransform:
         Price features: (log v - ref) / input_scale, ref = the mean log close of the session's usable
         minutes (one per ticker-session), so a window's input is stored[t] - stored[last close]
         (common/reader.py). Centring on the session keeps the stored values small (a few units), so
-        float32 holds them to about 1e-6 of the window's units; storing log v / input_scale itself (thousands) would lose three digits.
+        float32 holds them to about 1e-6 of the window's units; storing log v / input_scale itself
+        (thousands) would lose three digits.
         Volume: standardised per minute, exactly as inputs_forward, so it needs no shift.
         """
         values = np.asarray(values, np.float64)

@@ -46,7 +46,7 @@ RESULTS ?= results
 USER_VARS := PYTHON_SYS ENGINE VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAYS SEED RESULTS NODES GPUS EPOCHS \
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
              SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS ITERATIONS \
-             ALL PREDICT_ARGS
+             ALL PREDICT_ARGS THREADS AGAINST
 # `make predict` writes predictions.csv unless OUT is given (OUT's own default names the HDF5 file);
 # read before the line below turns OUT's origin into "override".
 OUT_GIVEN := $(filter command environment,$(origin OUT))
@@ -222,9 +222,16 @@ demo: setup ## The whole study on this machine: data, preprocess, local cluster,
 
 # --- benchmarks (numbers go in the README; never run by `make test`) -----------------------------
 
-.PHONY: bench-preprocess bench-train
+.PHONY: bench-preprocess bench-train bench-reader
 bench-preprocess: setup ## Preprocessing at full S&P scale vs the seed's windowing
 	@$(show) "$$SP_PY" benchmarks/bench_preprocess.py
+
+# One rank's shard for one epoch through the reader API (any schema); last line `reader: <N> windows/s
+# (batch <B>, <T> thread(s), schema <S>)`. AGAINST=<schema-2 file> also times schema 2's block reader.
+bench-reader: setup ## Reader windows/s of one rank's shard [DATA= BATCH=256 THREADS=1 AGAINST=]
+	@flags=("--data=$$SP_DATA" "--batch=$${SP_BATCH:-256}" "--threads=$${SP_THREADS:-1}"); \
+		$(if $(AGAINST),flags+=("--against=$$SP_AGAINST");) \
+		$(show) "$$SP_PY" benchmarks/bench_reader.py "$${flags[@]}"
 
 bench-train: setup ## Trainer throughput: HDF5 streaming vs in-memory fit, 1 vs 2 ranks, peak RSS
 	@$(show) "$$SP_PY" benchmarks/bench_train.py

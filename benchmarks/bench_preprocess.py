@@ -8,6 +8,8 @@
 2. windowing: the seed's approach (per ticker-day, a DataFrame column selection and one np.concatenate per
    window) vs preprocess.windows (sliding_window_view + one boolean selection) on the same tickers, in
    the same run; checks that both produce the same windows (goal: >= 100x).
+4. scale (`--parts scale --days-list 21,63,252`): schema 2 against schema 3 on the same universe for each
+   number of days: wall and CPU seconds, peak RSS, file size and bytes per window (how each grows).
 3. codecs: file size, write time and read speed (sequential, random batches, random contiguous blocks)
    of /train/x for each compression filter and chunk length.
 Prints Markdown tables; numbers go in docs/data.md with the machine they were measured on.
@@ -79,6 +81,49 @@ def bench_full(raw: Path, out: Path, workers: int) -> None:
     print(f"| {len(list(raw.glob('*.csv')))} x 21 | {written + dropped:,} | {written:,} | {seconds:.1f} | "
           f"{cpu:.1f} | {written / seconds:,.0f} | {rss_kb / 1024:.0f} | {out.stat().st_size / 2**20:.0f} |")
     print("\nsummary printed by the run:\n```\n" + proc.stdout.strip() + "\n```")
+
+
+def timed_preprocess(raw: Path, out: Path, workers: int, schema: int) -> dict:
+    """One `python -m preprocess --schema S` under /usr/bin/time -v: wall and CPU seconds, peak RSS of the
+    largest process, windows written, file bytes."""
+    command = [sys.executable, "-m", "preprocess", "--raw", str(raw), "--out", str(out), "--workers",
+               str(workers), "--schema", str(schema), "--force"]
+    proc = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode != 0:
+        sys.exit(f"bench: preprocess failed:\n{proc.stderr}")
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", proc.stderr).group(1)
+    with h5py.File(out, "r") as h5:
+        written = sum(h5[s]["y"].shape[0] for s in ("train", "val", "test"))
+    phases = re.search(r"seconds\s+[\d.]+ \((.*)\)", proc.stdout)
+    return {"wall": sum(float(part) * 60 ** i for i, part in enumerate(reversed(wall.split(":")))),
+            "cpu": sum(float(re.search(rf"{kind} time \(seconds\): ([\d.]+)", proc.stderr).group(1))
+                       for kind in ("User", "System")),
+            "rss_mb": int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+            / 1024, "windows": written, "bytes": out.stat().st_size,
+            "phases": phases.group(1) if phases else "", "command": " ".join(command)}
+
+
+def bench_scale(raw_root: Path, out_dir: Path, tickers: int, days_list: list[int], workers: int) -> None:
+    """Schema 2 against schema 3, one after the other on the same input, for each number of days."""
+    print("\n## Preprocessing at scale: schema 2 against schema 3\n")
+    print("| tickers x days | schema | windows written | wall s | CPU s | peak RSS MB | file MB | "
+          "bytes/window | phases (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for days in days_list:
+        raw = raw_root / f"raw-{tickers}x{days}"
+        ensure_universe(raw, tickers, days)
+        for schema in (2, 3):
+            out = out_dir / f"scale-{days}-schema{schema}.h5"
+            r = timed_preprocess(raw, out, workers, schema)
+            print(f"| {tickers} x {days} | {schema} | {r['windows']:,} | {r['wall']:.1f} | {r['cpu']:.1f} | "
+                  f"{r['rss_mb']:,.0f} | {r['bytes'] / 1e6:,.0f} | {r['bytes'] / r['windows']:.1f} | "
+                  f"{r['phases']} |", flush=True)
+            if schema == 2:
+                out.unlink()  # the large one: only its numbers are needed
+    print(f"\ncommand per row: `/usr/bin/time -v python -m preprocess --raw <raw> --out <file> --workers "
+          f"{workers} --schema <2|3> --force`")
 
 
 def load_grids(raw: Path, n_tickers: int, config: PreprocessConfig) -> list[bars.TickerSeries]:
@@ -161,8 +206,11 @@ def _timed(function, repeats: int = 3) -> float:
 
 
 def bench_codecs(source: Path, n_windows: int, batch: int, batches: int) -> None:
+    from stockpredict.common.reader import SplitWindows
+
     with h5py.File(source, "r") as h5:
-        x = h5["train"]["x"][:n_windows]
+        n_windows = min(n_windows, h5["train/y"].shape[0])
+    x = SplitWindows(source, "train", 0, n_windows, extras=False).x(slice(None))
     block = 2048  # stockpredict.data.BLOCK_WINDOWS: the trainer reads chunk-aligned blocks of this size
     print("\n## HDF5 codecs for /train/x\n")
     print(f"data: the first {len(x):,} train windows of the full-scale file ({x.nbytes / 2**20:.0f} MB raw "
@@ -215,10 +263,16 @@ def main() -> None:
     parser.add_argument("--seed-tickers", type=int, default=8, help="tickers in the windowing comparison")
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats of the vectorised windowing")
     parser.add_argument("--codec-windows", type=int, default=200_000)
+    parser.add_argument("--days-list", default="21,63,252", help="days of the scale part")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     print(f"# bench_preprocess\n\nmachine: {machine()}\n")
     print("load average before each part is printed; the machine is shared, so compare ratios within a run\n")
+    if "scale" in parts:
+        bench_scale(args.raw.parent, args.out.parent, args.tickers,
+                    [int(d) for d in args.days_list.split(",")], args.workers)
+    if not parts & {"full", "windowing", "codecs"}:
+        return
     ensure_universe(args.raw, args.tickers, args.days)
     if "full" in parts:
         print(f"load average: {os.getloadavg()[0]:.1f}")

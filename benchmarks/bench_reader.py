@@ -101,7 +101,7 @@ def _main(argv) -> int:
     order = reader.epoch_order(len(windows), ns.seed, ns.epoch, ns.rank)
     t1 = time.perf_counter()
     count = 0
-    for x, y in reader.iter_batches(windows, order, ns.batch, stop=steps, threads=ns.threads):
+    for _, y in reader.iter_batches(windows, order, ns.batch, stop=steps, threads=ns.threads):
         count += len(y)
     seconds = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -57,6 +57,8 @@ class Summary:
     input_rows: list[tuple[str, str]] = field(default_factory=list)  # how the input was read
     representation: str = ""
     optimum: dict | None = None  # the best achievable skill (synthetic data only)
+    file_bytes: int = 0          # size of the written file
+    schema: int = 0              # its schema_version
 
     def table(self) -> str:
         """A plain-text summary table (tickers, sessions, windows per split, drops, seconds, windows/s)."""
@@ -73,6 +75,9 @@ class Summary:
         rows += [("best skill (optimum)", "unknown (not the synthetic universe)" if self.optimum is None else
                   f"{self.optimum['kalman_skill']:.3f} Kalman, {self.optimum['window_skill']:.3f} "
                   f"window least squares")]
+        if self.file_bytes:
+            rows += [("file", f"schema {self.schema}, {self.file_bytes / 1e6:,.1f} MB, "
+                              f"{self.file_bytes / max(total, 1):.1f} bytes per window")]
         rows += [("seconds", f"{self.seconds:.2f} (" + ", ".join(f"{k} {v:.2f}" for k, v in
                                                             self.phase_seconds.items()) + ")"),
                  ("windows/s", f"{total / self.seconds:,.0f}" if self.seconds > 0 else "-")]
@@ -162,6 +167,7 @@ def build_dataset(raw: Path, out: Path, config: PreprocessConfig = PreprocessCon
         write_sequences(output.path, tickers, counts, config, attrs, transform, show_progress,
                         check=output.check)
     finished = time.perf_counter()
+    summary.file_bytes, summary.schema = out.stat().st_size, config.schema
     summary.seconds = finished - started
     summary.phase_seconds = {"read": read_done - started, "split+normalise": split_done - read_done,
                              "write": finished - split_done}

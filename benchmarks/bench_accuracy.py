@@ -52,10 +52,9 @@ def prepare(work: Path, universe: dict, seed: int, representation: str) -> Path:
 
 
 def load(path: Path, split: str) -> dict:
-    import h5py
+    from stockpredict.common.reader import load_split  # every schema
 
-    with h5py.File(path, "r") as h5:
-        return {name: h5[split][name][:] for name in ("x", "y", "ticker", "last_close")}
+    return load_split(path, split)
 
 
 def score(pred: np.ndarray, data: dict, transform) -> dict:

@@ -121,13 +121,13 @@ def fit_in_memory(data: Path, windows: int, batch: int, steps: int, epochs: int,
     """samples/s of epochs 2.. of a plain model.fit on the first `windows` train windows, in a fresh
     process (same TensorFlow thread settings as the trainer)."""
     code = f"""
-import time, h5py, numpy as np, tensorflow as tf, json
+import time, numpy as np, tensorflow as tf, json
+from stockpredict.common.reader import SplitWindows
 from stockpredict.model import build_model
 if {threads!r}:
     tf.config.threading.set_intra_op_parallelism_threads({threads!r})
     tf.config.threading.set_inter_op_parallelism_threads({threads!r})
-with h5py.File({str(data)!r}) as f:
-    x, y = f["train/x"][:{windows}], f["train/y"][:{windows}]
+x, y = SplitWindows({str(data)!r}, "train", 0, {windows}, extras=False).batch(slice(None))
 tf.keras.utils.set_random_seed(0)
 model = build_model(x.shape[1], x.shape[2])
 model.compile(optimizer=tf.keras.optimizers.Adam(1e-4), loss="mse")

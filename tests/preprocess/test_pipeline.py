@@ -60,7 +60,7 @@ def test_tiny_dataset_has_the_schema_3_layout(tiny_dataset):
             assert group["y"].shape == (n,) and group["y"].dtype == np.float32
             assert group["ticker"].dtype == np.int32 and group["window_end"].dtype == np.int64
             assert group["last_close"].shape == (n,) and group["last_close"].dtype == np.float64
-            assert series.chunks is not None and series.compression is not None
+            assert series.chunks is not None and group["start"].compression is not None
             ticker, ends = group["ticker"][:], group["window_end"][:]
             # (ticker, time) order on disk
             assert np.all(np.diff(ticker) >= 0)

@@ -47,6 +47,8 @@ USER_VARS := PYTHON_SYS ENGINE VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAY
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
              SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS ITERATIONS \
              ALL PREDICT_ARGS
+# Issue 27: the requeue signal; the dependency chain of submit, sweep and report.
+USER_VARS += SIGNAL AFTER AFTER_KIND
 # `make predict` writes predictions.csv unless OUT is given (OUT's own default names the HDF5 file);
 # read before the line below turns OUT's origin into "override".
 OUT_GIVEN := $(filter command environment,$(origin OUT))
@@ -175,11 +177,12 @@ SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-
                $(call flag,EPOCHS,--epochs) $(call flag,BATCH,--batch-size) flags+=("--data=$$SP_DATA"); \
                $(call flag,ENGINE,--engine) \
                $(call flag,PROFILE,--profile) $(call flag,TIME,--time) \
+               $(call flag,SIGNAL,--requeue-signal) \
                $(if $(filter 1 yes true,$(TIMELINE)),flags+=(--timeline "--max-steps=$${SP_TIMELINE_STEPS:-200}");) \
                $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) flags+=("--results=$$SP_RESULTS")
 
 .PHONY: submit sweep allreduce-bench status logs
-submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1 ENGINE=tf]
+submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1 ENGINE=tf SIGNAL=USR2|USR1]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
 sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1]

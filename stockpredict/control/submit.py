@@ -507,7 +507,10 @@ def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
     parser.add_argument("--after", help="start only after this job id completed successfully (afterok)")
     if train:
         _add_rank_flags(parser)
-        parser.add_argument("--signal-seconds", type=int, help="SIGUSR1 this long before the time limit")
+        parser.add_argument("--signal-seconds", type=int,
+                            help="send the requeue signal this long before the time limit")
+        parser.add_argument("--requeue-signal", help="the time-limit warning: USR2 (default) or USR1 "
+                                                     "(make SIGNAL=; docs/training.md says why USR2)")
         # Unset trainer flags stay out of the namespace: TrainConfig's defaults apply.
         add_train_arguments(parser, TRAIN_FLAGS, suppress_defaults=True)
         parser.add_argument("--timeline", action="store_true",
@@ -525,7 +528,7 @@ def _add_rank_flags(parser: argparse.ArgumentParser) -> None:
 
 _SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
                "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name",
-               "extra_directives", "timeline")
+               "extra_directives", "timeline", "requeue_signal")
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:

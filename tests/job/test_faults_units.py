@@ -19,6 +19,7 @@ import pytest
 from conftest import REPO
 from stockpredict.common import files, rundir, timing
 from stockpredict.common.errors import UserError
+from stockpredict.common.signals import REQUEUE_SIGNALS
 from stockpredict.common.train_config import TrainConfig
 from stockpredict.control.jobscript import make_spec, render_job
 from stockpredict.job import checkpoints, preemption
@@ -291,6 +292,21 @@ def test_sigterm_sets_the_stop_flag_only_once_installed_and_is_given_back():
         preemption.restore_sigterm()
         preemption.clear_stop()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("name", REQUEUE_SIGNALS)
+def test_every_allowed_requeue_signal_sets_the_stop_flag_of_a_freshly_started_trainer(name):
+    """The trainer installs its handler at import, before TensorFlow: a job script rendered with either
+    signal (an old one says USR1) stops the ranks instead of killing them."""
+    code = ("import os, signal, sys, time\n"
+            "import stockpredict.train\n"   # the stable name old job scripts run
+            "from stockpredict.job import preemption\n"
+            f"os.kill(os.getpid(), signal.SIG{name})\n"
+            "time.sleep(0.1)\n"
+            "print(preemption.stop_signal_name(), 'tensorflow' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"SIG{name}", "False"]
 
 
 # --- the job script's decision (a stand-in scontrol; the real one: tests/cluster/test_faults_slurm.py) ---

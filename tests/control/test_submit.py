@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO, read_json_lines
 from stockpredict.common.errors import UserError
 from stockpredict.common.train_config import TrainConfig, parse_args
-from stockpredict.control import submit
+from stockpredict.control import slurmjobs, submit
 
 # `-o .venv/.setup-done`: run the Makefile's real submit/sweep lines without re-running `make setup`.
 MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.setup-done"]
@@ -308,6 +308,46 @@ def test_without_sbatch_the_message_points_to_cluster_up_or_dry_run(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "make cluster-up" in proc.stderr and "DRY_RUN=1" in proc.stderr
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("job.sbatch"))
+
+
+@pytest.mark.parametrize("printed, job_id", [("4711\n", "4711"), ("4711;fed-west\n", "4711"),
+                                             ("notice: project quota 80% used\n4712\n", "4712"),
+                                             ("Submitted batch job 4713\n", "4713")])
+def test_the_job_id_is_read_from_sbatch_parsable_id_or_id_semicolon_cluster(printed, job_id):
+    assert slurmjobs.parse_job_id(printed) == job_id
+
+
+@pytest.mark.parametrize("printed", ["", "sbatch: queued\n", "47x11\n", "4711;bad cluster\n"])
+def test_an_answer_without_a_job_id_is_one_line(printed):
+    with pytest.raises(UserError, match="sbatch printed no job id"):
+        slurmjobs.parse_job_id(printed)
+
+
+def fake_sbatch(bin_dir: Path, answer: str) -> Path:
+    """An sbatch on PATH that records its arguments (one per line) and prints `answer` (the real one
+    runs in the cluster tests; this one gives the federated `id;cluster` answer a local Slurm never
+    prints)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    calls = bin_dir / "calls"
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" >> {shlex.quote(str(calls))}\n"
+                                    f"echo ---- >> {shlex.quote(str(calls))}\nprintf '%s\\n' "
+                                    f"{shlex.quote(answer)}\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    return calls
+
+
+def test_submit_asks_sbatch_parsable_and_still_prints_the_conventional_line(tmp_path):
+    calls = fake_sbatch(tmp_path / "bin", "4711;fed-west")
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    proc = _cli("train", "--data", str(data), "--results", str(tmp_path / "res"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "Submitted batch job 4711"  # the contract, without ";fed-west"
+    argv = calls.read_text().split("----")[0].split()
+    assert argv[0] == "--parsable" and argv[-1].endswith("/job.sbatch")
+    (record,) = (tmp_path / "res" / "runs").glob("*/submit.json")
+    assert json.loads(record.read_text())["job_id"] == "4711"
 
 
 def _record(results: Path, sub: str, run_id: str, job_id: str | None) -> None:

@@ -48,4 +48,10 @@ def test_a_job_script_rendered_before_the_move_trains_to_the_end(slurm_cluster, 
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3, 4]
     assert [e["status"] for e in events if e["event"] == "run_end"] == ["preempted", "completed"]
     assert events[-1]["event"] == "run_end" and events[-1]["status"] == "completed"
+    # Provenance: each attempt records the code it ran (the checkout's HEAD; the script itself is old).
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    starts = [e for e in events if e["event"] == "run_start"]
+    assert len(starts) == 2 and all(s["toolkit"]["commit"] == head for s in starts)
+    assert all(isinstance(s["toolkit"]["dirty"], bool) and s["toolkit"]["version"] for s in starts)
     assert (run_dir / "model.keras").is_file()

@@ -476,6 +476,39 @@ def test_make_sweep_one_and_two_nodes_completes(slurm_cluster, tiny_dataset, tmp
 
 
 @pytest.mark.cluster
+def test_make_report_after_a_training_job_runs_as_a_job_when_it_succeeds(slurm_cluster, tiny_dataset,
+                                                                         tmp_path):
+    """A chain on the real cluster: the report job waits for the training job (afterok) and builds
+    results/scaling.md from its run; a second report job asked to run only if the training failed
+    (afternotok) never starts, and squeue says why."""
+    results = tmp_path / "results"
+    train = subprocess.run([*MAKE, "submit", "NODES=1", "EPOCHS=2", "BATCH=256", f"DATA={tiny_dataset}",
+                            f"RESULTS={results}"], capture_output=True, text=True, env=slurm_cluster.env)
+    assert train.returncode == 0, train.stderr
+    (train_id,) = _submitted(train.stdout)
+    job_ids = {}
+    for kind in ("afterok", "afternotok"):
+        proc = subprocess.run([*MAKE, "report", f"AFTER={train_id}", f"AFTER_KIND={kind}",
+                               f"RESULTS={results}"], capture_output=True, text=True, env=slurm_cluster.env)
+        assert proc.returncode == 0, proc.stderr
+        (job_ids[kind],) = _submitted(proc.stdout)
+    assert slurm_cluster.info(job_ids["afterok"]).get("Dependency") == f"afterok:{train_id}(unfulfilled)"
+    assert not (results / "scaling.md").exists()  # nothing built on the login node
+    try:
+        assert slurm_cluster.wait(train_id, timeout_s=240) == "COMPLETED"
+        report_state = slurm_cluster.wait(job_ids["afterok"], timeout_s=240)
+        (job_dir,) = [p for p in (results / "jobs").iterdir()
+                      if json.loads((p / "submit.json").read_text())["job_id"] == job_ids["afterok"]]
+        assert report_state == "COMPLETED", (job_dir / f"slurm-{job_ids['afterok']}.out").read_text()
+        (run_dir,) = (results / "runs").iterdir()
+        assert run_dir.name in (results / "scaling.md").read_text()
+        never = slurm_cluster.info(job_ids["afternotok"])
+        assert (never.get("JobState"), never.get("Reason")) == ("PENDING", "DependencyNeverSatisfied")
+    finally:
+        subprocess.run(["scancel", *job_ids.values()], env=slurm_cluster.env, capture_output=True)
+
+
+@pytest.mark.cluster
 def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypatch, engine):
     for key, value in slurm_cluster.env.items():
         monkeypatch.setenv(key, value)
@@ -489,3 +522,59 @@ def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypa
     assert events[0]["engine"] == engine
     assert events[-1]["status"] == "completed" and (run_dir / "model.keras").exists()
     assert json.loads((run_dir / "submit.json").read_text())["submitit"]["cluster"] == "slurm"
+
+
+# --- dependency chains (AFTER=, AFTER_KIND=) --------------------------------------------------------
+
+@pytest.mark.parametrize("after, kind, expected", [
+    ("41", "afterok", ["--dependency=afterok:41"]), ("41:42", "afterany", ["--dependency=afterany:41:42"]),
+    ("41 42,43_2", "afternotok", ["--dependency=afternotok:41:42:43_2"]), (["7", "8"], "afterok",
+                                                                          ["--dependency=afterok:7:8"]),
+    (None, "afterany", [])])
+def test_dependency_args_take_several_ids_and_each_kind(after, kind, expected):
+    assert submit.dependency_args(after, kind) == expected
+
+
+@pytest.mark.parametrize("after, kind, message", [("41;id", "afterok", "AFTER"), ("", "afterok", "AFTER"),
+                                                  ("x41", "afterok", "AFTER"), ("41", "after", "AFTER_KIND"),
+                                                  ("41", "singleton", "AFTER_KIND")])
+def test_bad_dependencies_are_one_line_errors(after, kind, message):
+    with pytest.raises(UserError, match=message):
+        submit.dependency_args(after, kind)
+
+
+def test_make_submit_sweep_and_report_pass_after_and_after_kind_to_sbatch(tmp_path):
+    calls = fake_sbatch(tmp_path / "bin", "4711")
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    results = tmp_path / "res"
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    common = [f"DATA={data}", f"RESULTS={results}", "EPOCHS=1"]
+    for target in (["submit", "AFTER=41:42", "AFTER_KIND=afterany"],
+                   ["sweep", "NODES_LIST=1 2", "BATCH_LIST=64", "AFTER=41"],
+                   ["report", "AFTER=51:52", "AFTER_KIND=afternotok", "NETWORK=ib-hdr"]):
+        proc = subprocess.run([*MAKE_NO_SETUP, *target, *common], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert ("Submitted batch job 4711" if target[0] != "sweep" else "    4711  ") in proc.stdout
+    submitted = [call.split() for call in calls.read_text().split("----") if call.strip()]
+    assert [argv[:2] for argv in submitted] == [["--parsable", "--dependency=afterany:41:42"],
+                                                *[["--parsable", "--dependency=afterok:41"]] * 2,
+                                                ["--parsable", "--dependency=afternotok:51:52"]]
+    report_script = Path(submitted[-1][-1]).read_text()
+    (launch,) = [line for line in report_script.splitlines() if " -m stockpredict.report " in line]
+    argv = shlex.split(launch.rstrip(" &"))
+    assert argv[argv.index("--runs") + 1] == str(results / "runs") and "--network=ib-hdr" in argv
+    assert not (results / "scaling.md").exists()  # with AFTER the report is a job, not built here
+
+
+def test_make_report_with_a_bad_after_kind_is_one_line_and_submits_nothing(tmp_path):
+    calls = fake_sbatch(tmp_path / "bin", "4711")
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    proc = subprocess.run([*MAKE_NO_SETUP, "report", "AFTER=41", "AFTER_KIND=whenever",
+                           f"RESULTS={tmp_path / 'res'}"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode != 0 and not calls.exists()
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "AFTER_KIND (--after-kind) must be one of afterok, afterany, afternotok" in line
+    assert not list((tmp_path / "res").rglob("job.sbatch"))

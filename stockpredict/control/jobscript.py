@@ -27,7 +27,12 @@ import jinja2
 from stockpredict.common import rundir
 from stockpredict.common.checkout import ENGINE_VENVS, PACKAGE_DIR, REPO
 from stockpredict.common.errors import UserError
-from stockpredict.common.signals import DEFAULT_REQUEUE_SIGNAL, REQUEUE_SIGNALS, requeue_signal_name
+from stockpredict.common.signals import (
+    DEFAULT_REQUEUE_SIGNAL,
+    REQUEUE_SIGNAL_ENV,
+    REQUEUE_SIGNALS,
+    requeue_signal_name,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -327,6 +332,7 @@ def render_job(spec: JobSpec) -> str:
         ranks_per_node=spec.ranks_per_node,
         run_dir=shlex.quote(spec.run_dir) if spec.run_dir is not None else "",
         signal=spec.requeue_signal,
+        signal_env=REQUEUE_SIGNAL_ENV,
         done_marker=program.done_marker,
         activity=program.activity,
         program=program.program,

@@ -5,9 +5,9 @@ because each signal's default action would kill a process still busy importing.
 
 - SIGUSR2 (the default) or SIGUSR1 is the warning the job script asks for before the time limit
   (`--signal=B:USR2@s`, profile key `requeue_signal`, forwarded to the ranks by the batch shell). The
-  handler takes every signal of common/signals.REQUEUE_SIGNALS, so a script rendered with either one,
-  or before the signal was choosable (USR1), stops the ranks the same way. Why USR2 by default (MPICH and
-  one NCCL release catch USR1): common/signals.py.
+  handler takes the one the script exports as STOCKPREDICT_REQUEUE_SIGNAL, leaving the other alone
+  (MPICH wants USR1 for itself); without it, both, so a script written before the signal was choosable
+  (USR1) stops the ranks the same way. Why USR2 by default: common/signals.py.
 - SIGTERM is what Slurm sends every task when it preempts the job (PreemptMode=REQUEUE with a GraceTime:
   SIGCONT + SIGTERM, then SIGKILL after the grace time). The same signal also reaches the surviving
   ranks when `srun --kill-on-bad-exit` ends a step because one rank died; those ranks then cannot agree
@@ -19,12 +19,14 @@ because each signal's default action would kill a process still busy importing.
 
 from __future__ import annotations
 
+import os
 import signal
 
-from stockpredict.common.signals import DEFAULT_REQUEUE_SIGNAL, REQUEUE_SIGNALS
+from stockpredict.common.signals import DEFAULT_REQUEUE_SIGNAL, REQUEUE_SIGNAL_ENV, handled_requeue_signals
 
-# The time-limit warnings the handler takes (any of them: the job script picks one).
-WARNING_SIGNALS = tuple(signal.Signals[f"SIG{name}"] for name in REQUEUE_SIGNALS)
+# The time-limit warnings the handler takes: the job script's choice, or all allowed ones.
+WARNING_SIGNALS = tuple(signal.Signals[f"SIG{name}"]
+                        for name in handled_requeue_signals(os.environ.get(REQUEUE_SIGNAL_ENV)))
 STOP_SIGNAL = signal.Signals[f"SIG{DEFAULT_REQUEUE_SIGNAL}"]  # the default warning (kept under its old name)
 PREEMPT_SIGNAL = signal.SIGTERM        # Slurm's preemption notice (and its kill request)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"; the batch script requeues on it
@@ -41,7 +43,7 @@ def _request_stop(signum, frame):  # noqa: ARG001 -- signal handler signature
 
 
 def install_stop_handler(sigterm: bool = False) -> None:
-    """Route the warning signals (SIGUSR2, SIGUSR1; and with sigterm=True also SIGTERM) to a flag (no work
+    """Route the warning signals (WARNING_SIGNALS; and with sigterm=True also SIGTERM) to a flag (no work
     in the handler: it may interrupt anything). The trainer's main() passes sigterm=True; merely importing
     the trainer (tests, in-process callers) leaves SIGTERM alone."""
     global _sigterm_original, _sigterm_installed

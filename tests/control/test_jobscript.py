@@ -137,6 +137,7 @@ def test_the_requeue_signal_is_choosable_and_spelled_as_sbatch_wants(given):
     text = render_job(spec)
     assert spec.requeue_signal == "USR1" and "#SBATCH --signal=B:USR1@120" in text.splitlines()
     assert "trap forward_signal USR1" in text and 'kill -USR1 "$launch_pid"' in text
+    assert "export STOCKPREDICT_REQUEUE_SIGNAL=USR1" in text.splitlines()  # the ranks take only USR1
     assert "USR2" not in text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -500,8 +501,13 @@ def test_make_report_after_a_training_job_runs_as_a_job_when_it_succeeds(slurm_c
         (job_dir,) = [p for p in (results / "jobs").iterdir()
                       if json.loads((p / "submit.json").read_text())["job_id"] == job_ids["afterok"]]
         assert report_state == "COMPLETED", (job_dir / f"slurm-{job_ids['afterok']}.out").read_text()
-        (run_dir,) = (results / "runs").iterdir()
-        assert run_dir.name in (results / "scaling.md").read_text()
+        assert (results / "scaling.md").is_file()
+        # The environment table of that report names the code the run ran (run_start.toolkit).
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        with open(results / "environment.csv", newline="") as handle:
+            (env_row,) = csv.DictReader(handle)
+        assert env_row["runs"] == "1" and env_row["toolkit"].split()[1].startswith(head[:12])
         never = slurm_cluster.info(job_ids["afternotok"])
         assert (never.get("JobState"), never.get("Reason")) == ("PENDING", "DependencyNeverSatisfied")
     finally:

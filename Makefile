@@ -47,6 +47,8 @@ USER_VARS := PYTHON_SYS ENGINE VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAY
              BATCH PROFILE TIME DRY_RUN NODES_LIST BATCH_LIST MODE REPEATS RUN PREPROCESS_ARGS PYTEST_ARGS \
              SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS ITERATIONS \
              ALL PREDICT_ARGS THREADS AGAINST
+# The requeue signal; the dependency chain of submit, sweep and report.
+USER_VARS += SIGNAL AFTER AFTER_KIND
 # `make predict` writes predictions.csv unless OUT is given (OUT's own default names the HDF5 file);
 # read before the line below turns OUT's origin into "override".
 OUT_GIVEN := $(filter command environment,$(origin OUT))
@@ -175,14 +177,15 @@ SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-
                $(call flag,EPOCHS,--epochs) $(call flag,BATCH,--batch-size) flags+=("--data=$$SP_DATA"); \
                $(call flag,ENGINE,--engine) \
                $(call flag,PROFILE,--profile) $(call flag,TIME,--time) \
+               $(call flag,SIGNAL,--requeue-signal) $(call flag,AFTER,--after) $(call flag,AFTER_KIND,--after-kind) \
                $(if $(filter 1 yes true,$(TIMELINE)),flags+=(--timeline "--max-steps=$${SP_TIMELINE_STEPS:-200}");) \
                $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) flags+=("--results=$$SP_RESULTS")
 
 .PHONY: submit sweep allreduce-bench status logs
-submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1 ENGINE=tf]
+submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1 ENGINE=tf SIGNAL=USR2|USR1 AFTER=<id>[:<id>] AFTER_KIND=afterok|afterany|afternotok]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
-sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1]
+sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1 AFTER=]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit sweep "$${flags[@]}" \
 		--nodes-list="$${SP_NODES_LIST:-1 2 4}" --batch-list="$${SP_BATCH_LIST:-32 64 128 256}" \
 		--mode="$${SP_MODE:-strong}" --repeats="$${SP_REPEATS:-1}"
@@ -212,10 +215,19 @@ logs: ## Show a run's Slurm output and training log [RUN=<run-id>]
 # --- report and demo -----------------------------------------------------------------------------
 
 .PHONY: report demo
-report: setup ## Tables, plots, scaling model [DATASET=name|prefix NETWORK=ib-hdr PRICE=2.5 PRICE_UNIT=gpu|node TARGET_EPOCHS=]
-	@$(show) "$$SP_PY" -m stockpredict.report --runs="$$SP_RESULTS/runs" --out="$$SP_RESULTS" \
-		--dataset="$$SP_DATASET" --network="$$SP_NETWORK" --price-per-hour="$$SP_PRICE" \
-		--price-unit="$${SP_PRICE_UNIT:-gpu}" --target-epochs="$$SP_TARGET_EPOCHS" --profile="$$SP_PROFILE"
+# With AFTER=<id>[:<id>...] the report is not built here but submitted as a one-process job that starts
+# after those jobs (AFTER_KIND, default afterok; afterany builds it even if some runs failed).
+report: setup ## Tables, plots, scaling model [DATASET=name|prefix NETWORK=ib-hdr PRICE=2.5 PRICE_UNIT=gpu|node TARGET_EPOCHS= AFTER=<id>[:<id>] AFTER_KIND=]
+	@args=(--dataset="$$SP_DATASET" --network="$$SP_NETWORK" --price-per-hour="$$SP_PRICE" \
+		--price-unit="$${SP_PRICE_UNIT:-gpu}" --target-epochs="$$SP_TARGET_EPOCHS" --profile="$$SP_PROFILE"); \
+	if [[ -n "$$SP_AFTER" ]]; then \
+		flags=(); $(call flag,PROFILE,--profile) $(call flag,TIME,--time) $(call flag,AFTER_KIND,--after-kind) \
+		$(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) \
+		"$$SP_PY" -m stockpredict.submit report --runs="$$SP_RESULTS/runs" --out="$$SP_RESULTS" \
+			--results="$$SP_RESULTS" --after="$$SP_AFTER" "$${flags[@]}" -- "$${args[@]}"; \
+	else \
+		$(show) "$$SP_PY" -m stockpredict.report --runs="$$SP_RESULTS/runs" --out="$$SP_RESULTS" "$${args[@]}"; \
+	fi
 
 demo: setup ## The whole study on this machine: data, preprocess, local cluster, 1/2/4-node sweep, report
 	@$(show) "$$SP_PY" -m stockpredict.demo

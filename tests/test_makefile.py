@@ -129,3 +129,20 @@ def test_extra_arguments_split_like_shell_words_and_a_stray_quote_fails(tmp_path
     proc = _make("preprocess", f"RAW={tmp_path}/none", f"OUT={tmp_path}/x.h5", "PREPROCESS_ARGS=--tz 'a")
     assert proc.returncode != 0 and "unmatched single quote" in proc.stderr
     assert " -m preprocess " not in proc.stdout
+
+
+def test_every_make_target_is_in_make_help_and_the_readme_lists_exactly_make_help():
+    """Each target the Makefile declares .PHONY has a `## ` line, so `make help` lists it, and the
+    README's "Make targets" block is `make help`'s output, byte for byte (issue 27: it had lost
+    allreduce-bench once)."""
+    makefile = (REPO / "Makefile").read_text()
+    phony = {name for line in makefile.splitlines() if line.startswith(".PHONY:")
+             for name in line.split(":", 1)[1].split()}
+    proc = _make("help")
+    assert proc.returncode == 0, proc.stderr
+    listed = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert phony and sorted(phony - set(listed)) == [], "targets without a `## ` help line"
+    assert len(listed) == len(set(listed))
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("## Make targets\n\n```\n", 1)[1].split("```", 1)[0]
+    assert block == proc.stdout, "README's target list differs from `make help`: paste its output"

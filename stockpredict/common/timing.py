@@ -61,12 +61,17 @@ RUN_START_OPTIONAL_FIELDS = (
     # time-zone assumption, docs/data.md): a list of one-line strings; absent = a file or trainer
     # from before the attribute, [] = none.
     "dataset_warnings",
+    # Provenance: {"version", "commit", "dirty"} of the toolkit that wrote the log
+    # (checkout.toolkit_provenance); absent = a trainer from before the field; commit/dirty null = unknown.
+    "toolkit",
 )
 # Optional run_start fields that describe one attempt, not the run: they may differ between attempts.
-RUN_START_PER_ATTEMPT_FIELDS = ("resumed_from_step",)
+# A requeued attempt runs the checkout as it is then: its `toolkit` may differ from the first attempt's.
+RUN_START_PER_ATTEMPT_FIELDS = ("resumed_from_step", "toolkit")
 OPTIONAL_FIELDS = {"run_start": RUN_START_OPTIONAL_FIELDS, "epoch": (), "run_end": ()}
 DEFAULT_ENGINE = "horovod"
 DATASET_ID_FIELDS = ("fingerprint", "name", "windows")
+TOOLKIT_FIELDS = ("version", "commit", "dirty")
 MODEL_FIELDS = ("lstm_units", "dropout", "dense_units", "representation", "target")
 RUN_STATUSES = ("completed", "failed", "preempted")
 RUN_KINDS = ("train", "allreduce")  # run_start `kind`; absent = "train"
@@ -123,6 +128,9 @@ def make_event(event: str, **fields: Any) -> dict:
         raise ValueError("run_start dataset_warnings must be a list of strings")
     if "optimum" in extra and not (isinstance(extra["optimum"], dict) and "kalman_skill" in extra["optimum"]):
         raise ValueError("run_start optimum must be a dict with kalman_skill (or None when unknown)")
+    if "toolkit" in extra and not (isinstance(extra["toolkit"], dict)
+                                   and set(extra["toolkit"]) == set(TOOLKIT_FIELDS)):
+        raise ValueError(f"run_start toolkit must be a dict with exactly {TOOLKIT_FIELDS}")
     if event == "run_end":
         if fields["status"] not in RUN_STATUSES:
             raise ValueError(f"run_end status must be one of {RUN_STATUSES}, not {fields['status']!r}")

@@ -27,6 +27,12 @@ import jinja2
 from stockpredict.common import rundir
 from stockpredict.common.checkout import ENGINE_VENVS, PACKAGE_DIR, REPO
 from stockpredict.common.errors import UserError
+from stockpredict.common.signals import (
+    DEFAULT_REQUEUE_SIGNAL,
+    REQUEUE_SIGNAL_ENV,
+    REQUEUE_SIGNALS,
+    requeue_signal_name,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,10 +57,10 @@ LAUNCHERS = ("srun-pmix", "srun-pmi2", "mpirun", "horovodrun-gloo", "srun", "non
 # `{venv}` in a profile's setup lines names is checkout.ENGINE_VENVS.
 ENGINE_LAUNCHERS = {"horovod": tuple(launcher for launcher in LAUNCHERS if launcher != "srun"),
                     "tf": ("srun",)}
-# The warning signal Slurm sends before the time limit. USR1: Open MPI, PMIx and NCCL install no handler
-# for it (SIGTERM is what Slurm itself sends at the limit, SIGINT/SIGQUIT have shell meanings, and
-# submitit uses USR2 for its own checkpointing), so it reaches our trainer's handler untouched.
-REQUEUE_SIGNAL = "USR1"
+# The warning signal Slurm sends before the time limit: JobSpec.requeue_signal (profile key, make
+# SIGNAL=), one of common/signals.REQUEUE_SIGNALS. USR2 by default, because MPICH and one NCCL release
+# catch USR1 (why, and why no other signal: common/signals.py and docs/training.md).
+REQUEUE_SIGNAL = DEFAULT_REQUEUE_SIGNAL
 # The trainer saves the final model at the very end (stockpredict.train): a train job counts as finished
 # only if it exists, since srun may exit 0 when its step failed to start.
 # The allreduce benchmark's last file (rundir.ALLREDUCE_SUMMARY) is its done marker, for the same check.
@@ -111,7 +117,8 @@ class JobSpec:
     extra_directives: tuple[str, ...] = ()   # passthrough, e.g. ("--exclusive", "--reservation=gpu")
     requeue: bool = False                    # train jobs: requeueable, resume from the checkpoint
                                              # (allreduce jobs are not: a benchmark has nothing to resume)
-    signal_seconds: int = 120                # train jobs: SIGUSR1 this many seconds before the limit
+    signal_seconds: int = 120                # train jobs: the requeue signal this long before the limit
+    requeue_signal: str = REQUEUE_SIGNAL     # train jobs: USR2 or USR1 (common/signals.py says why USR2)
     max_requeues_without_progress: int = 3   # train jobs: requeues in a row without a newer checkpoint
     #                                          before the job fails instead (a crash loop; docs/training.md)
     run_dir: str | None = None               # train and allreduce jobs: the program's --run-dir (absolute)
@@ -148,6 +155,8 @@ def make_spec(values: Mapping[str, Any]) -> JobSpec:
     if unknown:
         raise UserError(f"unknown job parameter(s) {', '.join(unknown)}; valid: {', '.join(SPEC_FIELDS)}")
     cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if "requeue_signal" in cleaned:  # "usr2" and "SIGUSR2" mean USR2; anything not allowed fails here
+        cleaned["requeue_signal"] = requeue_signal_name(cleaned["requeue_signal"])
     return JobSpec(**cleaned)
 
 
@@ -182,6 +191,9 @@ def validate(spec: JobSpec) -> JobSpec:
         _positive_int("tasks per node", spec.tasks_per_node)
     _positive_int("cpus per task", spec.cpus_per_task)
     _positive_int("signal seconds", spec.signal_seconds)
+    if requeue_signal_name(spec.requeue_signal) != spec.requeue_signal:  # a JobSpec built by hand
+        raise UserError(f"requeue signal {spec.requeue_signal!r}: write it as one of "
+                        f"{', '.join(REQUEUE_SIGNALS)}")
     _positive_int("max_requeues_without_progress", spec.max_requeues_without_progress, minimum=0)
     _matches("time limit", spec.time, _TIME_RE,
              "Slurm accepts M, M:S, H:M:S, D-H, D-H:M or D-H:M:S (e.g. 00:30:00 or 1-12:00:00)")
@@ -253,7 +265,7 @@ def sbatch_directives(spec: JobSpec) -> list[str]:
         # Both attempts of a requeued job write one log: append instead of truncating it.
         options["requeue"] = None
         options["open-mode"] = "append"
-        options["signal"] = f"B:{REQUEUE_SIGNAL}@{spec.signal_seconds}"
+        options["signal"] = f"B:{spec.requeue_signal}@{spec.signal_seconds}"
     lines = [f"--{k}" if v is None else f"--{k}={v}" for k, v in options.items()]
     return sorted(lines + list(spec.extra_directives))
 
@@ -319,7 +331,8 @@ def render_job(spec: JobSpec) -> str:
         launcher=spec.launcher,
         ranks_per_node=spec.ranks_per_node,
         run_dir=shlex.quote(spec.run_dir) if spec.run_dir is not None else "",
-        signal=REQUEUE_SIGNAL,
+        signal=spec.requeue_signal,
+        signal_env=REQUEUE_SIGNAL_ENV,
         done_marker=program.done_marker,
         activity=program.activity,
         program=program.program,

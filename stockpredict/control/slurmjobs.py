@@ -16,6 +16,9 @@ from typing import Callable, Iterable, Mapping
 from stockpredict.common.errors import UserError
 
 SUBMITTED_RE = re.compile(r"^Submitted batch job (\d+)", re.MULTILINE)
+# `sbatch --parsable` prints `<id>` or, on a federated or multi-cluster site, `<id>;<cluster>`: the stable
+# form of the id (the prose line above is for people, and wrappers around sbatch sometimes reword it).
+PARSABLE_RE = re.compile(r"^(\d+)(?:;([A-Za-z0-9._-]+))?$")
 FINAL_STATES = {
     "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "OUT_OF_MEMORY",
     "BOOT_FAIL", "DEADLINE",
@@ -35,16 +38,28 @@ def require_sbatch() -> str:
 
 def sbatch(script: Path | str, args: Iterable[str] = (), env: Mapping[str, str] | None = None,
            cwd: Path | str | None = None) -> str:
-    """Submit `script` with sbatch and return the job id (a string, as Slurm prints it)."""
-    cmd = [require_sbatch(), *args, str(script)]
+    """Submit `script` with `sbatch --parsable` and return the job id (a string, as Slurm prints it;
+    the cluster name of an `id;cluster` answer is dropped: scontrol and scancel take the id)."""
+    cmd = [require_sbatch(), "--parsable", *args, str(script)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
         detail = " ".join((proc.stderr or proc.stdout).split()) or f"exit status {proc.returncode}"
         raise UserError(f"sbatch failed: {detail}")
-    match = SUBMITTED_RE.search(proc.stdout)
-    if match is None:
-        raise UserError(f"sbatch printed no job id: {proc.stdout.strip()!r}")
-    return match.group(1)
+    return parse_job_id(proc.stdout)
+
+
+def parse_job_id(stdout: str) -> str:
+    """The job id in what `sbatch --parsable` printed: the last line `<id>` or `<id>;<cluster>` (a site's
+    job-submit plugin may print notices before it). A `Submitted batch job <id>` line is accepted too,
+    for an sbatch wrapper that ignores --parsable. Anything else is a one-line UserError."""
+    lines = [line.strip() for line in stdout.splitlines() if line.strip()]
+    match = PARSABLE_RE.match(lines[-1]) if lines else None
+    if match is not None:
+        return match.group(1)
+    prose = SUBMITTED_RE.search(stdout)
+    if prose is not None:
+        return prose.group(1)
+    raise UserError(f"sbatch printed no job id: {stdout.strip()!r}")
 
 
 def job_info(job_id: str, env: Mapping[str, str] | None = None) -> dict[str, str]:

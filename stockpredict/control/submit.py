@@ -152,10 +152,12 @@ class Submission:
     run_dir: Path
     job_id: str | None   # None on a dry run
     script: str
+    sbatch_args: tuple[str, ...] = ()  # options given to sbatch besides the script (the dependency)
 
 
 def submit_train(config: TrainConfig, profile: str = "local", results: str | Path = "results",
-                 dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
+                 dry_run: bool = False, after: str | Sequence[str] | None = None,
+                 after_kind: str = "afterok", **overrides: Any) -> Submission:
     """Render one training job into a fresh run directory and sbatch it (unless `dry_run`: see the module
     docstring for where a dry run keeps its script).
 
@@ -165,7 +167,7 @@ def submit_train(config: TrainConfig, profile: str = "local", results: str | Pat
     _check_data(config.data, dry_run)
     if not dry_run:
         slurmjobs.require_sbatch()
-    sbatch_args = _dependency_args(after)
+    sbatch_args = dependency_args(after, after_kind)
     nodes = overrides.get("nodes") or load_profile(profile).get("nodes", JobSpec.nodes)
     gpus = overrides.get("gpus_per_node")
     if gpus is None:
@@ -194,7 +196,8 @@ def allreduce_spec(profile: str, run_dir: Path, bench: BenchConfig, **overrides:
 
 
 def submit_allreduce(bench: BenchConfig, profile: str = "local", results: str | Path = "results",
-                     dry_run: bool = False, after: str | None = None, **overrides: Any) -> Submission:
+                     dry_run: bool = False, after: str | Sequence[str] | None = None,
+                     after_kind: str = "afterok", **overrides: Any) -> Submission:
     """Render the allreduce microbenchmark into a fresh run directory under results/runs/ and sbatch it
     (a dry run as for submit_train). `bench.run_dir` is set here; pass run_dir=""."""
     if bench.data is not None:
@@ -202,7 +205,7 @@ def submit_allreduce(bench: BenchConfig, profile: str = "local", results: str | 
         _check_data(bench.data, dry_run)
     if not dry_run:
         slurmjobs.require_sbatch()
-    sbatch_args = _dependency_args(after)
+    sbatch_args = dependency_args(after, after_kind)
     profile_values = load_profile(profile)
     nodes = overrides.get("nodes") or profile_values.get("nodes", JobSpec.nodes)
     gpus = overrides.get("gpus_per_node")
@@ -224,13 +227,14 @@ def _job_dir(results: str | Path, subdir: str, suffix: str, dry_run: bool) -> tu
 
 
 def submit_aux(kind: str, command: list[str], profile: str = "local", results: str | Path = "results",
-               dry_run: bool = False, after: str | None = None, engine: str = "horovod",
+               dry_run: bool = False, after: str | Sequence[str] | None = None,
+               after_kind: str = "afterok", engine: str = "horovod",
                **overrides: Any) -> Submission:
     """Render and submit a one-process preprocess, report or gpu-check job into results/jobs/<id>/
     (`engine` picks the environment `{venv}` names in the profile's setup lines)."""
     if not dry_run:
         slurmjobs.require_sbatch()
-    sbatch_args = _dependency_args(after)
+    sbatch_args = dependency_args(after, after_kind)
     values: dict[str, Any] = dict(load_profile(profile, engine=engine))
     values.update({k: v for k, v in overrides.items() if v is not None})
     # gpu-check keeps the profile's (or GPUS=) GPUs: it checks them; the others need none.
@@ -248,12 +252,33 @@ def submit_aux(kind: str, command: list[str], profile: str = "local", results: s
     return _render_and_submit(spec, job_dir, {}, sbatch_args, dry_run)
 
 
-def _dependency_args(after: str | None) -> list[str]:
+# How a job waits for the ones named by --after (make AFTER=<id>[:<id>...] AFTER_KIND=): Slurm's
+# dependency types. afterok: all of them completed successfully; afterany: all of them ended, however;
+# afternotok: all of them failed (a clean-up or a rerun with other settings).
+AFTER_KINDS = ("afterok", "afterany", "afternotok")
+_JOB_ID_RE = re.compile(r"^\d+(_\d+)?$")  # a job, or one task of an array (41_3)
+
+
+def dependency_ids(after: str | Sequence[str] | None) -> list[str]:
+    """"41:42" (or "41 42", "41,42", or a list) -> ["41", "42"]; a one-line UserError for anything that
+    is not a Slurm job id or array task id."""
     if after is None:
         return []
-    if not re.fullmatch(r"\d+", str(after)):
-        raise UserError(f"--after wants a numeric Slurm job id, got {after!r}")
-    return [f"--dependency=afterok:{after}"]
+    words = [after] if isinstance(after, str) else list(after)
+    ids = [part for word in words for part in re.split(r"[:,\s]+", str(word).strip()) if part]
+    bad = [part for part in ids if not _JOB_ID_RE.match(part)]
+    if bad or not ids:
+        raise UserError(f"AFTER (--after) wants Slurm job ids separated by ':', e.g. 41:42 or 41_3, got "
+                        f"{after!r}")
+    return ids
+
+
+def dependency_args(after: str | Sequence[str] | None, kind: str = "afterok") -> list[str]:
+    """The sbatch option that makes a job wait for `after`: `--dependency=<kind>:<id>[:<id>...]`."""
+    if kind not in AFTER_KINDS:
+        raise UserError(f"AFTER_KIND (--after-kind) must be one of {', '.join(AFTER_KINDS)}, got {kind!r}")
+    ids = dependency_ids(after)
+    return [f"--dependency={kind}:{':'.join(ids)}"] if ids else []
 
 
 def _render_and_submit(spec: JobSpec, run_dir: Path, extra: dict, sbatch_args: list[str],
@@ -275,7 +300,8 @@ def _render_and_submit(spec: JobSpec, run_dir: Path, extra: dict, sbatch_args: l
         if not (run_dir / rundir.SUBMIT_RECORD).exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    return Submission(run_id=run_dir.name, run_dir=run_dir, job_id=job_id, script=script)
+    return Submission(run_id=run_dir.name, run_dir=run_dir, job_id=job_id, script=script,
+                      sbatch_args=tuple(sbatch_args))
 
 
 def _announce(sub: Submission) -> None:
@@ -283,6 +309,8 @@ def _announce(sub: Submission) -> None:
         print(sub.script, end="")
         print(f"dry run: nothing submitted; script kept in {sub.run_dir / rundir.JOB_SCRIPT}; "
               f"to submit, run the same command without the dry run")
+        if sub.sbatch_args:
+            print(f"it would be submitted with: sbatch {' '.join(sub.sbatch_args)}")
         return
     # This first line is a contract: it is exactly what sbatch prints, so scripts can parse the job id.
     print(f"Submitted batch job {sub.job_id}")
@@ -504,10 +532,17 @@ def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
                         help="extra #SBATCH option, e.g. --extra-directive=--exclusive (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="render and print the script, do not submit")
     parser.add_argument("--results", default="results", help="results root (runs go in RESULTS/runs/)")
-    parser.add_argument("--after", help="start only after this job id completed successfully (afterok)")
+    parser.add_argument("--after", help="start only after these Slurm job ids, e.g. 41 or 41:42 (AFTER=)")
+    # Checked by dependency_args (a one-line error), not by argparse's choices (usage text first).
+    parser.add_argument("--after-kind", default="afterok",
+                        help="afterok (default: all succeeded), afterany (all ended), afternotok (all "
+                             "failed)")
     if train:
         _add_rank_flags(parser)
-        parser.add_argument("--signal-seconds", type=int, help="SIGUSR1 this long before the time limit")
+        parser.add_argument("--signal-seconds", type=int,
+                            help="send the requeue signal this long before the time limit")
+        parser.add_argument("--requeue-signal", help="the time-limit warning: USR2 (default) or USR1 "
+                                                     "(make SIGNAL=; docs/training.md says why USR2)")
         # Unset trainer flags stay out of the namespace: TrainConfig's defaults apply.
         add_train_arguments(parser, TRAIN_FLAGS, suppress_defaults=True)
         parser.add_argument("--timeline", action="store_true",
@@ -525,7 +560,7 @@ def _add_rank_flags(parser: argparse.ArgumentParser) -> None:
 
 _SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
                "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name",
-               "extra_directives", "timeline")
+               "extra_directives", "timeline", "requeue_signal")
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
@@ -575,6 +610,8 @@ def _main(argv: Sequence[str] | None) -> int:
     _add_job_flags(report, train=False)
     report.add_argument("--runs", required=True)
     report.add_argument("--out", required=True)
+    report.add_argument("report_args", nargs="*", metavar="-- REPORT_FLAG",
+                        help="after `--`: flags for stockpredict.report (e.g. --dataset=... --network=...)")
     gpu_check = commands.add_parser("gpu-check", help="submit the GPU preflight of both engines (1 node)")
     _add_job_flags(gpu_check, train=False)
     gpu_check.add_argument("--gpus-per-node", type=int, help="default: the profile's")
@@ -591,7 +628,8 @@ def _main(argv: Sequence[str] | None) -> int:
         return show_status(Path(ns.results))
     if ns.command == "logs":
         return show_logs(Path(ns.results), ns.run_id)
-    common = dict(profile=ns.profile, results=ns.results, dry_run=ns.dry_run, after=ns.after)
+    common = dict(profile=ns.profile, results=ns.results, dry_run=ns.dry_run, after=ns.after,
+                  after_kind=ns.after_kind)
     if ns.command == "train":
         _announce(submit_train(_train_args(ns), **common, **_overrides(ns)))
     elif ns.command == "gpu-check":
@@ -606,7 +644,7 @@ def _main(argv: Sequence[str] | None) -> int:
         given = (ns.raw, ns.out) if ns.command == "preprocess" else (ns.runs, ns.out)
         paths = [str(Path(p).resolve()) for p in given]
         command = (["preprocess", "--raw", paths[0], "--out", paths[1]] if ns.command == "preprocess"
-                   else ["stockpredict.report", "--runs", paths[0], "--out", paths[1]])
+                   else ["stockpredict.report", "--runs", paths[0], "--out", paths[1], *ns.report_args])
         _announce(submit_aux(ns.command, command, **common, **_overrides(ns)))
     return 0
 

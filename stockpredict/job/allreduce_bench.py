@@ -40,6 +40,7 @@ from typing import Sequence
 
 from stockpredict.common import rundir, timing
 from stockpredict.common.benchmarks import BYTES_PER_PARAMETER, BenchConfig
+from stockpredict.common.checkout import toolkit_provenance
 from stockpredict.common.errors import UserError, run_cli
 from stockpredict.common.files import write_atomic
 from stockpredict.common.hardware import affinity_summary
@@ -105,7 +106,8 @@ def _main(argv: Sequence[str] | None) -> int:
                       "horovod": horovod.__version__, "mpi": None},
             config={**dataclasses.asdict(config), "tensors": len(shapes),
                     "mpi_enabled": bool(hvd.mpi_enabled())},
-            hardware=affinity_summary(), engine=timing.DEFAULT_ENGINE, gradient_bytes=size, kind="allreduce"))
+            hardware=affinity_summary(), engine=timing.DEFAULT_ENGINE, gradient_bytes=size, kind="allreduce",
+            toolkit=toolkit_provenance()))
     started = time.perf_counter()
     ms_per_allreduce = []
     for epoch in range(1, config.epochs + 1):

@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from stockpredict.common import identity, rundir, timing
 from stockpredict.common import transform as transforms
+from stockpredict.common.checkout import toolkit_provenance
 from stockpredict.common.errors import UserError
 from stockpredict.common.files import reporting_disk_full, write_atomic, write_json_atomic
 from stockpredict.common.hardware import affinity_summary
@@ -522,6 +523,7 @@ def run_start_record(run: Run, position: Position) -> dict:
         engine=engine.name, dataset_id=identity.dataset_identity(cfg.data),
         representation=plan.info.representation, optimum=plan.info.optimum,
         dataset_warnings=dataset_warnings(cfg.data),
+        toolkit=toolkit_provenance(),  # the code that made this result: version, commit, dirty
         # What one allreduce moves per step (fp32 gradients): the scaling model's S (docs/scaling.md).
         gradient_bytes=4 * sum(int(np.prod(v.shape)) for v in run.replica.model.trainable_variables),
         model=identity.model_identity(dataclasses.asdict(cfg), plan.info.seq_len, plan.info.n_features))

@@ -1,10 +1,13 @@
-"""The stop signals: SIGUSR1 and SIGTERM set a flag that the epoch loop reads between training steps.
+"""The stop signals: SIGUSR2, SIGUSR1 and SIGTERM set a flag that the epoch loop reads between steps.
 
 Light on purpose (stdlib only): `stockpredict.train` installs the handler before it imports TensorFlow,
-because either signal's default action would kill a process still busy importing.
+because each signal's default action would kill a process still busy importing.
 
-- SIGUSR1 is the warning the job script asks for before the time limit (`--signal=B:USR1@s`, forwarded to
-  the ranks by the batch shell). Open MPI, PMIx and NCCL leave USR1 alone.
+- SIGUSR2 (the default) or SIGUSR1 is the warning the job script asks for before the time limit
+  (`--signal=B:USR2@s`, profile key `requeue_signal`, forwarded to the ranks by the batch shell). The
+  handler takes the one the script exports as STOCKPREDICT_REQUEUE_SIGNAL, leaving the other alone
+  (MPICH wants USR1 for itself); without it, both, so a script written before the signal was choosable
+  (USR1) stops the ranks the same way. Why USR2 by default: common/signals.py.
 - SIGTERM is what Slurm sends every task when it preempts the job (PreemptMode=REQUEUE with a GraceTime:
   SIGCONT + SIGTERM, then SIGKILL after the grace time). The same signal also reaches the surviving
   ranks when `srun --kill-on-bad-exit` ends a step because one rank died; those ranks then cannot agree
@@ -16,9 +19,15 @@ because either signal's default action would kill a process still busy importing
 
 from __future__ import annotations
 
+import os
 import signal
 
-STOP_SIGNAL = signal.SIGUSR1           # the time-limit warning (kept under its old name)
+from stockpredict.common.signals import DEFAULT_REQUEUE_SIGNAL, REQUEUE_SIGNAL_ENV, handled_requeue_signals
+
+# The time-limit warnings the handler takes: the job script's choice, or all allowed ones.
+WARNING_SIGNALS = tuple(signal.Signals[f"SIG{name}"]
+                        for name in handled_requeue_signals(os.environ.get(REQUEUE_SIGNAL_ENV)))
+STOP_SIGNAL = signal.Signals[f"SIG{DEFAULT_REQUEUE_SIGNAL}"]  # the default warning (kept under its old name)
 PREEMPT_SIGNAL = signal.SIGTERM        # Slurm's preemption notice (and its kill request)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL from sysexits.h: "try again later"; the batch script requeues on it
 
@@ -34,11 +43,12 @@ def _request_stop(signum, frame):  # noqa: ARG001 -- signal handler signature
 
 
 def install_stop_handler(sigterm: bool = False) -> None:
-    """Route SIGUSR1 (and with sigterm=True also SIGTERM) to a flag (no work in the handler: it may
-    interrupt anything). The trainer's main() passes sigterm=True; merely importing the trainer
-    (tests, in-process callers) leaves SIGTERM alone."""
+    """Route the warning signals (WARNING_SIGNALS; and with sigterm=True also SIGTERM) to a flag (no work
+    in the handler: it may interrupt anything). The trainer's main() passes sigterm=True; merely importing
+    the trainer (tests, in-process callers) leaves SIGTERM alone."""
     global _sigterm_original, _sigterm_installed
-    signal.signal(STOP_SIGNAL, _request_stop)
+    for warning in WARNING_SIGNALS:
+        signal.signal(warning, _request_stop)
     if sigterm and not _sigterm_installed:
         _sigterm_original = signal.signal(PREEMPT_SIGNAL, _request_stop)
         _sigterm_installed = True
@@ -50,7 +60,7 @@ def stop_requested() -> bool:
 
 
 def stop_signal_name() -> str | None:
-    """"SIGUSR1" or "SIGTERM": the first stop signal received, or None."""
+    """"SIGUSR2", "SIGUSR1" or "SIGTERM": the first stop signal received, or None."""
     return signal.Signals(_stop_signal).name if _stop_signal is not None else None
 
 

@@ -11,10 +11,10 @@ with --engine tf, under plain srun (one worker per task, TF_CONFIG built from th
 Outputs in --run-dir (rank 0 only): config.json, timing.jsonl (the report's input, schema in
 stockpredict/common/timing.py), train.log, checkpoints/, and at the end metrics.json and model.keras.
 
-Preemption: SIGUSR1 (the time-limit warning) or SIGTERM (Slurm preempting the job) on any rank -> all
-ranks agree at the next check, finish the step, rank 0 writes a mid-epoch checkpoint and `run_end`
-"preempted", and every rank exits 75 (EX_TEMPFAIL) so the batch script requeues the job; `--resume` then
-continues exactly where it stopped. See docs/training.md.
+Preemption: SIGUSR2 or SIGUSR1 (the time-limit warning) or SIGTERM (Slurm preempting the job) on any
+rank -> all ranks agree at the next check, finish the step, rank 0 writes a mid-epoch checkpoint and
+`run_end` "preempted", and every rank exits 75 (EX_TEMPFAIL) so the batch script requeues the job;
+`--resume` then continues exactly where it stopped. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from stockpredict.common.train_config import parse_args
 from stockpredict.job import preemption
 from stockpredict.job.preemption import EXIT_PREEMPTED
 
-# Before anything imports TensorFlow (seconds): USR1's default action would kill the process. SIGTERM
+# Before anything imports TensorFlow (seconds): USR1 and USR2 would kill the process by default. SIGTERM
 # too when run as a program (main() installs it for console-script and in-process callers).
 # The heavy modules (loop, engine) are imported inside main(), after this line has run.
 preemption.install_stop_handler(sigterm=__name__ == "__main__")

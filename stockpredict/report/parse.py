@@ -19,6 +19,17 @@ from stockpredict.report.restarts import Restart, restarts_of
 from stockpredict.report.timeline import StepBreakdown, TimelineError, read_timeline
 
 SCHEMA_VERSION = timing.SCHEMA_VERSION
+
+
+def _distinct_toolkits(starts: list[Mapping[str, Any]]) -> tuple[Mapping[str, Any], ...]:
+    """The distinct `toolkit` objects of the run_start events, in order (absent or malformed: skipped)."""
+    found: list[Mapping[str, Any]] = []
+    for start in starts:
+        toolkit = start.get("toolkit")
+        if isinstance(toolkit, dict) and toolkit not in found:
+            found.append(dict(toolkit))
+    return tuple(found)
+
 MODES = timing.MODES
 # A Horovod timeline in a run directory (`make submit TIMELINE=1` sets HOROVOD_TIMELINE to it).
 
@@ -73,6 +84,9 @@ class Run:
     kind: str = "train"        # run_start `kind`: "train", or "allreduce" (stockpredict.allreduce_bench)
     gradient_bytes: int | None = None  # run_start `gradient_bytes`; None in logs written before it
     timeline: StepBreakdown | None = None  # from rundir.TIMELINE in the run directory, if readable
+    # run_start `toolkit` ({"version", "commit", "dirty"}) of each attempt, distinct ones in order (a
+    # requeue runs the checkout as it is then); () in logs from before the field
+    toolkit: tuple[Mapping[str, Any], ...] = ()
     timeline_recorded: bool = False        # the run directory holds rundir.TIMELINE (readable or not)
     restarts: tuple[Restart, ...] = ()  # one per run_start after the first, with the time it lost
     # run_start `optimum`: the best achievable skill ({"kalman_skill", "window_skill", ...}); None = unknown
@@ -284,6 +298,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         dataset=first.get("dataset"),
         hosts=tuple(str(h) for h in (first.get("hosts") or ())),
         versions=dict(first.get("versions") or {}),
+        toolkit=_distinct_toolkits(starts),
         hardware=first.get("hardware") if isinstance(first.get("hardware"), dict) else None,
         started=first.get("time"),
         attempts=len(starts),

@@ -126,9 +126,10 @@ TABLES: tuple[TableSpec, ...] = (
         plots=(PlotSpec("engines", "engines.png", "Samples/s and efficiency per engine"),)),
     TableSpec(
         name="environment", title="Environment", csv_file="environment.csv",
-        text="Hosts and software versions as each run recorded them.",
-        columns=("hosts", "python", "tensorflow", "horovod", "mpi", "hardware", "runs", "first_start",
-                 "last_start")),
+        text="Hosts and software versions as each run recorded them; toolkit = this toolkit's version "
+             "and git commit (+dirty: tracked files differed from it).",
+        columns=("hosts", "toolkit", "python", "tensorflow", "horovod", "mpi", "hardware", "runs",
+                 "first_start", "last_start")),
 )
 
 # The scaling model and the step-time breakdown (docs/scaling.md): also one per comparability key, but

@@ -10,7 +10,7 @@ import json
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from stockpredict.common import rundir, timing
 from stockpredict.common.errors import UserError
@@ -237,23 +237,38 @@ def optimum_columns(runs: Sequence[Run]) -> dict[str, float | None]:
     }
 
 
+def toolkit_label(toolkits: Sequence[Mapping[str, Any]]) -> str:
+    """`0.1.0 3f2a9c1e0b12` (version, the commit's first 12 digits), `+dirty` when tracked files differed
+    from it, `?` for what the run did not know; attempts with different code joined by `, `; "" for a
+    log from before run_start recorded the toolkit."""
+    labels = []
+    for toolkit in toolkits:
+        commit = toolkit.get("commit")
+        label = f"{toolkit.get('version') or '?'} {str(commit)[:12] if commit else '?'}"
+        if toolkit.get("dirty"):
+            label += "+dirty"
+        if label not in labels:
+            labels.append(label)
+    return ", ".join(labels)
+
+
 def environment_table(runs: Iterable[Run]) -> list[dict[str, Any]]:
     """One row per distinct software versions + hardware, with every host those runs used."""
     per_env: dict[tuple, list[Run]] = {}
     for run in runs:
         v = run.versions
         hardware = json.dumps(run.hardware, sort_keys=True) if run.hardware else ""
-        key = (str(v.get("python", "")), str(v.get("tensorflow", "")), str(v.get("horovod", "")),
-               str(v.get("mpi", "") or ""), hardware)
+        key = (toolkit_label(run.toolkit), str(v.get("python", "")), str(v.get("tensorflow", "")),
+               str(v.get("horovod", "")), str(v.get("mpi", "") or ""), hardware)
         per_env.setdefault(key, []).append(run)
     rows = []
     for key in sorted(per_env):
         members = per_env[key]
         starts = sorted(r.started for r in members if r.started)
-        python, tensorflow, horovod, mpi, hardware = key
+        toolkit, python, tensorflow, horovod, mpi, hardware = key
         rows.append({
-            "hosts": " ".join(sorted({h for r in members for h in r.hosts})), "python": python,
-            "tensorflow": tensorflow, "horovod": horovod, "mpi": mpi, "hardware": hardware,
+            "hosts": " ".join(sorted({h for r in members for h in r.hosts})), "toolkit": toolkit,
+            "python": python, "tensorflow": tensorflow, "horovod": horovod, "mpi": mpi, "hardware": hardware,
             "runs": len(members), "first_start": starts[0] if starts else "",
             "last_start": starts[-1] if starts else "",
         })

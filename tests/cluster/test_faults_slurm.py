@@ -18,6 +18,7 @@ import pytest
 from test_faults_units import fill, tmpfs
 
 from conftest import REPO, read_json_lines, wait_until
+from stockpredict.common.signals import REQUEUE_SIGNALS
 from stockpredict.job import checkpoints
 from stockpredict.report.restarts import restarts_of
 
@@ -43,14 +44,22 @@ def _scontrol(cluster, *args: str) -> None:
     subprocess.run(["scontrol", *args], check=True, env=cluster.env, capture_output=True)
 
 
-def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_dataset, tmp_path, engine):
+@pytest.mark.parametrize("requeue_signal", REQUEUE_SIGNALS)
+def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_dataset, tmp_path, engine,
+                                                      requeue_signal):
+    """Each allowed requeue signal (make SIGNAL=) on each engine: the batch shell forwards it, the ranks
+    checkpoint mid-run and exit 75, the job requeues and resumes (USR1 in an old script:
+    test_old_job_scripts.py)."""
     job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
-                              "--epochs", "5", "--batch-size", "64", "--engine", engine)
+                              "--epochs", "5", "--batch-size", "64", "--engine", engine,
+                              "--requeue-signal", requeue_signal)
+    assert f"#SBATCH --signal=B:{requeue_signal}@120" in (run_dir / "job.sbatch").read_text().splitlines()
     # 5 short epochs: after the epoch-1 event the signal needs time to land before the run ends.
     epoch_done = lambda: any(e["event"] == "epoch" and e["epoch"] == 1 for e in _events(run_dir))  # noqa: E731
     assert wait_until(epoch_done, timeout_s=180), (run_dir / f"slurm-{job_id}.out").read_text()
-    # What Slurm does before the time limit (--signal=B:USR1@...): signal the batch shell only.
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, env=slurm_cluster.env)
+    # What Slurm does before the time limit (--signal=B:<signal>@...): signal the batch shell only.
+    subprocess.run(["scancel", "--batch", f"--signal={requeue_signal}", job_id], check=True,
+                   env=slurm_cluster.env)
     requeued = lambda: slurm_cluster.info(job_id).get("Restarts") == "1"  # noqa: E731
     assert wait_until(requeued, timeout_s=90), (run_dir / f"slurm-{job_id}.out").read_text()
     # A requeued job waits ~2.5 min (BeginTime) before it may start again; release it now, but only once
@@ -63,6 +72,8 @@ def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_datase
     log_text = (run_dir / f"slurm-{job_id}.out").read_text()
     assert state == "COMPLETED", log_text
     assert "requeueing job" in log_text
+    assert f"ranks stopped after SIG{requeue_signal} and wrote a checkpoint" in log_text
+    assert f"stop signal (SIG{requeue_signal}): checkpoint after" in (run_dir / "train.log").read_text()
 
     events = _events(run_dir)
     starts = [e for e in events if e["event"] == "run_start"]

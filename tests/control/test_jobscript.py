@@ -125,9 +125,41 @@ def test_launch_modes(launcher, expected):
 
 def test_train_jobs_are_requeueable_with_a_warning_signal():
     text = render_job(make_spec(dict(CASES["train_local_n2_g1"], signal_seconds=45)))
-    for directive in ("#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR1@45"):
+    for directive in ("#SBATCH --requeue", "#SBATCH --open-mode=append", "#SBATCH --signal=B:USR2@45"):
         assert directive in text.splitlines()
     assert 'scontrol requeue "$SLURM_JOB_ID"' in text and 'exit "$status"' in text
+    assert "trap forward_signal USR2" in text and 'kill -USR2 "$launch_pid"' in text
+
+
+@pytest.mark.parametrize("given", ["USR1", "usr1", "SIGUSR1", " SigUsr1 "])
+def test_the_requeue_signal_is_choosable_and_spelled_as_sbatch_wants(given):
+    spec = make_spec(dict(CASES["train_local_n2_g1"], requeue_signal=given))
+    text = render_job(spec)
+    assert spec.requeue_signal == "USR1" and "#SBATCH --signal=B:USR1@120" in text.splitlines()
+    assert "trap forward_signal USR1" in text and 'kill -USR1 "$launch_pid"' in text
+    assert "export STOCKPREDICT_REQUEUE_SIGNAL=USR1" in text.splitlines()  # the ranks take only USR1
+    assert "USR2" not in text
+
+
+@pytest.mark.parametrize("given", ["TERM", "SIGTERM", "INT", "HUP", "KILL", "10", "", "USR3", "USR2;id",
+                                   None])
+def test_a_requeue_signal_outside_the_allowed_ones_is_one_line_naming_them(given):
+    with pytest.raises(UserError) as err:
+        make_spec(dict(CASES["train_local_n2_g1"], requeue_signal=given))
+    assert "USR2, USR1" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="requeue signal"):  # a JobSpec built directly is checked too
+        render_job(JobSpec(**dict(CASES["train_local_n2_g1"], requeue_signal="SIGUSR1")))
+
+
+def test_a_profile_sets_the_requeue_signal_and_a_bad_one_fails_before_rendering(tmp_path):
+    assert "requeue_signal" in PROFILE_KEYS
+    good = tmp_path / "usr1site.toml"
+    good.write_text('requeue_signal = "USR1"\n')
+    assert make_spec(load_profile(str(good)) | {"command": ["x"]}).requeue_signal == "USR1"
+    bad = tmp_path / "badsite.toml"
+    bad.write_text('requeue_signal = "TERM"\n')
+    with pytest.raises(UserError, match="requeue signal 'TERM' is not allowed"):
+        make_spec(load_profile(str(bad)) | {"command": ["x"]})
 
 
 def test_unknown_key_lists_valid_ones():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -17,7 +18,7 @@ import pytest
 from conftest import REPO, read_json_lines
 from stockpredict.common.errors import UserError
 from stockpredict.common.train_config import TrainConfig, parse_args
-from stockpredict.control import submit
+from stockpredict.control import slurmjobs, submit
 
 # `-o .venv/.setup-done`: run the Makefile's real submit/sweep lines without re-running `make setup`.
 MAKE = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.setup-done"]
@@ -310,6 +311,46 @@ def test_without_sbatch_the_message_points_to_cluster_up_or_dry_run(tmp_path):
     assert not (tmp_path / "res").exists() or not list((tmp_path / "res").rglob("job.sbatch"))
 
 
+@pytest.mark.parametrize("printed, job_id", [("4711\n", "4711"), ("4711;fed-west\n", "4711"),
+                                             ("notice: project quota 80% used\n4712\n", "4712"),
+                                             ("Submitted batch job 4713\n", "4713")])
+def test_the_job_id_is_read_from_sbatch_parsable_id_or_id_semicolon_cluster(printed, job_id):
+    assert slurmjobs.parse_job_id(printed) == job_id
+
+
+@pytest.mark.parametrize("printed", ["", "sbatch: queued\n", "47x11\n", "4711;bad cluster\n"])
+def test_an_answer_without_a_job_id_is_one_line(printed):
+    with pytest.raises(UserError, match="sbatch printed no job id"):
+        slurmjobs.parse_job_id(printed)
+
+
+def fake_sbatch(bin_dir: Path, answer: str) -> Path:
+    """An sbatch on PATH that records its arguments (one per line) and prints `answer` (the real one
+    runs in the cluster tests; this one gives the federated `id;cluster` answer a local Slurm never
+    prints)."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    calls = bin_dir / "calls"
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\nprintf '%s\\n' \"$@\" >> {shlex.quote(str(calls))}\n"
+                                    f"echo ---- >> {shlex.quote(str(calls))}\nprintf '%s\\n' "
+                                    f"{shlex.quote(answer)}\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    return calls
+
+
+def test_submit_asks_sbatch_parsable_and_still_prints_the_conventional_line(tmp_path):
+    calls = fake_sbatch(tmp_path / "bin", "4711;fed-west")
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    proc = _cli("train", "--data", str(data), "--results", str(tmp_path / "res"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "Submitted batch job 4711"  # the contract, without ";fed-west"
+    argv = calls.read_text().split("----")[0].split()
+    assert argv[0] == "--parsable" and argv[-1].endswith("/job.sbatch")
+    (record,) = (tmp_path / "res" / "runs").glob("*/submit.json")
+    assert json.loads(record.read_text())["job_id"] == "4711"
+
+
 def _record(results: Path, sub: str, run_id: str, job_id: str | None) -> None:
     (results / sub / run_id).mkdir(parents=True)
     (results / sub / run_id / "submit.json").write_text(json.dumps({"run_id": run_id, "job_id": job_id}))
@@ -436,6 +477,44 @@ def test_make_sweep_one_and_two_nodes_completes(slurm_cluster, tiny_dataset, tmp
 
 
 @pytest.mark.cluster
+def test_make_report_after_a_training_job_runs_as_a_job_when_it_succeeds(slurm_cluster, tiny_dataset,
+                                                                         tmp_path):
+    """A chain on the real cluster: the report job waits for the training job (afterok) and builds
+    results/scaling.md from its run; a second report job asked to run only if the training failed
+    (afternotok) never starts, and squeue says why."""
+    results = tmp_path / "results"
+    train = subprocess.run([*MAKE, "submit", "NODES=1", "EPOCHS=2", "BATCH=256", f"DATA={tiny_dataset}",
+                            f"RESULTS={results}"], capture_output=True, text=True, env=slurm_cluster.env)
+    assert train.returncode == 0, train.stderr
+    (train_id,) = _submitted(train.stdout)
+    job_ids = {}
+    for kind in ("afterok", "afternotok"):
+        proc = subprocess.run([*MAKE, "report", f"AFTER={train_id}", f"AFTER_KIND={kind}",
+                               f"RESULTS={results}"], capture_output=True, text=True, env=slurm_cluster.env)
+        assert proc.returncode == 0, proc.stderr
+        (job_ids[kind],) = _submitted(proc.stdout)
+    assert slurm_cluster.info(job_ids["afterok"]).get("Dependency") == f"afterok:{train_id}(unfulfilled)"
+    assert not (results / "scaling.md").exists()  # nothing built on the login node
+    try:
+        assert slurm_cluster.wait(train_id, timeout_s=240) == "COMPLETED"
+        report_state = slurm_cluster.wait(job_ids["afterok"], timeout_s=240)
+        (job_dir,) = [p for p in (results / "jobs").iterdir()
+                      if json.loads((p / "submit.json").read_text())["job_id"] == job_ids["afterok"]]
+        assert report_state == "COMPLETED", (job_dir / f"slurm-{job_ids['afterok']}.out").read_text()
+        assert (results / "scaling.md").is_file()
+        # The environment table of that report names the code the run ran (run_start.toolkit).
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        with open(results / "environment.csv", newline="") as handle:
+            (env_row,) = csv.DictReader(handle)
+        assert env_row["runs"] == "1" and env_row["toolkit"].split()[1].startswith(head[:12])
+        never = slurm_cluster.info(job_ids["afternotok"])
+        assert (never.get("JobState"), never.get("Reason")) == ("PENDING", "DependencyNeverSatisfied")
+    finally:
+        subprocess.run(["scancel", *job_ids.values()], env=slurm_cluster.env, capture_output=True)
+
+
+@pytest.mark.cluster
 def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypatch, engine):
     for key, value in slurm_cluster.env.items():
         monkeypatch.setenv(key, value)
@@ -449,3 +528,59 @@ def test_submitit_path_completes(slurm_cluster, tiny_dataset, tmp_path, monkeypa
     assert events[0]["engine"] == engine
     assert events[-1]["status"] == "completed" and (run_dir / "model.keras").exists()
     assert json.loads((run_dir / "submit.json").read_text())["submitit"]["cluster"] == "slurm"
+
+
+# --- dependency chains (AFTER=, AFTER_KIND=) --------------------------------------------------------
+
+@pytest.mark.parametrize("after, kind, expected", [
+    ("41", "afterok", ["--dependency=afterok:41"]), ("41:42", "afterany", ["--dependency=afterany:41:42"]),
+    ("41 42,43_2", "afternotok", ["--dependency=afternotok:41:42:43_2"]), (["7", "8"], "afterok",
+                                                                          ["--dependency=afterok:7:8"]),
+    (None, "afterany", [])])
+def test_dependency_args_take_several_ids_and_each_kind(after, kind, expected):
+    assert submit.dependency_args(after, kind) == expected
+
+
+@pytest.mark.parametrize("after, kind, message", [("41;id", "afterok", "AFTER"), ("", "afterok", "AFTER"),
+                                                  ("x41", "afterok", "AFTER"), ("41", "after", "AFTER_KIND"),
+                                                  ("41", "singleton", "AFTER_KIND")])
+def test_bad_dependencies_are_one_line_errors(after, kind, message):
+    with pytest.raises(UserError, match=message):
+        submit.dependency_args(after, kind)
+
+
+def test_make_submit_sweep_and_report_pass_after_and_after_kind_to_sbatch(tmp_path):
+    calls = fake_sbatch(tmp_path / "bin", "4711")
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    results = tmp_path / "res"
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    common = [f"DATA={data}", f"RESULTS={results}", "EPOCHS=1"]
+    for target in (["submit", "AFTER=41:42", "AFTER_KIND=afterany"],
+                   ["sweep", "NODES_LIST=1 2", "BATCH_LIST=64", "AFTER=41"],
+                   ["report", "AFTER=51:52", "AFTER_KIND=afternotok", "NETWORK=ib-hdr"]):
+        proc = subprocess.run([*MAKE_NO_SETUP, *target, *common], capture_output=True, text=True, env=env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert ("Submitted batch job 4711" if target[0] != "sweep" else "    4711  ") in proc.stdout
+    submitted = [call.split() for call in calls.read_text().split("----") if call.strip()]
+    assert [argv[:2] for argv in submitted] == [["--parsable", "--dependency=afterany:41:42"],
+                                                *[["--parsable", "--dependency=afterok:41"]] * 2,
+                                                ["--parsable", "--dependency=afternotok:51:52"]]
+    report_script = Path(submitted[-1][-1]).read_text()
+    (launch,) = [line for line in report_script.splitlines() if " -m stockpredict.report " in line]
+    argv = shlex.split(launch.rstrip(" &"))
+    assert argv[argv.index("--runs") + 1] == str(results / "runs") and "--network=ib-hdr" in argv
+    assert not (results / "scaling.md").exists()  # with AFTER the report is a job, not built here
+
+
+def test_make_report_with_a_bad_after_kind_is_one_line_and_submits_nothing(tmp_path):
+    calls = fake_sbatch(tmp_path / "bin", "4711")
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    proc = subprocess.run([*MAKE_NO_SETUP, "report", "AFTER=41", "AFTER_KIND=whenever",
+                           f"RESULTS={tmp_path / 'res'}"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode != 0 and not calls.exists()
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "AFTER_KIND (--after-kind) must be one of afterok, afterany, afternotok" in line
+    assert not list((tmp_path / "res").rglob("job.sbatch"))

@@ -19,6 +19,7 @@ import pytest
 from conftest import REPO
 from stockpredict.common import files, rundir, timing
 from stockpredict.common.errors import UserError
+from stockpredict.common.signals import REQUEUE_SIGNALS
 from stockpredict.common.train_config import TrainConfig
 from stockpredict.control.jobscript import make_spec, render_job
 from stockpredict.job import checkpoints, preemption
@@ -293,6 +294,21 @@ def test_sigterm_sets_the_stop_flag_only_once_installed_and_is_given_back():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+@pytest.mark.parametrize("name", REQUEUE_SIGNALS)
+def test_every_allowed_requeue_signal_sets_the_stop_flag_of_a_freshly_started_trainer(name):
+    """The trainer installs its handler at import, before TensorFlow: a job script rendered with either
+    signal (an old one says USR1) stops the ranks instead of killing them."""
+    code = ("import os, signal, sys, time\n"
+            "import stockpredict.train\n"   # the stable name old job scripts run
+            "from stockpredict.job import preemption\n"
+            f"os.kill(os.getpid(), signal.SIG{name})\n"
+            "time.sleep(0.1)\n"
+            "print(preemption.stop_signal_name(), 'tensorflow' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [f"SIG{name}", "False"]
+
+
 # --- the job script's decision (a stand-in scontrol; the real one: tests/cluster/test_faults_slurm.py) ---
 
 def run_train_script(tmp_path: Path, exit_status: int, preempt_time: str) -> subprocess.CompletedProcess:
@@ -390,3 +406,26 @@ def test_resumed_from_step_is_checked_when_written():
     assert "resumed_from_step" not in timing.make_event("run_start", **base)
     with pytest.raises(ValueError, match="resumed_from_step"):
         timing.make_event("run_start", **base, resumed_from_step=-1)
+
+
+@pytest.mark.parametrize("exported, caught, left_alone", [("USR2", ["SIGUSR2"], ["SIGUSR1"]),
+                                                          ("USR1", ["SIGUSR1"], ["SIGUSR2"]),
+                                                          (None, ["SIGUSR1", "SIGUSR2"], [])])
+def test_the_trainer_takes_only_the_signal_its_job_script_exports(exported, caught, left_alone):
+    """A job script exports STOCKPREDICT_REQUEUE_SIGNAL: the other user signal keeps its default, for
+    MPI or NCCL to claim (MPICH installs a SIGUSR1 handler). Without it (a script from before the
+    signal was choosable, a trainer started by hand) both stop the run."""
+    code = ("import signal\n"
+            "import stockpredict.train\n"
+            "from stockpredict.job import preemption\n"
+            "for name in ('SIGUSR1', 'SIGUSR2'):\n"
+            "    ours = signal.getsignal(signal.Signals[name]) is preemption._request_stop\n"
+            "    print(name, ours)\n")
+    env = {k: v for k, v in os.environ.items() if k != "STOCKPREDICT_REQUEUE_SIGNAL"}
+    if exported:
+        env["STOCKPREDICT_REQUEUE_SIGNAL"] = exported
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    handled = dict(line.split() for line in proc.stdout.splitlines())
+    assert [n for n in ("SIGUSR1", "SIGUSR2") if handled[n] == "True"] == caught
+    assert [n for n in ("SIGUSR1", "SIGUSR2") if handled[n] == "False"] == left_alone

@@ -784,3 +784,35 @@ def test_malformed_optimum_or_dataset_warnings_make_the_log_corrupt(field, value
         parse(simple_run(1, [10.0], **{field: value}))
     run, _ = parse(simple_run(1, [10.0], **{field: None}))     # null = unknown / not recorded
     assert run.optimum is None and run.dataset_warnings is None
+
+
+def test_environment_shows_the_toolkit_version_and_commit_and_old_logs_still_read(tmp_path):
+    """Provenance (run_start `toolkit`, optional within schema 1): the environment table names the
+    code of each run; a requeued attempt on other code is listed too; a log from before the field reads."""
+    runs = tmp_path / "runs"
+    clean = {"version": "0.1.0", "commit": "a" * 40, "dirty": False}
+    edited = {"version": "0.1.0", "commit": "b" * 40, "dirty": True}
+    write_log(runs, "new", simple_run(1, [10.0], toolkit=clean))
+    first, *rest = simple_run(2, [6.0], toolkit=clean)
+    requeued = [first, epoch(1, 99.0, 64), run_end("preempted"),
+                run_start(ranks=2, nodes=2, epochs=2, attempt=1, resumed_from_epoch=1, toolkit=edited),
+                epoch(2, 6.0, 64), run_end()]
+    write_log(runs, "requeued", requeued)
+    write_log(runs, "old", simple_run(1, [10.0], mse=2e-4))            # no toolkit field
+    write_log(runs, "unknown", simple_run(1, [10.0], toolkit={"version": "0.1.0", "commit": None,
+                                                                 "dirty": None}))
+    env = {row["toolkit"]: row["runs"] for row in build(runs).environment}
+    assert env == {"0.1.0 aaaaaaaaaaaa": 1, f"0.1.0 aaaaaaaaaaaa, 0.1.0 {'b' * 12}+dirty": 1, "": 1,
+                   "0.1.0 ?": 1}
+    run, _ = report.parse_timing_log((runs / "requeued" / "timing.jsonl").read_text(), run_id="requeued")
+    assert run.toolkit == (clean, edited) and run.attempts == 2
+
+
+def test_make_event_checks_the_toolkit_object():
+    from stockpredict.common import timing
+    fields = {k: v for k, v in run_start().items() if k not in ("schema", "event")}
+    fields.update(time="t", hardware=None, versions={})
+    ok = timing.make_event("run_start", **fields, toolkit={"version": "0.1.0", "commit": None, "dirty": None})
+    assert ok["toolkit"]["version"] == "0.1.0"
+    with pytest.raises(ValueError, match="toolkit must be a dict"):
+        timing.make_event("run_start", **fields, toolkit={"version": "0.1.0"})

@@ -53,7 +53,7 @@ def test_tiny_dataset_has_the_schema_3_layout(tiny_dataset):
             series, start = group["series"], group["start"][:]
             assert series.shape[1] == 2 and series.dtype == np.float32 and start.dtype == np.int64
             assert start.shape == (n,) and start.min() >= 0 and start.max() + 60 <= series.shape[0]
-            assert series.shape[0] < 1.5 * n  # ~385 minutes serve a session's 326 windows (schema 2: 60 n)
+            assert series.shape[0] < 2 * n  # each minute stored once (schema 2: 60 n)
             segments = group["segment_start"][:]
             assert segments[0] == 0 and np.all(np.diff(segments) >= 60)
             assert np.array_equal(np.unique(group["segment_ticker"][:]), np.unique(group["ticker"][:]))

@@ -13,6 +13,9 @@
         timeline.json              Horovod's timeline (TIMELINE=1)
         allreduce.json             the allreduce benchmark's summary, its last file
         submitit/                  submitit's own files (the Python API)
+      arrays/<id>/                 one job array of a sweep: its job.sbatch, submit.json (the tasks'
+                                   run ids) and Slurm's output of each task, slurm-<job>_<task>.out
+                                   (linked from the task's run directory)
       jobs/<id>/                   preprocess and report jobs
       dry-runs/<id>/               what a dry run rendered (never read by the report)
       scaling.md, *.csv, *.png     the report
@@ -34,6 +37,7 @@ from typing import Sequence
 # --- the results directory ---
 RUNS = "runs"
 JOBS = "jobs"
+ARRAYS = "arrays"
 DRY_RUNS = "dry-runs"
 REPORT_MARKDOWN = "scaling.md"
 REPORT_GLOBS = ("*.csv", "*.png")   # the report's tables and plots, beside REPORT_MARKDOWN
@@ -44,6 +48,7 @@ JOB_SCRIPT = "job.sbatch"
 SUBMIT_RECORD = "submit.json"
 SLURM_OUTPUT = "slurm-%j.out"       # %j = the job id (sbatch --output)
 SLURM_OUTPUT_GLOB = "slurm-*.out"
+ARRAY_OUTPUT = "slurm-%A_%a.out"   # an array task's output: %A = the array's job id, %a = the task
 TIMING_LOG = "timing.jsonl"
 TRAIN_LOG = "train.log"
 CONFIG = "config.json"
@@ -88,7 +93,7 @@ class RunPaths:
 def written_by_toolkit(results: Path) -> list[Path]:
     """What the toolkit wrote in a results directory (make clean removes these; anything else stays)."""
     results = Path(results)
-    fixed = [results / RUNS, results / JOBS, results / DRY_RUNS, results / REPORT_MARKDOWN,
+    fixed = [results / RUNS, results / ARRAYS, results / JOBS, results / DRY_RUNS, results / REPORT_MARKDOWN,
              results / INTERLEAVED_SUMMARY]
     globbed = [p for pattern in REPORT_GLOBS for p in sorted(results.glob(pattern))]
     return [p for p in fixed + globbed if p.exists() or p.is_symlink()]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from stockpredict.common import rundir
+from stockpredict.common import rundir, slurmenv
 from stockpredict.common.errors import UserError, run_cli
 from stockpredict.common.files import DiskFull, disk_full_cause, file_sha256, fsync_dir, write_json_atomic
 from stockpredict.common.train_config import TrainConfig
@@ -292,9 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--max-requeues-without-progress must be >= 0")
     restart = os.environ.get("SLURM_RESTART_COUNT", "0")
     point = guard_attempt(Path(args.run_dir), args.max_requeues_without_progress,
-                          os.environ.get("SLURM_JOB_ID"), int(restart) if restart.isdigit() else 0,
+                          slurmenv.job_ref(), int(restart) if restart.isdigit() else 0,
                           utc_now_iso())
-    print(f"stockpredict: attempt {restart} of job {os.environ.get('SLURM_JOB_ID')} starts from "
+    print(f"stockpredict: attempt {restart} of job {slurmenv.job_ref()} starts from "
           f"checkpoint {point}", file=sys.stderr)  # a log line, like the job script's own
     return 0
 

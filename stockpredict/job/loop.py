@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from stockpredict.common import identity, rundir, timing
+from stockpredict.common import identity, rundir, slurmenv, timing
 from stockpredict.common import transform as transforms
 from stockpredict.common.checkout import toolkit_provenance
 from stockpredict.common.errors import UserError
@@ -510,7 +510,7 @@ def run_start_record(run: Run, position: Position) -> dict:
     hardware["mpi_yield_when_idle"] = os.environ.get(MPI_YIELD_VARIABLE)
     hardware["lstm_unrolled"] = bool(run.replica.model.get_layer("lstm").unroll)  # model.unroll_lstm
     return timing.make_event(
-        "run_start", time=timing.utc_now_iso(), job_id=os.environ.get("SLURM_JOB_ID"),
+        "run_start", time=timing.utc_now_iso(), job_id=slurmenv.job_ref(),
         attempt=int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
         resumed_from_epoch=position.epochs_done if plan.resume is not None else None,
         resumed_from_step=position.skip_steps if plan.resume is not None else None,

@@ -48,7 +48,7 @@ USER_VARS := PYTHON_SYS ENGINE VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAY
              SYMBOLS DATASET NETWORK PRICE PRICE_UNIT TARGET_EPOCHS TIMELINE TIMELINE_STEPS ITERATIONS \
              ALL PREDICT_ARGS THREADS AGAINST
 # The requeue signal; the dependency chain of submit, sweep and report.
-USER_VARS += SIGNAL AFTER AFTER_KIND
+USER_VARS += SIGNAL AFTER AFTER_KIND ARRAY ARRAY_MAX
 # `make predict` writes predictions.csv unless OUT is given (OUT's own default names the HDF5 file);
 # read before the line below turns OUT's origin into "override".
 OUT_GIVEN := $(filter command environment,$(origin OUT))
@@ -185,10 +185,11 @@ SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-
 submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1 ENGINE=tf SIGNAL=USR2|USR1 AFTER=<id>[:<id>] AFTER_KIND=afterok|afterany|afternotok]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
-sweep: setup ## Submit a scaling grid [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1 AFTER=]
+sweep: setup ## Submit a scaling grid, one job array per node count [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1 ARRAY_MAX= ARRAY=0 AFTER=]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit sweep "$${flags[@]}" \
 		--nodes-list="$${SP_NODES_LIST:-1 2 4}" --batch-list="$${SP_BATCH_LIST:-32 64 128 256}" \
-		--mode="$${SP_MODE:-strong}" --repeats="$${SP_REPEATS:-1}"
+		--mode="$${SP_MODE:-strong}" --repeats="$${SP_REPEATS:-1}" \
+		$${SP_ARRAY_MAX:+--array-max="$$SP_ARRAY_MAX"} $(if $(filter 0 no false,$(ARRAY)),--no-array)
 
 # The allreduce microbenchmark as a run in RESULTS/runs/ (make report fits it): NODES (default 2), GPUS,
 # ITERATIONS (allreduces per epoch), EPOCHS (the first is warm-up), DATA (sizes the gradients), PROFILE.

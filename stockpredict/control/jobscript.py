@@ -95,6 +95,14 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
+class ArrayTask:
+    """One task of a job array: the run directory it trains in and its program's argv."""
+
+    run_dir: str
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """Everything one batch script depends on. Defaults are the local test cluster's; profiles override."""
 
@@ -125,6 +133,9 @@ class JobSpec:
     command: tuple[str, ...] = ()            # the program's argv (quoted here; run after setup)
     timeline: bool = False                   # train jobs: export HOROVOD_TIMELINE=<run_dir>/timeline.json
     profile: str = "custom"                  # profile name, recorded in the script's header
+    array_tasks: tuple[ArrayTask, ...] = ()  # train jobs: a job array, task i runs array_tasks[i] (its
+    #                                          run_dir and command); run_dir is then the array's folder
+    array_max: int | None = None             # array jobs: at most this many tasks at once (--array=..%K)
 
     @property
     def ranks_per_node(self) -> int:
@@ -140,13 +151,14 @@ class JobSpec:
 SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(JobSpec))
 # Keys a profile may set: site defaults, not per-job facts like the command or the run directory.
 PROFILE_KEYS = tuple(k for k in SPEC_FIELDS if k not in {"kind", "command", "run_dir", "output", "error",
-                                                         "profile", "job_name", "requeue", "timeline"})
+                                                         "profile", "job_name", "requeue", "timeline",
+                                                         "array_tasks"})
 # Keys a profile may hold for the report (cost columns of the scaling model), ignored by job rendering.
 REPORT_PROFILE_KEYS = ("price_per_gpu_hour", "price_per_node_hour")
 # Directives this module writes itself; passing them through extra_directives would silently conflict.
 _MANAGED_DIRECTIVES = {"nodes", "ntasks-per-node", "ntasks", "cpus-per-task", "gpus-per-node", "time",
                        "partition", "account", "qos", "constraint", "mem", "job-name", "output", "error",
-                       "requeue", "signal", "open-mode"}
+                       "requeue", "signal", "open-mode", "array"}
 
 
 def make_spec(values: Mapping[str, Any]) -> JobSpec:
@@ -155,6 +167,10 @@ def make_spec(values: Mapping[str, Any]) -> JobSpec:
     if unknown:
         raise UserError(f"unknown job parameter(s) {', '.join(unknown)}; valid: {', '.join(SPEC_FIELDS)}")
     cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    if "array_tasks" in cleaned:  # from a mapping (submit.json, a test) or already ArrayTask
+        cleaned["array_tasks"] = tuple(
+            task if isinstance(task, ArrayTask) else ArrayTask(str(task["run_dir"]), tuple(task["command"]))
+            for task in cleaned["array_tasks"])
     if "requeue_signal" in cleaned:  # "usr2" and "SIGUSR2" mean USR2; anything not allowed fails here
         cleaned["requeue_signal"] = requeue_signal_name(cleaned["requeue_signal"])
     return JobSpec(**cleaned)
@@ -224,11 +240,19 @@ def validate(spec: JobSpec) -> JobSpec:
         if name in _MANAGED_DIRECTIVES:
             raise UserError(f"extra directive {directive!r} conflicts with a parameter set elsewhere; "
                             f"use the {name.replace('-', '_')} parameter instead")
-    if not spec.command:
-        raise UserError("no command to run")
-    for arg in spec.command:
-        if not isinstance(arg, str) or "\x00" in arg:
-            raise UserError(f"command argument {arg!r} must be a string without NUL bytes")
+    if spec.array_tasks and spec.kind != "train":
+        raise UserError("only train jobs run as job arrays")
+    if spec.array_max is not None:
+        _positive_int("array max (ARRAY_MAX)", spec.array_max)
+    for task in spec.array_tasks:
+        _path("array task's run directory", task.run_dir)
+    commands = [task.command for task in spec.array_tasks] or [spec.command]
+    for command in commands:
+        if not command:
+            raise UserError("no command to run")
+        for arg in command:
+            if not isinstance(arg, str) or "\x00" in arg:
+                raise UserError(f"command argument {arg!r} must be a string without NUL bytes")
     if not isinstance(spec.timeline, bool):
         raise UserError(f"timeline must be true or false, got {spec.timeline!r}")
     if spec.timeline and spec.kind != "train":
@@ -266,6 +290,10 @@ def sbatch_directives(spec: JobSpec) -> list[str]:
         options["requeue"] = None
         options["open-mode"] = "append"
         options["signal"] = f"B:{spec.requeue_signal}@{spec.signal_seconds}"
+    if spec.array_tasks:
+        # One task per run; %K caps how many run at once (many sites ask for a cap).
+        cap = f"%{spec.array_max}" if spec.array_max is not None else ""
+        options["array"] = f"0-{len(spec.array_tasks) - 1}{cap}"
     lines = [f"--{k}" if v is None else f"--{k}={v}" for k, v in options.items()]
     return sorted(lines + list(spec.extra_directives))
 
@@ -301,8 +329,9 @@ def launcher_setup(spec: JobSpec) -> list[str]:
 
 
 def launch_line(spec: JobSpec) -> str:
-    """The one line that starts the job's program, every argument quoted."""
-    program = shlex.join(spec.command)
+    """The one line that starts the job's program, every argument quoted. A job array's tasks run the
+    program their task id picked (the bash array `program`, set by the template)."""
+    program = '"${program[@]}"' if spec.array_tasks else shlex.join(spec.command)
     prefix = launcher_prefix(spec)
     return f"{prefix} {program}" if prefix else program
 
@@ -342,6 +371,12 @@ def render_job(spec: JobSpec) -> str:
         timeline=spec.timeline,
         timeline_file=rundir.TIMELINE,
         max_requeues_without_progress=spec.max_requeues_without_progress,
+        array_tasks=[(i, shlex.quote(task.run_dir), shlex.join(task.command))
+                     for i, task in enumerate(spec.array_tasks)],
+        # What Slurm's commands (scontrol requeue, show job) are given: one task of an array is
+        # <array id>_<task id>; its SLURM_JOB_ID alone may be the array's id, which names every task.
+        job_ref="$JOB_REF" if spec.array_tasks else "$SLURM_JOB_ID",
+        job_label="$JOB_REF" if spec.array_tasks else "${SLURM_JOB_ID:-}",
     )
 
 

@@ -14,6 +14,10 @@ the rendered `job.sbatch`, `submit.json` (the resolved job parameters and the jo
 The run id reads `<YYYYmmdd-HHMMSS-mmm>-n<nodes>-g<gpus per node>-b<batch per rank>` (then `-tf` for the
 tf engine, `--engine tf`).
 
+A sweep is one job array per node count (`submit_train_array`; `--no-array`: one job per run): each task
+is a run as above, `results/runs/<array>-b<batch>-t<task>/`, whose job.sbatch and Slurm output live in the
+array's folder `results/arrays/<array>/` (the output linked from the run). docs/submission.md has the rest.
+
 A dry run (`--dry-run`, `make submit DRY_RUN=1`) renders without submitting and creates nothing under
 `results/runs/` (which holds only real runs, so the report's warnings about unfinished runs mean
 something): the printed script is the one a real submission would write, with the run directory it would
@@ -55,6 +59,7 @@ from stockpredict.common.train_config import TrainConfig, add_train_arguments
 from stockpredict.control import slurmjobs
 from stockpredict.control.jobscript import (
     ENGINE_LAUNCHERS,
+    ArrayTask,
     JobSpec,
     load_profile,
     make_spec,
@@ -178,6 +183,103 @@ def submit_train(config: TrainConfig, profile: str = "local", results: str | Pat
     spec = train_spec(profile, target, config, **overrides)
     train = dataclasses.asdict(job_config(config, target, spec.cpus_per_task))
     return _render_and_submit(spec, run_dir, {"train": train}, sbatch_args, dry_run)
+
+
+@dataclass(frozen=True)
+class ArraySubmission:
+    """One job array: its folder results/arrays/<id>/ (job.sbatch, submit.json, the tasks' Slurm output)
+    and one Submission per task, whose job_id is `<array id>_<task id>` and run_dir its own run."""
+
+    array_id: str | None   # None on a dry run
+    array_dir: Path
+    script: str
+    tasks: tuple[Submission, ...]
+    sbatch_args: tuple[str, ...] = ()
+
+
+def _shape(config: TrainConfig, nodes: int, gpus: int) -> str:
+    """`n2-g0` (then `-tf`): what the tasks of one array share."""
+    return f"n{nodes}-g{gpus}" + ("" if config.engine == TrainConfig.engine else f"-{config.engine}")
+
+
+def submit_train_array(configs: Sequence[TrainConfig], profile: str = "local",
+                       results: str | Path = "results", dry_run: bool = False,
+                       after: str | Sequence[str] | None = None, after_kind: str = "afterok",
+                       array_max: int | None = None, **overrides: Any) -> ArraySubmission:
+    """Submit `configs` (one resource shape: the same nodes, GPUs and engine) as one job array, task i
+    training configs[i] in its own run directory results/runs/<array>-b<batch>-t<i>/, with every file a
+    run submitted alone has (submit.json, timing.jsonl, checkpoints, and its Slurm output as a link to
+    the array's folder). Requeue and resume are per task. A dry run creates nothing under results/runs/.
+    """
+    if not configs:
+        raise UserError("a job array needs at least one run")
+    if len({c.engine for c in configs}) != 1:
+        raise UserError("one job array runs one engine; submit each engine's runs as their own array")
+    configs = [dataclasses.replace(c, data=str(Path(c.data).resolve())) for c in configs]
+    for data in sorted({c.data for c in configs}):
+        _check_data(data, dry_run)
+    if not dry_run:
+        slurmjobs.require_sbatch()
+    sbatch_args = dependency_args(after, after_kind)
+    profile_values = load_profile(profile)
+    nodes = overrides.get("nodes") or profile_values.get("nodes", JobSpec.nodes)
+    gpus = overrides.get("gpus_per_node")
+    if gpus is None:
+        gpus = profile_values.get("gpus_per_node", JobSpec.gpus_per_node)
+    if array_max is None:
+        array_max = profile_values.get("array_max")
+    for config in configs:  # bad input: nothing created
+        train_spec(profile, Path("/nonexistent/run"), config, **overrides)
+    root = Path(results).resolve()
+    if not dry_run:
+        (root / rundir.RUNS).mkdir(parents=True, exist_ok=True)
+    array_dir, _ = _job_dir(results, rundir.ARRAYS, _shape(configs[0], nodes, gpus), dry_run)
+    made: list[Path] = []
+    array_id = None
+    try:
+        specs, records = [], []
+        for index, config in enumerate(configs):
+            task_dir = root / rundir.RUNS / f"{array_dir.name}-b{config.batch_size}-t{index}"
+            if not dry_run:
+                os.mkdir(task_dir)  # unique: the array's folder name is (new_run_dir made it)
+                made.append(task_dir)
+            spec = train_spec(profile, task_dir, config, **overrides)
+            specs.append(spec)
+            records.append(dataclasses.asdict(job_config(config, task_dir, spec.cpus_per_task)))
+        target = root / rundir.ARRAYS / array_dir.name
+        array_spec = validate(dataclasses.replace(
+            specs[0], run_dir=str(target), command=(), output=str(target / rundir.ARRAY_OUTPUT),
+            array_tasks=tuple(ArrayTask(s.run_dir, s.command) for s in specs), array_max=array_max))
+        script = render_job(array_spec)
+        write_atomic(array_dir / rundir.JOB_SCRIPT, script)
+        if not dry_run:
+            array_id = slurmjobs.sbatch(array_dir / rundir.JOB_SCRIPT, sbatch_args, cwd=array_dir)
+        tasks = []
+        for index, (spec, train) in enumerate(zip(specs, records)):
+            task_dir = Path(spec.run_dir)
+            job_id = f"{array_id}_{index}" if array_id else None
+            if job_id:  # the task's Slurm output, where a run's output is; it appears when the task starts
+                output = array_dir / f"slurm-{job_id}.out"
+                os.symlink(os.path.relpath(output, task_dir), task_dir / f"slurm-{job_id}.out")
+                record = {"run_id": task_dir.name, "job": dataclasses.asdict(spec), "train": train,
+                          "sbatch_args": sbatch_args, "job_id": job_id, "dry_run": False,
+                          "array": {"job_id": array_id, "task": index, "dir": str(array_dir)}}
+                text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+                write_atomic(task_dir / rundir.SUBMIT_RECORD, text)
+            tasks.append(Submission(run_id=task_dir.name, run_dir=task_dir, job_id=job_id, script=script,
+                                    sbatch_args=tuple(sbatch_args)))
+        record = {"array_id": array_id, "job": dataclasses.asdict(array_spec), "sbatch_args": sbatch_args,
+                  "tasks": [t.run_id for t in tasks], "dry_run": dry_run}
+        write_atomic(array_dir / rundir.SUBMIT_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except BaseException:
+        # Nothing was queued: leave nothing that looks like a run. (Once queued, the tasks need their
+        # directories: a failure to write a record then leaves them, and the error says what failed.)
+        if array_id is None:
+            for path in [*made, array_dir]:
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+    return ArraySubmission(array_id=array_id, array_dir=array_dir, script=script, tasks=tuple(tasks),
+                           sbatch_args=tuple(sbatch_args))
 
 
 def allreduce_spec(profile: str, run_dir: Path, bench: BenchConfig, **overrides: Any) -> JobSpec:
@@ -361,7 +463,20 @@ def _runs_by_job(results: Path) -> dict[str, str]:
                 continue
             if job_id:
                 found[str(job_id)] = record.parent.name
+    for record in (results / rundir.ARRAYS).glob(f"*/{rundir.SUBMIT_RECORD}"):  # a pending array: A_[0-3]
+        try:
+            array_id = json.loads(record.read_text()).get("array_id")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+        if array_id:
+            found.setdefault(str(array_id), f"{rundir.ARRAYS}/{record.parent.name}")
     return found
+
+
+def _run_of(job_id: str, runs: dict[str, str]) -> str | None:
+    """The run (or array) a squeue job id belongs to: an array task `41_3` is its own run, a pending
+    rest of an array `41_[4-7%2]` the array, a heterogeneous job's part `41+0` job 41."""
+    return runs.get(job_id) or runs.get(re.split(r"[_+]", job_id)[0])
 
 
 SQUEUE_FORMAT = "%i|%j|%T|%M|%D|%R"  # job id | name | state | elapsed | nodes | reason or node list
@@ -379,7 +494,7 @@ def status_rows(squeue_out: str, runs: dict[str, str]) -> list[tuple[str, str, s
         if len(fields) < 6:
             continue
         job_id, name = fields[0], "|".join(fields[1:-4])
-        if re.split(r"[_+]", job_id)[0] in runs or name.startswith("stockpredict"):
+        if _run_of(job_id, runs) or name.startswith("stockpredict"):
             rows.append((job_id, name, *fields[-4:]))
     return rows
 
@@ -387,21 +502,31 @@ def status_rows(squeue_out: str, runs: dict[str, str]) -> list[tuple[str, str, s
 def show_status(results: Path) -> int:
     if shutil.which("squeue") is None:
         raise UserError("squeue is not on PATH: start the local cluster with `make cluster-up` or load Slurm")
-    proc = subprocess.run(["squeue", "-h", "-o", SQUEUE_FORMAT], capture_output=True, text=True)
+    # -r: one line per array task (a task is a run), instead of one line for all pending tasks
+    proc = subprocess.run(["squeue", "-h", "-r", "-o", SQUEUE_FORMAT], capture_output=True, text=True)
     if proc.returncode != 0:
         raise UserError(f"squeue failed: {' '.join(proc.stderr.split())}")
     runs = _runs_by_job(results)
     rows = status_rows(proc.stdout, runs)
-    print(f"{'JOBID':>8}  {'STATE':<10} {'TIME':>10} {'NODES':>5}  {'NAME':<22} {'RUN':<34} REASON/NODES")
+    print(f"{'JOBID':>10}  {'STATE':<10} {'TIME':>10} {'NODES':>5}  {'NAME':<22} {'RUN':<40} REASON/NODES")
     for job_id, name, state, elapsed, nodes, reason in rows:
-        run = runs.get(re.split(r"[_+]", job_id)[0], "-")
-        print(f"{job_id:>8}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {run:<34} {reason}")
+        run = _run_of(job_id, runs) or "-"
+        print(f"{job_id:>10}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {run:<40} {reason}")
     if not rows:
         print("(no stockpredict jobs in the queue)")
     return 0
 
 
 def show_logs(results: Path, run_id: str | None, tail_lines: int = 40) -> int:
+    if run_id and "/" not in run_id and (results / rundir.ARRAYS / run_id).is_dir():  # every task's logs
+        record = results / rundir.ARRAYS / run_id / rundir.SUBMIT_RECORD
+        try:
+            tasks = json.loads(record.read_text()).get("tasks") or []
+        except (OSError, json.JSONDecodeError, AttributeError):
+            raise UserError(f"{record} is missing or not JSON: cannot tell this array's runs") from None
+        for task in tasks:
+            show_logs(results, str(task), tail_lines)
+        return 0
     candidates = [results / rundir.RUNS / run_id, results / rundir.JOBS / run_id] if run_id else []
     run_dir = next((p for p in candidates if p.is_dir() and "/" not in run_id), None)
     if run_dir is None:
@@ -593,6 +718,10 @@ def _main(argv: Sequence[str] | None) -> int:
     sweep.add_argument("--batch-list", default="32 64 128 256")
     sweep.add_argument("--mode", default="strong", choices=MODES)
     sweep.add_argument("--repeats", type=int, default=1)
+    sweep.add_argument("--array-max", type=int,
+                       help="at most this many tasks of each job array run at once (%%K; make ARRAY_MAX=)")
+    sweep.add_argument("--no-array", dest="array", action="store_false",
+                       help="one job per run instead of one job array per node count (make ARRAY=0)")
     bench = commands.add_parser("allreduce", help="submit the allreduce microbenchmark as a run")
     _add_job_flags(bench, train=False)
     _add_rank_flags(bench)
@@ -657,26 +786,51 @@ def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
     ranks_per_node = JobSpec(gpus_per_node=gpus, tasks_per_node=tasks).ranks_per_node
     grid = sweep_grid(parse_int_list(ns.nodes_list, "NODES_LIST"),
                       parse_int_list(ns.batch_list, "BATCH_LIST"), ns.mode, ranks_per_node, ns.repeats)
+    if ns.array_max is not None and ns.array_max < 1:
+        raise UserError(f"ARRAY_MAX (--array-max) must be >= 1, got {ns.array_max}")
     # Check every run of the grid before submitting the first, so a bad value never leaves half a sweep.
     _check_data(str(Path(ns.data).resolve()), ns.dry_run)
-    for run in grid:
-        args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
-        train_spec(ns.profile, Path("/nonexistent/run"), args, **dict(overrides, nodes=run["nodes"]))
-    header = (f"{'job_id':>8}  {'run_id':<36} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} "
+    configs = [_train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode) for run in grid]
+    for run, config in zip(grid, configs):
+        train_spec(ns.profile, Path("/nonexistent/run"), config, **dict(overrides, nodes=run["nodes"]))
+    header = (f"{'job_id':>10}  {'run_id':<40} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} "
               f"{'global':>7} {'repeat':>6}  mode")
-    print(header)
-    for run in grid:
-        args = _train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode)
-        sub = submit_train(args, **common, **dict(overrides, nodes=run["nodes"]))
-        print(f"{sub.job_id or 'dry-run':>8}  {sub.run_id:<36} {run['nodes']:>5} {run['ranks']:>5} "
-              f"{run['batch_per_rank']:>10} {run['global_batch']:>7} {run['repeat']:>6}  {run['mode']}",
-              flush=True)
-    if ns.dry_run:
-        print(f"dry run: nothing submitted; the {len(grid)} scripts are kept under "
-              f"{Path(ns.results).resolve() / rundir.DRY_RUNS}/<run id>/")
+    row = lambda job, run_id, run: (  # noqa: E731
+        f"{job or 'dry-run':>10}  {run_id:<40} {run['nodes']:>5} {run['ranks']:>5} "
+        f"{run['batch_per_rank']:>10} {run['global_batch']:>7} {run['repeat']:>6}  {run['mode']}")
+    if not ns.array:  # one job per run, as before job arrays
+        print(header)
+        for run, config in zip(grid, configs):
+            sub = submit_train(config, **common, **dict(overrides, nodes=run["nodes"]))
+            print(row(sub.job_id, sub.run_id, run), flush=True)
+        where = rundir.DRY_RUNS if ns.dry_run else rundir.RUNS
+        print(f"{'dry run: nothing submitted; ' if ns.dry_run else ''}{len(grid)} jobs, one per run, under "
+              f"{Path(ns.results).resolve() / where}; follow them with `make status`")
         return
-    print(f"{len(grid)} runs under {Path(ns.results).resolve() / rundir.RUNS}; "
-          "follow them with `make status`")
+    # One job array per node count (an array's tasks share one resource request): a task per (batch, repeat).
+    shapes: dict[int, list[int]] = {}
+    for index, run in enumerate(grid):
+        shapes.setdefault(int(run["nodes"]), []).append(index)
+    arrays = []
+    for nodes, members in shapes.items():
+        sub = submit_train_array([configs[i] for i in members], array_max=ns.array_max, **common,
+                                 **dict(overrides, nodes=nodes))
+        arrays.append(sub)
+        if sub.array_id is not None:
+            print(f"Submitted batch job {sub.array_id}", flush=True)  # the contract line, one per array
+        else:
+            print(sub.script, end="")
+    print(header)
+    for sub, members in zip(arrays, shapes.values()):
+        for task, index in zip(sub.tasks, members):
+            print(row(task.job_id, task.run_id, grid[index]))
+    if ns.dry_run:
+        print(f"dry run: nothing submitted; the {len(arrays)} array scripts are kept under "
+              f"{Path(ns.results).resolve() / rundir.DRY_RUNS}/<array id>/")
+        return
+    cap = f", at most {ns.array_max} running at once per array" if ns.array_max else ""
+    print(f"{len(arrays)} job array(s) ({', '.join(a.array_id for a in arrays)}) of {len(grid)} runs under "
+          f"{Path(ns.results).resolve() / rundir.RUNS}{cap}; follow them with `make status`", flush=True)
 
 
 if __name__ == "__main__":

@@ -250,3 +250,57 @@ def test_disk_full_during_a_checkpoint_fails_the_job_and_the_previous_checkpoint
     starts = [e for e in _events(run_dir) if e["event"] == "run_start"]
     assert starts[-1]["resumed_from_epoch"] == 1
     assert [e["epoch"] for e in _events(run_dir) if e["event"] == "epoch"] == [1, 2]
+
+
+def test_a_sweep_is_one_array_and_a_signalled_task_resumes_alone(slurm_cluster, tiny_dataset, tmp_path):
+    """make sweep on one node count: one job array, a task per batch size, each in its own run directory
+    with every file of a run. The requeue signal to task 0 requeues task 0 only (named <array>_0, not by
+    its SLURM_JOB_ID, which may be the array's id); task 1 runs through once."""
+    proc = subprocess.run([sys.executable, "-m", "stockpredict.submit", "sweep", "--data", str(tiny_dataset),
+                           "--results", str(tmp_path), "--nodes-list", "1", "--batch-list", "64 128",
+                           "--epochs", "4", "--array-max", "2"],
+                          capture_output=True, text=True, env=slurm_cluster.env, cwd=REPO, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("Submitted batch job ") and sum("Submitted batch job" in x for x in lines) == 1
+    array_id = lines[0].removeprefix("Submitted batch job ")
+    (array_dir,) = (tmp_path / "arrays").iterdir()
+    assert "#SBATCH --array=0-1%2" in (array_dir / "job.sbatch").read_text().splitlines()
+    runs = sorted((tmp_path / "runs").iterdir(), key=lambda p: p.name[-1])
+    assert [p.name.rsplit("-", 2)[1:] for p in runs] == [["b64", "t0"], ["b128", "t1"]]
+    records = [json.loads((p / "submit.json").read_text()) for p in runs]
+    assert [r["job_id"] for r in records] == [f"{array_id}_0", f"{array_id}_1"]
+    task0, task1 = f"{array_id}_0", f"{array_id}_1"
+    cli = [sys.executable, "-m", "stockpredict.submit"]
+    status = subprocess.run([*cli, "status", "--results", str(tmp_path)], capture_output=True, text=True,
+                            env=slurm_cluster.env, cwd=REPO, timeout=60)
+    assert status.returncode == 0, status.stderr
+    shown = {line.split()[0]: line.split()[5] for line in status.stdout.splitlines()[1:]
+             if line.strip() and line.split()[5] != "-"}  # "-": another test's job
+    assert shown == {task0: runs[0].name, task1: runs[1].name}, status.stdout  # each task is its run
+
+    epoch_done = lambda: any(e["event"] == "epoch" for e in _events(runs[0]))  # noqa: E731
+    assert wait_until(epoch_done, timeout_s=240), (runs[0] / f"slurm-{task0}.out").read_text()
+    subprocess.run(["scancel", "--batch", "--signal=USR2", task0], check=True, env=slurm_cluster.env)
+    assert wait_until(lambda: slurm_cluster.info(task0).get("Restarts") == "1", timeout_s=90), \
+        (runs[0] / f"slurm-{task0}.out").read_text()
+    raw_id = slurm_cluster.info(task0)["JobId"]  # the task's own SLURM_JOB_ID: its step daemons' name
+    wait_until(lambda: slurm_cluster.info(task0).get("JobState") == "PENDING", timeout_s=30)
+    assert wait_until(lambda: not _step_daemons(raw_id), timeout_s=60)
+    _scontrol(slurm_cluster, "update", f"JobId={task0}", "StartTime=now")
+    states = {task: slurm_cluster.wait(task, timeout_s=300) for task in (task0, task1)}
+    logs = [(run / f"slurm-{task}.out").read_text() for run, task in zip(runs, (task0, task1))]
+    assert states == {task0: "COMPLETED", task1: "COMPLETED"}, logs
+    assert f"requeueing job {task0} to resume from it" in logs[0]
+    assert slurm_cluster.info(task1).get("Restarts") == "0" and "requeueing" not in logs[1]
+    for run, task, attempts in ((runs[0], task0, 2), (runs[1], task1, 1)):
+        events = _events(run)
+        starts = [e for e in events if e["event"] == "run_start"]
+        assert [s["job_id"] for s in starts] == [task] * attempts
+        assert sorted(e["epoch"] for e in events if e["event"] == "epoch") == [1, 2, 3, 4]
+        assert (run / "model.keras").exists() and (run / f"slurm-{task}.out").is_symlink()
+    per_rank = [[e["batch_size_per_rank"] for e in _events(r) if e["event"] == "run_start"] for r in runs]
+    assert per_rank == [[64, 64], [128]]
+    logs = subprocess.run([*cli, "logs", array_dir.name, "--results", str(tmp_path)], capture_output=True,
+                          text=True, env=slurm_cluster.env, cwd=REPO, timeout=60)
+    assert logs.returncode == 0 and all(f"slurm-{t}.out (last" in logs.stdout for t in (task0, task1))

@@ -64,6 +64,14 @@ CASES = {
                                  setup=("source /opt/venvs/stockpredict-tf/bin/activate",
                                         "export TF_CPP_MIN_LOG_LEVEL=2"),
                                  command=(*TRAIN_CMD, "--engine", "tf"), profile="local"),
+    # make sweep: one job array per node count, task i runs array_tasks[i] in its own run directory.
+    "train_array_local_n2_g1": dict(
+        nodes=2, gpus_per_node=1, partition="debug", requeue=True, run_dir="/results/arrays/s1",
+        output="/results/arrays/s1/slurm-%A_%a.out", setup=SETUP, profile="local", array_max=2,
+        array_tasks=[{"run_dir": f"/results/runs/s1-b{b}-t{i}",
+                      "command": (*TRAIN_CMD[:6], f"/results/runs/s1-b{b}-t{i}", "--resume", "--batch-size",
+                                  str(b))}
+                     for i, b in enumerate((32, 64, 32))]),
     "gpu_check": dict(kind="gpu-check", job_name="stockpredict-gpu-check", launcher="none", gpus_per_node=2,
                       time="00:15:00", partition="gpu", output="/results/jobs/g/slurm-%j.out", setup=SETUP,
                       command=("python", "-m", "stockpredict.gpucheck")),
@@ -344,3 +352,13 @@ def test_profile_prices_for_the_report(tmp_path):
     with pytest.raises(UserError, match="price_per_gpu_hour must be a number >= 0"):
         profile_prices(str(profile))
     assert profile_prices("local") == {"ranks_per_node": 1}
+
+
+def test_only_train_jobs_run_as_arrays_and_the_cap_is_positive():
+    task = {"run_dir": "/results/runs/t0", "command": TRAIN_CMD}
+    with pytest.raises(UserError, match="only train jobs run as job arrays"):
+        render_job(make_spec(dict(CASES["report"], array_tasks=[task])))
+    with pytest.raises(UserError, match="array max"):
+        render_job(make_spec(dict(CASES["train_array_local_n2_g1"], array_max=0)))
+    with pytest.raises(UserError, match="conflicts"):
+        render_job(make_spec(dict(CASES["train_local_n2_g1"], extra_directives=("--array=0-3",))))

@@ -106,7 +106,7 @@ def test_dry_run_renders_without_the_data_file_with_a_one_line_warning(tmp_path)
 def test_sweep_dry_run_keeps_its_scripts_outside_runs_and_warns_once(tmp_path):
     res = tmp_path / "res"
     proc = _cli("sweep", "--data", str(tmp_path / "missing.h5"), "--nodes-list", "1 2", "--batch-list", "64",
-                "--dry-run", "--results", str(res))
+                "--dry-run", "--results", str(res), "--no-array")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("not found") == 1
     assert not (res / "runs").exists()
@@ -114,6 +114,37 @@ def test_sweep_dry_run_keeps_its_scripts_outside_runs_and_warns_once(tmp_path):
     rows = [line.split() for line in proc.stdout.splitlines() if line.lstrip().startswith("dry-run")]
     assert [row[1] for row in rows] == kept and len(kept) == 2
     assert "nothing submitted" in proc.stdout
+
+
+def test_a_sweep_is_one_job_array_per_node_count_with_a_task_per_batch_and_repeat(tmp_path):
+    res = tmp_path / "res"
+    proc = _cli("sweep", "--data", str(tmp_path / "missing.h5"), "--nodes-list", "1 2", "--batch-list",
+                "64 128", "--repeats", "2", "--array-max", "3", "--dry-run", "--results", str(res))
+    assert proc.returncode == 0, proc.stderr
+    assert not (res / "runs").exists() and not (res / "arrays").exists()
+    arrays = sorted((res / "dry-runs").iterdir())
+    assert [a.name.rsplit("-", 2)[1:] for a in arrays] == [["n1", "g0"], ["n2", "g0"]]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.lstrip().startswith("dry-run")]
+    assert len(rows) == 8  # 2 node counts x 2 batch sizes x 2 repeats
+    for array in arrays:
+        script = (array / "job.sbatch").read_text()
+        assert "#SBATCH --array=0-3%3" in script.splitlines()
+        tasks = json.loads((array / "submit.json").read_text())["tasks"]
+        assert tasks == [row[1] for row in rows if row[1].startswith(array.name)]
+        for index, run_id in enumerate(tasks):  # each task trains in the run directory it is named by
+            assert run_id.endswith(f"-t{index}") and f"--run-dir {res.resolve() / 'runs' / run_id} " in script
+    # strong scaling: the global batch is kept, split over the ranks
+    assert [(row[2], row[4], row[5]) for row in rows][::2] == [("1", "64", "64"), ("1", "128", "128"),
+                                                             ("2", "32", "64"), ("2", "64", "128")]
+
+
+def test_a_bad_array_cap_is_one_line_and_creates_nothing(tmp_path):
+    data = tmp_path / "seq.h5"
+    data.write_bytes(b"")
+    proc = _cli("sweep", "--data", str(data), "--nodes-list", "1", "--batch-list", "64", "--array-max", "0",
+                "--dry-run", "--results", str(tmp_path / "res"))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "ARRAY_MAX" in proc.stderr
+    assert not (tmp_path / "res").exists()
 
 
 def test_allreduce_dry_run_renders_the_benchmark_as_a_run_through_the_train_template(tmp_path):
@@ -232,7 +263,8 @@ def test_make_submit_engine_tf_dry_run(tmp_path):
                            f"DATA={data}", f"RESULTS={tmp_path / 'sweep'}"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     scripts = sorted((tmp_path / "sweep" / "dry-runs").glob("*-tf/job.sbatch"))
-    assert len(scripts) == 2 and all("--engine tf &" in p.read_text() for p in scripts)
+    assert len(scripts) == 2 and all("--engine tf) ;;" in p.read_text() for p in scripts)  # job arrays
+    assert all('srun --kill-on-bad-exit=1 "${program[@]}" &' in p.read_text() for p in scripts)
 
 
 def _frameworks_after_importing(modules: list[str]) -> list[str]:
@@ -375,6 +407,20 @@ def test_status_finds_jobs_by_the_recorded_ids_whatever_their_name(tmp_path):
                                                   ("45", "a|b", "RUNNING")]
 
 
+def test_status_names_each_array_task_by_its_run_and_the_pending_rest_by_its_array(tmp_path):
+    for task in (0, 1, 2):
+        _record(tmp_path, "runs", f"20261207-040000-000-n1-g0-b64-t{task}", f"50_{task}")
+    array = tmp_path / "arrays" / "20261207-040000-000-n1-g0"
+    array.mkdir(parents=True)
+    (array / "submit.json").write_text(json.dumps({"array_id": "50"}))
+    runs = submit._runs_by_job(tmp_path)
+    queue = ("50_0|x|RUNNING|0:10|1|node1\n50_1|x|RUNNING|0:10|1|node2\n"
+             "50_[2%2]|x|PENDING|0:00|1|(JobArrayTaskLimit)\n")
+    assert [(r[0], submit._run_of(r[0], runs)) for r in submit.status_rows(queue, runs)] == [
+        ("50_0", "20261207-040000-000-n1-g0-b64-t0"), ("50_1", "20261207-040000-000-n1-g0-b64-t1"),
+        ("50_[2%2]", "arrays/20261207-040000-000-n1-g0")]
+
+
 def test_make_status_shows_a_custom_job_name_with_its_run(tmp_path):
     # A real squeue needs the cluster; this one is an executable on PATH that prints a fixed queue.
     bin_dir = tmp_path / "bin"
@@ -466,7 +512,7 @@ def test_make_sweep_one_and_two_nodes_completes(slurm_cluster, tiny_dataset, tmp
                            f"DATA={tiny_dataset}", f"RESULTS={results}"],
                           capture_output=True, text=True, env=slurm_cluster.env)
     assert proc.returncode == 0, proc.stderr
-    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\s*\d+\s+\d{8}-", line)]
+    rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"^\s*\d+_\d+\s+\d{8}-", line)]
     assert [(r[2], r[3], r[4], r[5]) for r in rows] == [("1", "1", "64", "64"), ("2", "2", "32", "64")]
     states = {job_id: slurm_cluster.wait(job_id, timeout_s=300) for job_id, *_ in rows}
     assert set(states.values()) == {"COMPLETED"}, states
@@ -562,7 +608,8 @@ def test_make_submit_sweep_and_report_pass_after_and_after_kind_to_sbatch(tmp_pa
         proc = subprocess.run([*MAKE_NO_SETUP, *target, *common], capture_output=True, text=True, env=env,
                               timeout=120)
         assert proc.returncode == 0, proc.stderr
-        assert ("Submitted batch job 4711" if target[0] != "sweep" else "    4711  ") in proc.stdout
+        assert proc.stdout.startswith("Submitted batch job 4711\n")
+        assert target[0] != "sweep" or "    4711_0  " in proc.stdout  # a sweep's runs are array tasks
     submitted = [call.split() for call in calls.read_text().split("----") if call.strip()]
     assert [argv[:2] for argv in submitted] == [["--parsable", "--dependency=afterany:41:42"],
                                                 *[["--parsable", "--dependency=afterok:41"]] * 2,

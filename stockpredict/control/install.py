@@ -140,8 +140,8 @@ def cuda_preflight(tf_cuda: str, tf_source: str, environ: Mapping[str, str] = os
         return [f"the CUDA toolkit {root} (from {where}) does not exist: {fix}"]
     version = cuda_toolkit_version(root)
     if version is not None and version.split(".")[0] != major:
-        return [f"the CUDA toolkit {root} (from {where}) is CUDA {version}, but {tf_source} is built for CUDA "
-                f"{tf_cuda}: {fix}"]
+        return [f"the CUDA toolkit {root} (from {where}) is CUDA {version}, but {tf_source} is built for "
+                f"CUDA {tf_cuda}: {fix}"]
     problems = []
     if not os.access(root / "bin" / "nvcc", os.X_OK):
         problems.append(f"the CUDA toolkit {root} (from {where}) has no bin/nvcc (a runtime-only install?): "
@@ -153,7 +153,8 @@ def cuda_preflight(tf_cuda: str, tf_source: str, environ: Mapping[str, str] = os
         problems.append(f"the CUDA toolkit {root} (from {where}) has no include/cuda_runtime.h (load the "
                         f"toolkit's development module, not only its runtime): {fix}")
     if not cudart_present(root):
-        problems.append(f"the CUDA toolkit {root} (from {where}) has no libcudart.so in lib64/ or lib/: {fix}")
+        problems.append(f"the CUDA toolkit {root} (from {where}) has no libcudart.so in lib64/ or lib/: "
+                        f"{fix}")
     return problems
 
 
@@ -169,7 +170,8 @@ def installed_tf_cuda(steps: Steps, python: Path) -> tuple[str, str] | None:
     version, is_cuda, cuda = json.loads(proc.stdout.strip().splitlines()[-1])
     if not is_cuda or not cuda:
         raise SetupFailed(f"the installed TensorFlow {version} is not a CUDA build; TF_EXTRA=gpu installs "
-                          f"tensorflow[and-cuda] (remove {python.parent.parent} and run make setup TF_EXTRA=gpu)")
+                          f"tensorflow[and-cuda] (remove {python.parent.parent} and run make setup "
+                          f"TF_EXTRA=gpu)")
     return str(cuda), f"the installed TensorFlow {version} (tf.sysconfig.get_build_info())"
 
 
@@ -195,7 +197,7 @@ def install_horovod(steps: Steps, python: Path, tf_extra: str) -> None:
     build_env = {**HOROVOD_BUILD_ENV, **dict(item.split("=", 1) for item in nccl)}
     toolkit = find_cuda_toolkit() if tf_extra == "gpu" else None
     if toolkit is not None and "HOROVOD_CUDA_HOME" not in os.environ:
-        build_env["HOROVOD_CUDA_HOME"] = str(toolkit[0])  # the toolkit the preflight checked, not CMake's pick
+        build_env["HOROVOD_CUDA_HOME"] = str(toolkit[0])  # the toolkit checked, not CMake's own pick
     cache = wheel_cache_dir()
     cached: Path | None = None
     if cache is not None:
@@ -260,8 +262,8 @@ def setup(engine: str, venv: Path, tf_extra: str, system_python: str, dry_run: b
     gpu_build = engine == "horovod" and tf_extra == "gpu" and not dry_run
     tf_cuda = installed_tf_cuda(steps, python) if gpu_build and python.exists() else None
     if gpu_build:  # before any download or compile: a wrong toolkit is one line in seconds
-        check_cuda(*(tf_cuda or (PINNED_TF_CUDA[1], f"the pinned TensorFlow {PINNED_TF_CUDA[0]} (not installed "
-                                                    f"yet; its known build)")))
+        check_cuda(*(tf_cuda or (PINNED_TF_CUDA[1], f"the pinned TensorFlow {PINNED_TF_CUDA[0]} (not "
+                                                    f"installed yet; its known build)")))
     if not python.exists():
         steps.run([system_python, "-m", "venv", str(venv)])
     steps.run([str(python), "-m", "pip", "install", "-q", *BUILD_TOOLS])
@@ -270,7 +272,7 @@ def setup(engine: str, venv: Path, tf_extra: str, system_python: str, dry_run: b
     if engine == "tf":
         check_tf_keras(steps, python)
         return
-    if gpu_build and tf_cuda is None:  # now with the installed TensorFlow's own answer, still before the build
+    if gpu_build and tf_cuda is None:  # again with the installed TensorFlow's answer, before the build
         installed = installed_tf_cuda(steps, python)
         if installed is not None:
             check_cuda(*installed)

@@ -79,3 +79,64 @@ def test_the_horovod_stack_is_left_alone():
 
     expected = "1" if importlib.util.find_spec("tf_keras") else "None"
     assert out.stdout.strip() == expected
+
+
+# --- the GPU setup's CUDA preflight (make setup TF_EXTRA=gpu): fake toolkit trees, no GPU needed -------
+
+def _toolkit(root, release: str | None = "12.2", header: bool = True, cudart: bool = True):
+    """A directory shaped like a CUDA toolkit: bin/nvcc printing `release`, the runtime header and library."""
+    (root / "bin").mkdir(parents=True)
+    if release is not None:
+        nvcc = root / "bin" / "nvcc"
+        nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.140'\n")
+        nvcc.chmod(0o755)
+    if header:
+        (root / "include").mkdir()
+        (root / "include" / "cuda_runtime.h").write_text("/* */\n")
+    if cudart:
+        (root / "lib64").mkdir()
+        (root / "lib64" / "libcudart.so.12").write_bytes(b"")
+    return root
+
+
+def test_a_matching_toolkit_passes_and_is_found_in_the_order_sites_set_it(tmp_path):
+    from stockpredict.control.install import cuda_preflight, find_cuda_toolkit
+    good = _toolkit(tmp_path / "cuda-12.2")
+    empty_path = str(tmp_path / "nowhere")
+    assert cuda_preflight("12.2", "TF", {"CUDA_HOME": str(good), "PATH": empty_path}) == []
+    both = {"HOROVOD_CUDA_HOME": str(good), "CUDA_HOME": "/elsewhere", "PATH": empty_path}
+    assert find_cuda_toolkit(both) == (good, "HOROVOD_CUDA_HOME")  # Horovod's own variable first
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "nvcc").symlink_to(good / "bin" / "nvcc")  # a module's bin/ on PATH
+    assert find_cuda_toolkit({"PATH": str(tmp_path / "path")}) == (good, "nvcc on PATH")
+
+
+def test_another_major_version_is_one_line_naming_both_versions_and_the_fix(tmp_path):
+    from stockpredict.control.install import cuda_preflight
+    new = _toolkit(tmp_path / "cuda-13.0", release="13.0", header=False)
+    (problem,) = cuda_preflight("12.2", "the pinned TensorFlow 2.15.1", {"CUDA_HOME": str(new), "PATH": ""})
+    assert "CUDA 13.0" in problem and "CUDA 12.2" in problem and "module load cuda/12.x" in problem
+
+
+def test_missing_pieces_each_get_a_line_and_no_toolkit_says_where_it_looked(tmp_path):
+    from stockpredict.control.install import cuda_preflight
+    runtime_only = _toolkit(tmp_path / "rt", release=None, header=False, cudart=True)
+    problems = cuda_preflight("12.2", "TF", {"CUDA_HOME": str(runtime_only), "PATH": ""})
+    assert len(problems) == 3, problems  # libcudart is there: no line for it
+    assert ["no bin/nvcc" in problems[0], "tells no version" in problems[1],
+            "no include/cuda_runtime.h" in problems[2]] == [True] * 3, problems
+    (none,) = cuda_preflight("12.2", "TF", {"PATH": str(tmp_path / "nowhere")})
+    assert none.startswith("no CUDA toolkit found") and "CUDA_HOME" in none and "nvcc" in none
+    (gone,) = cuda_preflight("12.2", "TF", {"CUDA_HOME": str(tmp_path / "missing"), "PATH": ""})
+    assert "does not exist" in gone
+
+
+def test_setup_tf_extra_gpu_stops_in_one_line_before_creating_anything(tmp_path):
+    new = _toolkit(tmp_path / "cuda-13.0", release="13.0")
+    env = {k: v for k, v in os.environ.items() if "CUDA" not in k}
+    env.update(CUDA_HOME=str(new), PATH=f"{tmp_path / 'nowhere'}:/usr/bin:/bin")
+    proc = subprocess.run([sys.executable, "-m", "stockpredict.control.install", f"--venv={tmp_path / 'v'}",
+                           "--tf-extra=gpu"], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "CUDA 13.0" in proc.stderr and "12.2" in proc.stderr
+    assert not (tmp_path / "v").exists()  # no venv, no pip, no compile

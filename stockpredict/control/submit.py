@@ -151,6 +151,15 @@ def engine_launcher(engine: str, profile_launcher: str | None, asked: str | None
     return profile_launcher if profile_launcher in usable else usable[0]
 
 
+def _nodes_and_gpus(profile_values: dict[str, Any], overrides: dict[str, Any]) -> tuple[int, int]:
+    """The nodes and GPUs per node a job asks for: the overrides', else the profile's, else JobSpec's."""
+    nodes = overrides.get("nodes") or profile_values.get("nodes", JobSpec.nodes)
+    gpus = overrides.get("gpus_per_node")
+    if gpus is None:
+        gpus = profile_values.get("gpus_per_node", JobSpec.gpus_per_node)
+    return nodes, gpus
+
+
 @dataclass(frozen=True)
 class Submission:
     run_id: str
@@ -173,10 +182,7 @@ def submit_train(config: TrainConfig, profile: str = "local", results: str | Pat
     if not dry_run:
         slurmjobs.require_sbatch()
     sbatch_args = dependency_args(after, after_kind)
-    nodes = overrides.get("nodes") or load_profile(profile).get("nodes", JobSpec.nodes)
-    gpus = overrides.get("gpus_per_node")
-    if gpus is None:
-        gpus = load_profile(profile).get("gpus_per_node", JobSpec.gpus_per_node)
+    nodes, gpus = _nodes_and_gpus(load_profile(profile), overrides)
     # Validate before creating anything, so bad input leaves no empty run directory behind.
     train_spec(profile, Path("/nonexistent/run"), config, **overrides)
     run_dir, target = _job_dir(results, rundir.RUNS, run_suffix(nodes, gpus, config), dry_run)
@@ -222,10 +228,7 @@ def submit_train_array(configs: Sequence[TrainConfig], profile: str = "local",
         slurmjobs.require_sbatch()
     sbatch_args = dependency_args(after, after_kind)
     profile_values = load_profile(profile)
-    nodes = overrides.get("nodes") or profile_values.get("nodes", JobSpec.nodes)
-    gpus = overrides.get("gpus_per_node")
-    if gpus is None:
-        gpus = profile_values.get("gpus_per_node", JobSpec.gpus_per_node)
+    nodes, gpus = _nodes_and_gpus(profile_values, overrides)
     if array_max is None:
         array_max = profile_values.get("array_max")
     for config in configs:  # bad input: nothing created
@@ -309,10 +312,7 @@ def submit_allreduce(bench: BenchConfig, profile: str = "local", results: str | 
         slurmjobs.require_sbatch()
     sbatch_args = dependency_args(after, after_kind)
     profile_values = load_profile(profile)
-    nodes = overrides.get("nodes") or profile_values.get("nodes", JobSpec.nodes)
-    gpus = overrides.get("gpus_per_node")
-    if gpus is None:
-        gpus = profile_values.get("gpus_per_node", JobSpec.gpus_per_node)
+    nodes, gpus = _nodes_and_gpus(profile_values, overrides)
     allreduce_spec(profile, Path("/nonexistent/run"), bench, **overrides)  # bad input: no directory made
     run_dir, target = _job_dir(results, rundir.RUNS, f"allreduce-n{nodes}-g{gpus}", dry_run)
     spec = allreduce_spec(profile, target, bench, **overrides)

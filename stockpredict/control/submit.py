@@ -264,7 +264,8 @@ def submit_train_array(configs: Sequence[TrainConfig], profile: str = "local",
             if job_id:  # the task's Slurm output, where a run's output is; it appears when the task starts
                 output = array_dir / f"slurm-{job_id}.out"
                 os.symlink(os.path.relpath(output, task_dir), task_dir / f"slurm-{job_id}.out")
-                record = {"run_id": task_dir.name, "job": dataclasses.asdict(spec), "train": train,
+                job = dataclasses.asdict(dataclasses.replace(spec, output=array_spec.output))  # Slurm's path
+                record = {"run_id": task_dir.name, "job": job, "train": train,
                           "sbatch_args": sbatch_args, "job_id": job_id, "dry_run": False,
                           "array": {"job_id": array_id, "task": index, "dir": str(array_dir)}}
                 text = json.dumps(record, indent=2, sort_keys=True) + "\n"
@@ -781,7 +782,7 @@ def _main(argv: Sequence[str] | None) -> int:
 def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
     overrides = _overrides(ns)
     profile = load_profile(ns.profile)
-    gpus = overrides.get("gpus_per_node", profile.get("gpus_per_node", JobSpec.gpus_per_node))
+    _, gpus = _nodes_and_gpus(profile, overrides)
     tasks = overrides.get("tasks_per_node", profile.get("tasks_per_node"))
     ranks_per_node = JobSpec(gpus_per_node=gpus, tasks_per_node=tasks).ranks_per_node
     grid = sweep_grid(parse_int_list(ns.nodes_list, "NODES_LIST"),

@@ -362,3 +362,15 @@ def test_only_train_jobs_run_as_arrays_and_the_cap_is_positive():
         render_job(make_spec(dict(CASES["train_array_local_n2_g1"], array_max=0)))
     with pytest.raises(UserError, match="conflicts"):
         render_job(make_spec(dict(CASES["train_local_n2_g1"], extra_directives=("--array=0-3",))))
+
+
+@pytest.mark.parametrize("task, message", [("7", "is a job array of tasks 0-2"), ("", "is a job array"),
+                                           ("1", "its run directory /results/runs/s1-b64-t1 is gone")])
+def test_an_array_script_run_as_no_task_or_without_its_run_directory_stops_in_one_line(tmp_path, task,
+                                                                                       message):
+    script = tmp_path / "job.sbatch"
+    script.write_text(render_job(make_spec(CASES["train_array_local_n2_g1"])))
+    env = {"PATH": os.environ["PATH"], "SLURM_ARRAY_JOB_ID": "41", "SLURM_ARRAY_TASK_ID": task}
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=30)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr

@@ -158,7 +158,7 @@ def cuda_preflight(tf_cuda: str, tf_source: str, environ: Mapping[str, str] = os
     return problems
 
 
-def installed_tf_cuda(steps: Steps, python: Path) -> tuple[str, str] | None:
+def installed_tf_cuda(python: Path) -> tuple[str, str] | None:
     """(CUDA version, description) of the TensorFlow installed in `python`'s venv, from
     tf.sysconfig.get_build_info(); None if TensorFlow does not import there."""
     code = ("import json, tensorflow as tf; info = tf.sysconfig.get_build_info(); "
@@ -260,7 +260,7 @@ def setup(engine: str, venv: Path, tf_extra: str, system_python: str, dry_run: b
     steps = Steps(dry_run)
     python = venv / "bin" / "python"
     gpu_build = engine == "horovod" and tf_extra == "gpu" and not dry_run
-    tf_cuda = installed_tf_cuda(steps, python) if gpu_build and python.exists() else None
+    tf_cuda = installed_tf_cuda(python) if gpu_build and python.exists() else None
     if gpu_build:  # before any download or compile: a wrong toolkit is one line in seconds
         check_cuda(*(tf_cuda or (PINNED_TF_CUDA[1], f"the pinned TensorFlow {PINNED_TF_CUDA[0]} (not "
                                                     f"installed yet; its known build)")))
@@ -273,7 +273,7 @@ def setup(engine: str, venv: Path, tf_extra: str, system_python: str, dry_run: b
         check_tf_keras(steps, python)
         return
     if gpu_build and tf_cuda is None:  # again with the installed TensorFlow's answer, before the build
-        installed = installed_tf_cuda(steps, python)
+        installed = installed_tf_cuda(python)
         if installed is not None:
             check_cuda(*installed)
     if dry_run or not horovod_installed(python):

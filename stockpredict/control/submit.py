@@ -52,7 +52,7 @@ from stockpredict.common import rundir
 from stockpredict.common.benchmarks import BenchConfig
 from stockpredict.common.checkout import ENGINE_VENVS, REPO
 from stockpredict.common.errors import UserError, parse_int_list, run_cli
-from stockpredict.common.files import write_atomic
+from stockpredict.common.files import write_atomic, write_json_atomic
 from stockpredict.common.logs import get_logger
 from stockpredict.common.timing import MODES
 from stockpredict.common.train_config import TrainConfig, add_train_arguments
@@ -106,10 +106,14 @@ def run_id_for(nodes: int, gpus_per_node: int, batch_size: int, now: datetime | 
     return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-n{nodes}-g{gpus_per_node}-b{batch_size}"
 
 
+def _engine_suffix(config: TrainConfig) -> str:
+    """`-tf` for the tf engine, nothing for Horovod (its runs keep the names they always had)."""
+    return "" if config.engine == TrainConfig.engine else f"-{config.engine}"
+
+
 def run_suffix(nodes: int, gpus_per_node: int, config: TrainConfig) -> str:
-    """`n4-g1-b32`, plus `-tf` for the tf engine (Horovod runs keep the names they always had)."""
-    suffix = f"n{nodes}-g{gpus_per_node}-b{config.batch_size}"
-    return suffix if config.engine == TrainConfig.engine else f"{suffix}-{config.engine}"
+    """`n4-g1-b32`, plus `-tf` for the tf engine."""
+    return f"n{nodes}-g{gpus_per_node}-b{config.batch_size}{_engine_suffix(config)}"
 
 
 def new_run_dir(parent: Path, suffix: str) -> Path:
@@ -205,7 +209,7 @@ class ArraySubmission:
 
 def _shape(config: TrainConfig, nodes: int, gpus: int) -> str:
     """`n2-g0` (then `-tf`): what the tasks of one array share."""
-    return f"n{nodes}-g{gpus}" + ("" if config.engine == TrainConfig.engine else f"-{config.engine}")
+    return f"n{nodes}-g{gpus}{_engine_suffix(config)}"
 
 
 def submit_train_array(configs: Sequence[TrainConfig], profile: str = "local",
@@ -268,13 +272,12 @@ def submit_train_array(configs: Sequence[TrainConfig], profile: str = "local",
                 record = {"run_id": task_dir.name, "job": job, "train": train,
                           "sbatch_args": sbatch_args, "job_id": job_id, "dry_run": False,
                           "array": {"job_id": array_id, "task": index, "dir": str(array_dir)}}
-                text = json.dumps(record, indent=2, sort_keys=True) + "\n"
-                write_atomic(task_dir / rundir.SUBMIT_RECORD, text)
+                write_json_atomic(task_dir / rundir.SUBMIT_RECORD, record)
             tasks.append(Submission(run_id=task_dir.name, run_dir=task_dir, job_id=job_id, script=script,
                                     sbatch_args=tuple(sbatch_args)))
         record = {"array_id": array_id, "job": dataclasses.asdict(array_spec), "sbatch_args": sbatch_args,
                   "tasks": [t.run_id for t in tasks], "dry_run": dry_run}
-        write_atomic(array_dir / rundir.SUBMIT_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(array_dir / rundir.SUBMIT_RECORD, record)
     except BaseException:
         # Nothing was queued: leave nothing that looks like a run. (Once queued, the tasks need their
         # directories: a failure to write a record then leaves them, and the error says what failed.)
@@ -397,7 +400,7 @@ def _render_and_submit(spec: JobSpec, run_dir: Path, extra: dict, sbatch_args: l
             # Submitted from the run directory: that is the job's working directory.
             job_id = slurmjobs.sbatch(script_path, sbatch_args, cwd=run_dir)
             record["job_id"] = job_id
-        write_atomic(run_dir / rundir.SUBMIT_RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(run_dir / rundir.SUBMIT_RECORD, record)
     except BaseException:
         # Nothing was queued: leave no directory that looks like a run.
         if not (run_dir / rundir.SUBMIT_RECORD).exists():
@@ -624,8 +627,7 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
     job = executor.submit(TrainerCall(), trainer.to_argv())
     record = {"run_id": run_dir.name, "job": dataclasses.asdict(spec), "train": dataclasses.asdict(trainer),
               "job_id": str(job.job_id), "submitit": {"cluster": executor.cluster, "parameters": params}}
-    write_atomic(run_dir / rundir.SUBMIT_RECORD,
-                 json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    write_json_atomic(run_dir / rundir.SUBMIT_RECORD, record)
     log.info("submitted run %s as job %s (%s)", run_dir.name, job.job_id, executor.cluster)
     return job
 

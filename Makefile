@@ -49,9 +49,13 @@ USER_VARS := PYTHON_SYS ENGINE VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAY
              ALL PREDICT_ARGS THREADS AGAINST
 # The requeue signal; the dependency chain of submit, sweep and report.
 USER_VARS += SIGNAL AFTER AFTER_KIND ARRAY ARRAY_MAX
+# make study: FORCE=1 rebuilds DATA from RAW (and retrains every run).
+USER_VARS += FORCE
 # `make predict` writes predictions.csv unless OUT is given (OUT's own default names the HDF5 file);
 # read before the line below turns OUT's origin into "override".
 OUT_GIVEN := $(filter command environment,$(origin OUT))
+# `make study` preprocesses only when RAW is given (RAW's default is where `make data` writes).
+RAW_GIVEN := $(filter command environment,$(origin RAW))
 raw = $(if $(filter command environment,$(origin $(1))),$(value $(1)),$($(1)))
 $(foreach v,$(USER_VARS),$(eval override $(v) := $$(call raw,$(v))))
 $(foreach v,$(USER_VARS),$(eval export SP_$(v) := $$($(v))))
@@ -191,6 +195,21 @@ sweep: setup ## Submit a scaling grid, one job array per node count [NODES_LIST=
 		--mode="$${SP_MODE:-strong}" --repeats="$${SP_REPEATS:-1}" \
 		$${SP_ARRAY_MAX:+--array-max="$$SP_ARRAY_MAX"} $(if $(filter 0 no false,$(ARRAY)),--no-array)
 
+# A whole study as one chain of jobs (stockpredict/control/study.py): preprocessing when RAW is given (and
+# DATA does not exist yet, or FORCE=1), the sweep's arrays after it, the report after them. Returns at once;
+# `make status` follows it. A re-run skips the runs that completed. Takes the sweep's and the report's variables.
+.PHONY: study
+study: setup ## Preprocess (RAW=), sweep, then report, as one chain of jobs [RAW= DATA= NODES_LIST= BATCH_LIST= REPEATS= EPOCHS= ARRAY_MAX= FORCE=1 NETWORK= PRICE=]
+	@$(SUBMIT_FLAGS); $(call words_of,PREPROCESS_ARGS,prep); \
+	for word in "$${prep[@]}"; do flags+=("--preprocess-arg=$$word"); done; \
+	args=(--dataset="$$SP_DATASET" --network="$$SP_NETWORK" --price-per-hour="$$SP_PRICE" \
+		--price-unit="$${SP_PRICE_UNIT:-gpu}" --target-epochs="$$SP_TARGET_EPOCHS" --profile="$$SP_PROFILE"); \
+	"$$SP_PY" -m stockpredict.submit study "$${flags[@]}" \
+		--nodes-list="$${SP_NODES_LIST:-1 2 4}" --batch-list="$${SP_BATCH_LIST:-32 64 128 256}" \
+		--mode="$${SP_MODE:-strong}" --repeats="$${SP_REPEATS:-1}" \
+		$${SP_ARRAY_MAX:+--array-max="$$SP_ARRAY_MAX"} $(if $(RAW_GIVEN),--raw="$$SP_RAW") \
+		$(if $(filter 1 yes true,$(FORCE)),--force) -- "$${args[@]}"
+
 # The allreduce microbenchmark as a run in RESULTS/runs/ (make report fits it): NODES (default 2), GPUS,
 # ITERATIONS (allreduces per epoch), EPOCHS (the first is warm-up), DATA (sizes the gradients), PROFILE.
 allreduce-bench: setup ## Submit the allreduce benchmark [NODES=2 ITERATIONS=200 EPOCHS=3 DATA= DRY_RUN=1]
@@ -207,7 +226,7 @@ gpu-check: setup ## Submit the GPU preflight job of both engines [PROFILE=mysite
 	$(call flag,ENGINE,--engine) $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) \
 	"$$SP_PY" -m stockpredict.submit gpu-check "$${flags[@]}" --results="$$SP_RESULTS"
 
-status: ## Show this toolkit's jobs in the Slurm queue (found by the job ids in RESULTS)
+status: ## Show this toolkit's jobs in the Slurm queue (found by the job ids in RESULTS), and the latest study's stages
 	@"$$SP_PY" -m stockpredict.submit status --results="$$SP_RESULTS"
 
 logs: ## Show a run's Slurm output and training log [RUN=<run-id>]

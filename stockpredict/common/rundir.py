@@ -17,6 +17,7 @@
                                    run ids) and Slurm's output of each task, slurm-<job>_<task>.out
                                    (linked from the task's run directory)
       jobs/<id>/                   preprocess and report jobs
+      studies/<id>/study.json      one `make study`: its stages, their job ids, the runs of each array
       dry-runs/<id>/               what a dry run rendered (never read by the report)
       scaling.md, *.csv, *.png     the report
       interleaved.json             make demo's 1-rank vs 2-rank rounds
@@ -38,6 +39,8 @@ from typing import Sequence
 RUNS = "runs"
 JOBS = "jobs"
 ARRAYS = "arrays"
+STUDIES = "studies"
+STUDY_RECORD = "study.json"        # a study's stages (stockpredict.control.study)
 DRY_RUNS = "dry-runs"
 REPORT_MARKDOWN = "scaling.md"
 REPORT_GLOBS = ("*.csv", "*.png")   # the report's tables and plots, beside REPORT_MARKDOWN
@@ -93,8 +96,8 @@ class RunPaths:
 def written_by_toolkit(results: Path) -> list[Path]:
     """What the toolkit wrote in a results directory (make clean removes these; anything else stays)."""
     results = Path(results)
-    fixed = [results / RUNS, results / ARRAYS, results / JOBS, results / DRY_RUNS, results / REPORT_MARKDOWN,
-             results / INTERLEAVED_SUMMARY]
+    fixed = [results / RUNS, results / ARRAYS, results / JOBS, results / STUDIES, results / DRY_RUNS,
+             results / REPORT_MARKDOWN, results / INTERLEAVED_SUMMARY]
     globbed = [p for pattern in REPORT_GLOBS for p in sorted(results.glob(pattern))]
     return [p for p in fixed + globbed if p.exists() or p.is_symlink()]
 

@@ -68,10 +68,14 @@ def job_info(job_id: str, env: Mapping[str, str] | None = None) -> dict[str, str
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not proc.stdout.strip():
         return {}
+    return parse_job_record(proc.stdout.strip().splitlines()[0])
+
+
+def parse_job_record(line: str) -> dict[str, str]:
+    """One line of `scontrol show job -o` as a dict. Fields are space-separated Key=Value; values of a few
+    keys (Command, WorkDir) may hold spaces, so split on " Key=" boundaries; the first of a key wins."""
     info: dict[str, str] = {}
-    # Fields are space-separated Key=Value; values of a few keys (Command, WorkDir) may hold spaces,
-    # so split on " Key=" boundaries.
-    for match in re.finditer(r"(?:^|\s)([A-Za-z:/]+)=(.*?)(?=\s[A-Za-z:/]+=|$)", proc.stdout.strip()):
+    for match in re.finditer(r"(?:^|\s)([A-Za-z:/]+)=(.*?)(?=\s[A-Za-z:/]+=|$)", line.strip()):
         info.setdefault(match.group(1), match.group(2))
     return info
 

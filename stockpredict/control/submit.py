@@ -215,11 +215,15 @@ def _shape(config: TrainConfig, nodes: int, gpus: int) -> str:
 def submit_train_array(configs: Sequence[TrainConfig], profile: str = "local",
                        results: str | Path = "results", dry_run: bool = False,
                        after: str | Sequence[str] | None = None, after_kind: str = "afterok",
-                       array_max: int | None = None, **overrides: Any) -> ArraySubmission:
+                       array_max: int | None = None, sbatch_extra: Sequence[str] = (),
+                       data_pending: bool = False, **overrides: Any) -> ArraySubmission:
     """Submit `configs` (one resource shape: the same nodes, GPUs and engine) as one job array, task i
     training configs[i] in its own run directory results/runs/<array>-b<batch>-t<i>/, with every file a
     run submitted alone has (submit.json, timing.jsonl, checkpoints, and its Slurm output as a link to
     the array's folder). Requeue and resume are per task. A dry run creates nothing under results/runs/.
+
+    `sbatch_extra`: more sbatch options (a study's composed --dependency); `data_pending`: the data file
+    is written by a job this array waits for, so its absence now is no error.
     """
     if not configs:
         raise UserError("a job array needs at least one run")
@@ -227,10 +231,10 @@ def submit_train_array(configs: Sequence[TrainConfig], profile: str = "local",
         raise UserError("one job array runs one engine; submit each engine's runs as their own array")
     configs = [dataclasses.replace(c, data=str(Path(c.data).resolve())) for c in configs]
     for data in sorted({c.data for c in configs}):
-        _check_data(data, dry_run)
+        _check_data(data, dry_run or data_pending)
     if not dry_run:
         slurmjobs.require_sbatch()
-    sbatch_args = dependency_args(after, after_kind)
+    sbatch_args = [*dependency_args(after, after_kind), *sbatch_extra]
     profile_values = load_profile(profile)
     nodes, gpus = _nodes_and_gpus(profile_values, overrides)
     if array_max is None:
@@ -334,13 +338,14 @@ def _job_dir(results: str | Path, subdir: str, suffix: str, dry_run: bool) -> tu
 
 def submit_aux(kind: str, command: list[str], profile: str = "local", results: str | Path = "results",
                dry_run: bool = False, after: str | Sequence[str] | None = None,
-               after_kind: str = "afterok", engine: str = "horovod",
+               after_kind: str = "afterok", engine: str = "horovod", sbatch_extra: Sequence[str] = (),
                **overrides: Any) -> Submission:
     """Render and submit a one-process preprocess, report or gpu-check job into results/jobs/<id>/
-    (`engine` picks the environment `{venv}` names in the profile's setup lines)."""
+    (`engine` picks the environment `{venv}` names in the profile's setup lines; `sbatch_extra`: more
+    sbatch options, e.g. a study's composed --dependency)."""
     if not dry_run:
         slurmjobs.require_sbatch()
-    sbatch_args = dependency_args(after, after_kind)
+    sbatch_args = [*dependency_args(after, after_kind), *sbatch_extra]
     values: dict[str, Any] = dict(load_profile(profile, engine=engine))
     values.update({k: v for k, v in overrides.items() if v is not None})
     # gpu-check keeps the profile's (or GPUS=) GPUs: it checks them; the others need none.
@@ -518,6 +523,9 @@ def show_status(results: Path) -> int:
         print(f"{job_id:>10}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {run:<40} {reason}")
     if not rows:
         print("(no stockpredict jobs in the queue)")
+    from stockpredict.control import study  # the latest study's stages, and why one did not run
+
+    study.show_study(results)
     return 0
 
 
@@ -717,12 +725,7 @@ def _main(argv: Sequence[str] | None) -> int:
     _add_job_flags(commands.add_parser("train", help="render and submit one training run"), train=True)
     sweep = commands.add_parser("sweep", help="submit a scaling grid of training runs")
     _add_job_flags(sweep, train=True)
-    sweep.add_argument("--nodes-list", default="1 2 4")
-    sweep.add_argument("--batch-list", default="32 64 128 256")
-    sweep.add_argument("--mode", default="strong", choices=MODES)
-    sweep.add_argument("--repeats", type=int, default=1)
-    sweep.add_argument("--array-max", type=int,
-                       help="at most this many tasks of each job array run at once (%%K; make ARRAY_MAX=)")
+    _add_sweep_flags(sweep)
     sweep.add_argument("--no-array", dest="array", action="store_false",
                        help="one job per run instead of one job array per node count (make ARRAY=0)")
     bench = commands.add_parser("allreduce", help="submit the allreduce microbenchmark as a run")
@@ -749,6 +752,13 @@ def _main(argv: Sequence[str] | None) -> int:
     gpu_check.add_argument("--gpus-per-node", type=int, help="default: the profile's")
     gpu_check.add_argument("--engine", choices=tuple(ENGINE_VENVS), default="horovod",
                            help="whose environment the job activates (default horovod: .venv)")
+    study = commands.add_parser("study", help="preprocess (with --raw), the sweep's arrays, then the report, "
+                                              "as one chain of jobs")
+    _add_job_flags(study, train=True)
+    _add_sweep_flags(study)
+    from stockpredict.control import study as study_module  # it builds on this module's submissions
+
+    study_module.study_parser_args(study)
     status = commands.add_parser("status", help="this toolkit's jobs in the queue")
     status.add_argument("--results", default="results")
     logs = commands.add_parser("logs", help="a run's Slurm output and training log")
@@ -769,6 +779,8 @@ def _main(argv: Sequence[str] | None) -> int:
                              **_overrides(ns)))
     elif ns.command == "sweep":
         _run_sweep(ns, common)
+    elif ns.command == "study":
+        study_module.run(ns, plan_sweep(ns, data_pending=True))  # the study checks DATA (or RAW) itself
     elif ns.command == "allreduce":
         bench = BenchConfig(run_dir="", iterations=ns.iterations, epochs=ns.epochs, data=ns.data)
         _announce(submit_allreduce(bench, **common, **_overrides(ns)))
@@ -781,7 +793,19 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class SweepPlan:
+    """A sweep's runs, checked: grid[i] (nodes, ranks, batches, repeat, mode) is trained by configs[i]
+    with the job overrides plus nodes=grid[i]["nodes"]."""
+
+    grid: list[dict[str, int | str]]
+    configs: list[TrainConfig]
+    overrides: dict[str, Any]
+
+
+def plan_sweep(ns: argparse.Namespace, data_pending: bool = False) -> SweepPlan:
+    """The sweep of parsed sweep flags, every run validated before anything is submitted, so a bad value
+    never leaves half a sweep (`data_pending`: the data file is made by a job the sweep waits for)."""
     overrides = _overrides(ns)
     profile = load_profile(ns.profile)
     _, gpus = _nodes_and_gpus(profile, overrides)
@@ -791,16 +815,36 @@ def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
                       parse_int_list(ns.batch_list, "BATCH_LIST"), ns.mode, ranks_per_node, ns.repeats)
     if ns.array_max is not None and ns.array_max < 1:
         raise UserError(f"ARRAY_MAX (--array-max) must be >= 1, got {ns.array_max}")
-    # Check every run of the grid before submitting the first, so a bad value never leaves half a sweep.
-    _check_data(str(Path(ns.data).resolve()), ns.dry_run)
+    _check_data(str(Path(ns.data).resolve()), ns.dry_run or data_pending)
     configs = [_train_args(ns, batch_size=int(run["batch_per_rank"]), mode=ns.mode) for run in grid]
     for run, config in zip(grid, configs):
         train_spec(ns.profile, Path("/nonexistent/run"), config, **dict(overrides, nodes=run["nodes"]))
-    header = (f"{'job_id':>10}  {'run_id':<40} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} "
-              f"{'global':>7} {'repeat':>6}  mode")
-    row = lambda job, run_id, run: (  # noqa: E731
-        f"{job or 'dry-run':>10}  {run_id:<40} {run['nodes']:>5} {run['ranks']:>5} "
-        f"{run['batch_per_rank']:>10} {run['global_batch']:>7} {run['repeat']:>6}  {run['mode']}")
+    return SweepPlan(grid, configs, overrides)
+
+
+SWEEP_HEADER = (f"{'job_id':>10}  {'run_id':<40} {'nodes':>5} {'ranks':>5} {'batch/rank':>10} "
+                f"{'global':>7} {'repeat':>6}  mode")
+
+
+def sweep_row(job_id: str | None, run_id: str, run: dict[str, int | str]) -> str:
+    """One run's line under SWEEP_HEADER."""
+    return (f"{job_id or 'dry-run':>10}  {run_id:<40} {run['nodes']:>5} {run['ranks']:>5} "
+            f"{run['batch_per_rank']:>10} {run['global_batch']:>7} {run['repeat']:>6}  {run['mode']}")
+
+
+def _add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes-list", default="1 2 4")
+    parser.add_argument("--batch-list", default="32 64 128 256")
+    parser.add_argument("--mode", default="strong", choices=MODES)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--array-max", type=int,
+                        help="at most this many tasks of each job array run at once (%%K; make ARRAY_MAX=)")
+
+
+def _run_sweep(ns: argparse.Namespace, common: dict[str, Any]) -> None:
+    plan = plan_sweep(ns)
+    grid, configs, overrides = plan.grid, plan.configs, plan.overrides
+    header, row = SWEEP_HEADER, sweep_row
     if not ns.array:  # one job per run, as before job arrays
         print(header)
         for run, config in zip(grid, configs):

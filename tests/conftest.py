@@ -131,3 +131,20 @@ def tiny_dataset(tmp_path_factory) -> Path:
     from preprocess.synthetic import build_tiny_dataset
 
     return build_tiny_dataset(tmp_path_factory.mktemp("tiny_dataset"))
+
+
+# --- generated hostile inputs (Hypothesis) ---------------------------------------------------------
+# `make test` (and so CI) sets STOCKPREDICT_HYPOTHESIS=full: every property test tries its full count,
+# derandomized so a CI run is reproducible. `make test-fast` and a bare pytest try a twentieth of them
+# (at least 20), from a fresh random seed each time, so the edit loop keeps searching new corners.
+HYPOTHESIS_FULL = os.environ.get("STOCKPREDICT_HYPOTHESIS") == "full"
+
+
+def hypothesis_settings(full_examples: int):
+    """Settings of one property test that tries `full_examples` cases under `make test`."""
+    from hypothesis import HealthCheck, settings
+
+    return settings(max_examples=full_examples if HYPOTHESIS_FULL else max(20, full_examples // 20),
+                    deadline=None, derandomize=HYPOTHESIS_FULL, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                           HealthCheck.data_too_large])

@@ -161,11 +161,43 @@ _MANAGED_DIRECTIVES = {"nodes", "ntasks-per-node", "ntasks", "cpus-per-task", "g
                        "requeue", "signal", "open-mode", "array"}
 
 
+# The type of each JobSpec field a profile, a flag or a record can set (validate() then checks the values).
+_INT_FIELDS = {"nodes", "gpus_per_node", "cpus_per_task", "signal_seconds", "max_requeues_without_progress"}
+_OPTIONAL_INT_FIELDS = {"tasks_per_node", "array_max"}
+_BOOL_FIELDS = {"requeue", "timeline"}
+_OPTIONAL_STR_FIELDS = {"partition", "account", "qos", "constraint", "mem", "error", "run_dir"}
+_STR_LIST_FIELDS = {"setup", "extra_directives", "command"}
+
+
+def check_types(values: Mapping[str, Any], where: str = "job parameter") -> None:
+    """A one-line UserError for a value of the wrong type (a TOML list where a number belongs, a number
+    where a string does), before anything compares or iterates it."""
+    for key, value in values.items():
+        if key in _INT_FIELDS or (key in _OPTIONAL_INT_FIELDS and value is not None):
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif key in _BOOL_FIELDS:
+            ok, want = isinstance(value, bool), "true or false"
+        elif key in _OPTIONAL_STR_FIELDS:
+            ok, want = value is None or isinstance(value, str), "a string"
+        elif key in _STR_LIST_FIELDS:
+            ok, want = (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+                        "a list of strings")
+        elif key in ("array_tasks", "requeue_signal"):  # checked where they are parsed (make_spec)
+            continue
+        elif key in SPEC_FIELDS:
+            ok, want = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise UserError(f"{where} {key} must be {want}, got {value!r}"[:300])
+
+
 def make_spec(values: Mapping[str, Any]) -> JobSpec:
     """Build a JobSpec from a mapping; unknown keys fail listing the valid ones. Lists become tuples."""
     unknown = sorted(set(values) - set(SPEC_FIELDS))
     if unknown:
         raise UserError(f"unknown job parameter(s) {', '.join(unknown)}; valid: {', '.join(SPEC_FIELDS)}")
+    check_types(values)
     cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     if "array_tasks" in cleaned:  # from a mapping (submit.json, a test) or already ArrayTask
         cleaned["array_tasks"] = tuple(
@@ -398,7 +430,9 @@ def _read_profile(name: str, profile_dir: Path) -> tuple[Path, dict[str, Any]]:
         raise UserError(f"no profile {name!r} (looked for {path}); available: "
                         f"{', '.join(available_profiles(profile_dir))}")
     try:
-        return path, tomllib.loads(path.read_text())
+        return path, tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:  # TOML is UTF-8 by definition
+        raise UserError(f"profile {path} is not UTF-8 text (byte {err.start}): save it as UTF-8") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"profile {path} is not valid TOML: {err}") from None
 
@@ -435,6 +469,7 @@ def load_profile(name: str, profile_dir: Path = PROFILE_DIR, engine: str = "horo
     if unknown:
         raise UserError(f"profile {path}: unknown key(s) {', '.join(unknown)}; valid: "
                         f"description, {', '.join(PROFILE_KEYS + REPORT_PROFILE_KEYS)}")
+    check_types(data, where=f"profile {path}:")
     repo = shlex.quote(str(REPO))
     venv = shlex.quote(str(REPO / ENGINE_VENVS[engine]))
     if "setup" in data:

@@ -90,7 +90,8 @@ def test_a_site_profile_either_loads_and_renders_or_is_a_one_line_error(content)
 
 # --- make / CLI values ------------------------------------------------------------------------------
 
-words = st.one_of(st.text(max_size=30), st.lists(st.integers(), max_size=5).map(lambda v: " ".join(map(str, v))),
+words = st.one_of(st.text(max_size=30),
+                  st.lists(st.integers(), max_size=5).map(lambda v: " ".join(map(str, v))),
                   st.sampled_from(["1 2 4", "1,2", "0", "-1", "1e3", "٣", "1 2 x", " ", "41:42", "41_3",
                                    "41;rm", "9" * 40]))
 

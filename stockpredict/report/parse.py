@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from stockpredict.common import rundir, timing
 from stockpredict.common.errors import UserError
@@ -187,6 +187,43 @@ def _check_accuracy_fields(event: Mapping[str, Any], lineno: int) -> None:
         raise SkipLog(f"corrupt: line {lineno} has dataset_warnings={warnings!r}, expected a list of strings")
 
 
+def _is_string_map(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(v is None or isinstance(v, (str, int, float))
+                                              for v in value.values())
+
+
+# run_start's other fields the report reads, each with the types it accepts (null: not recorded).
+_OPTIONAL_START_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "learning_rate": ("a number", _is_number),
+    "epochs": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "dataset": ("a string", lambda v: isinstance(v, str)),
+    "time": ("a string", lambda v: isinstance(v, str)),
+    "job_id": ("a string or integer", lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)),
+    "hosts": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v)),
+    "versions": ("an object of version strings", _is_string_map),
+}
+
+
+def _check_optional_start_fields(event: Mapping[str, Any], lineno: int) -> None:
+    for name, (what, ok) in _OPTIONAL_START_TYPES.items():
+        value = event.get(name)
+        if value is not None and not ok(value):
+            raise SkipLog(f"corrupt: line {lineno} (run_start) has {name}={value!r}, expected {what} or "
+                          f"null"[:300])
+
+
+def _check_test_metrics(test: Any) -> None:
+    """run_end's `test`: null, or an object whose present metrics are numbers (or null)."""
+    if test is None:
+        return
+    if not isinstance(test, Mapping):
+        raise SkipLog(f"corrupt: run_end has test={test!r}, expected an object of metrics or null"[:300])
+    for name in timing.TEST_METRIC_FIELDS:
+        value = test.get(name)
+        if value is not None and not _is_number(value):
+            raise SkipLog(f"corrupt: run_end test metric {name}={value!r}, expected a number or null"[:300])
+
+
 def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, tuple[str, ...]]:
     """Parse one timing.jsonl into a Run, or raise SkipLog saying why it cannot be used.
 
@@ -240,6 +277,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
                 raise SkipLog(f"corrupt: line {lineno} has kind={run_kind!r}, expected one of "
                               f"{timing.RUN_KINDS}")
             _check_accuracy_fields(event, lineno)
+            _check_optional_start_fields(event, lineno)
             if starts:
                 for name in ("mode", *_RUN_START_FIELDS, *(f for f in timing.RUN_START_OPTIONAL_FIELDS
                                                            if f not in timing.RUN_START_PER_ATTEMPT_FIELDS)):
@@ -282,6 +320,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
     first = starts[0]
     key = run_start_key(first)
     test = last_end.get("test")
+    _check_test_metrics(test)
     total = last_end.get("total_seconds")
     run = Run(
         run_id=run_id,

@@ -83,41 +83,50 @@ class SplitWindows:
         except OSError as err:
             raise UserError(f"{path} is not a readable HDF5 file ({err})") from None
         with handle:
-            attrs = handle.attrs
-            self.schema = int(attrs.get(layout.ATTR_SCHEMA_VERSION, 0))
-            if self.schema not in layout.READABLE_SCHEMAS:
-                raise UserError(f"{path}: schema_version is {self.schema}, this reader reads schema_version "
-                                f"{' or '.join(map(str, layout.READABLE_SCHEMAS))}; re-run preprocessing "
-                                f"(make preprocess) with this version of the toolkit")
-            self.transform = transforms.from_attrs(attrs)
-            self.close_index = self.transform.close_index
-            group = handle[split]
-            n = group[layout.Y].shape[0]
-            stop = n if stop is None else stop
-            if not 0 <= start <= stop <= n:
-                raise ValueError(f"rows [{start}, {stop}) outside /{split} ({n} windows)")
-            self.start, self.stop = start, stop
-            self.y = group[layout.Y][start:stop]
-            self.ticker = self.window_end = self.last_close = None
-            if extras or self.schema == 3:
-                self.ticker = group[layout.TICKER][start:stop]
-            if self.schema == 3:
-                self.seq_len = int(attrs[layout.ATTR_SEQ_LEN])
-                self._load_series(group, start, stop)
-            else:
-                self._x = group[layout.X][start:stop]
-                self.seq_len = self._x.shape[1]
-            if extras:
-                if layout.WINDOW_END in group:
-                    self.window_end = group[layout.WINDOW_END][start:stop]
-                if layout.LAST_CLOSE in group:
-                    self.last_close = group[layout.LAST_CLOSE][start:stop]
-                else:  # schema 1: the last close from the stored (min-max scaled) window
-                    last = self._x[:, -1:, :]
-                    self.last_close = self.transform.inputs_inverse(last, None, self.ticker)[:, -1,
-                                                                                            self.close_index]
-            if not extras and self.schema == 3:
-                self.ticker = None
+            try:
+                self._read(handle, split, start, stop, extras)
+            except (OSError, KeyError, RuntimeError) as err:  # h5py: a chunk, a dataset or an attribute
+                detail = " ".join(str(err).split())[:200]
+                raise UserError(f"{path}: cannot read /{split} ({detail}); the file is damaged or cut "
+                                f"short, re-run preprocessing") from None
+
+    def _read(self, handle, split: str, start: int, stop: int | None, extras: bool) -> None:
+        path = self.path
+        attrs = handle.attrs
+        self.schema = int(attrs.get(layout.ATTR_SCHEMA_VERSION, 0))
+        if self.schema not in layout.READABLE_SCHEMAS:
+            raise UserError(f"{path}: schema_version is {self.schema}, this reader reads schema_version "
+                            f"{' or '.join(map(str, layout.READABLE_SCHEMAS))}; re-run preprocessing "
+                            f"(make preprocess) with this version of the toolkit")
+        self.transform = transforms.from_attrs(attrs)
+        self.close_index = self.transform.close_index
+        group = handle[split]
+        n = group[layout.Y].shape[0]
+        stop = n if stop is None else stop
+        if not 0 <= start <= stop <= n:
+            raise ValueError(f"rows [{start}, {stop}) outside /{split} ({n} windows)")
+        self.start, self.stop = start, stop
+        self.y = group[layout.Y][start:stop]
+        self.ticker = self.window_end = self.last_close = None
+        if extras or self.schema == 3:
+            self.ticker = group[layout.TICKER][start:stop]
+        if self.schema == 3:
+            self.seq_len = int(attrs[layout.ATTR_SEQ_LEN])
+            self._load_series(group, start, stop)
+        else:
+            self._x = group[layout.X][start:stop]
+            self.seq_len = self._x.shape[1]
+        if extras:
+            if layout.WINDOW_END in group:
+                self.window_end = group[layout.WINDOW_END][start:stop]
+            if layout.LAST_CLOSE in group:
+                self.last_close = group[layout.LAST_CLOSE][start:stop]
+            else:  # schema 1: the last close from the stored (min-max scaled) window
+                last = self._x[:, -1:, :]
+                self.last_close = self.transform.inputs_inverse(last, None, self.ticker)[:, -1,
+                                                                                        self.close_index]
+        if not extras and self.schema == 3:
+            self.ticker = None
 
     def _load_series(self, group, start: int, stop: int) -> None:
         """The series rows this shard's windows cover, and their starts relative to them; checks every

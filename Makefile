@@ -135,7 +135,7 @@ cluster-status: ## Show sinfo and squeue of the local cluster
 # keep them on one worker, does not work under pytest 9 (tests/conftest.py, slurm_cluster).
 PYTEST_WORKERS := -n 2
 test: setup setup-tf lint ## Lint, then the whole test suite, both engines (starts the local cluster itself); what CI runs
-	@$(call words_of,PYTEST_ARGS,args); STOCKPREDICT_HYPOTHESIS=full $(show) "$$SP_VENV/bin/pytest" "$${args[@]}"
+	@$(call words_of,PYTEST_ARGS,args); export STOCKPREDICT_HYPOTHESIS=full; $(show) "$$SP_VENV/bin/pytest" "$${args[@]}"
 
 test-fast: setup ## The suite without the cluster and slow tests: the edit-test loop [PYTEST_ARGS=]
 	@$(call words_of,PYTEST_ARGS,args); $(show) "$$SP_VENV/bin/pytest" $(PYTEST_WORKERS) -m "not cluster and not slow" "$${args[@]}"

@@ -64,11 +64,18 @@ def parse_job_id(stdout: str) -> str:
 
 def job_info(job_id: str, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """`scontrol show job -o` as a dict (JobState, ExitCode, NodeList, ...); {} if Slurm forgot it."""
+    records = job_records(job_id, env)
+    return records[0] if records else {}
+
+
+def job_records(job_id: str, env: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """Every record of `scontrol show job -o <id>` (an array: one per task, or one for its pending rest);
+    [] if Slurm forgot the job."""
     proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)],
                           capture_output=True, text=True, env=env)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return {}
-    return parse_job_record(proc.stdout.strip().splitlines()[0])
+    if proc.returncode != 0:
+        return []
+    return [parse_job_record(line) for line in proc.stdout.splitlines() if line.strip()]
 
 
 def parse_job_record(line: str) -> dict[str, str]:

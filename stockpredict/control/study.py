@@ -276,15 +276,6 @@ def _announce(stages: list[Stage], rows: list[str], study_dir: Path, plan: Study
 JobInfo = Callable[[str], list[dict[str, str]]]
 
 
-def scontrol_records(job_id: str, env: Mapping[str, str] | None = None) -> list[dict[str, str]]:
-    """Every record of `scontrol show job -o <id>` (an array: one per task, or one for its pending rest)."""
-    proc = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
-                          env=env)
-    if proc.returncode != 0:
-        return []
-    return [slurmjobs.parse_job_record(line) for line in proc.stdout.splitlines() if line.strip()]
-
-
 def latest_study(results: Path) -> Path | None:
     """The record of the most recently submitted study under results/studies/, if any."""
     records = sorted((results / rundir.STUDIES).glob(f"*/{STUDY_RECORD}"))
@@ -386,7 +377,7 @@ def show_study(results: Path, job_info: JobInfo | None = None, say: Callable[[st
         say(f"study record {path} is not a study record")
         return True
     say("")
-    for line in study_lines(record, results, job_info or scontrol_records):
+    for line in study_lines(record, results, job_info or slurmjobs.job_records):
         say(line)
     return True
 

@@ -289,5 +289,5 @@ def _numeric_column(column: pd.Series, name: str, where) -> np.ndarray:
     bad = (coerced.isna() & column.notna()).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise TickerSkipped(f"{where(i)}: non-numeric {name} {column.iloc[i]!r}")
+        raise TickerSkipped(f"{where(i)}: non-numeric {name} {timestamps.shown(column.iloc[i])}")
     return coerced.to_numpy(dtype=np.float64, na_value=np.nan)

@@ -145,7 +145,7 @@ def read_frame(path: Path, config: PreprocessConfig, with_ticker: bool = False,
     wanted = list(dict.fromkeys(columns.values()))
     try:
         if input_kind(path) == "parquet":
-            frame = pd.read_parquet(path, columns=wanted, engine="pyarrow")
+            frame = _decode_binary_columns(pd.read_parquet(path, columns=wanted, engine="pyarrow"))
             frame.index = np.arange(1, len(frame) + 1)
         else:
             frame = read_csv_columns(path, wanted, columns["ticker"] if with_ticker else None)
@@ -156,6 +156,18 @@ def read_frame(path: Path, config: PreprocessConfig, with_ticker: bool = False,
     frame = frame.rename(columns={v: k for k, v in columns.items()})
     frame.attrs["columns"] = columns
     frame.attrs["kind"] = input_kind(path)
+    return frame
+
+
+def _decode_binary_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parquet binary columns arrive as bytes objects, which pandas' text operations cannot take (and
+    may not be UTF-8): decode them, an undecodable byte becoming U+FFFD, so the checks name the row."""
+    for j in range(frame.shape[1]):
+        column = frame.iloc[:, j]
+        first = column.first_valid_index()
+        if column.dtype == object and first is not None and isinstance(column.loc[first], bytes):
+            frame.isetitem(j, column.map(lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes)
+                                         else v))
     return frame
 
 

@@ -56,11 +56,18 @@ def read_times(frame: pd.DataFrame, columns: dict[str, str], where: RowName, tz:
     `columns` maps the canonical names to the file's header names (for the description only); `where`
     names a row (by position) in messages. Raises TimeError naming the first unreadable row.
     """
-    if "timestamp" in frame:
-        text_file = frame.attrs.get("kind", "csv") != "parquet"
-        reading = _single_column(frame["timestamp"], columns["timestamp"], where, tz, text_file)
-    else:
-        reading = _date_and_time(frame["date"], frame["time"], columns, where, tz)
+    try:
+        if "timestamp" in frame:
+            text_file = frame.attrs.get("kind", "csv") != "parquet"
+            reading = _single_column(frame["timestamp"], columns["timestamp"], where, tz, text_file)
+        else:
+            reading = _date_and_time(frame["date"], frame["time"], columns, where, tz)
+    except (pd.errors.OutOfBoundsDatetime, OverflowError) as err:
+        # Times at the edge of what int64 nanoseconds hold, moved past it by a zone or a date + time sum.
+        label = where(0).rpartition(" row ")[0] or where(0)
+        cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TimeError(f"{label}: a bar time is outside the dates nanosecond times can hold "
+                        f"(1677-09-21 to 2262-04-11): {cause}") from None
     if bar_label == "end":
         valid = reading.utc_ns != NAT
         reading.utc_ns = np.where(valid, reading.utc_ns - NS_PER_MINUTE, NAT)
@@ -90,16 +97,19 @@ def _single_column(column: pd.Series, name: str, where: RowName, tz: str, text_f
         _reject_missing(column, column.isna().to_numpy(), where)
         described = "date-time text with UTC offset" if text_file else f"datetime with time zone {dtype.tz}"
         zone = "from the UTC offsets" if text_file else "from the column's time zone"
-        return TimeReading(pd.DatetimeIndex(column).tz_convert("UTC").as_unit("ns").asi8,
+        return TimeReading(_datetime_ns(pd.DatetimeIndex(column).tz_convert("UTC"), column, where),
                            f"{name}: {described}", zone)
     if pd.api.types.is_datetime64_dtype(dtype):
         _reject_missing(column, column.isna().to_numpy(), where)
-        wall = pd.DatetimeIndex(column).as_unit("ns").asi8
+        wall = _datetime_ns(pd.DatetimeIndex(column), column, where)
         described = "date-time text without UTC offset" if text_file else "datetime without time zone"
         return TimeReading(localize(wall, tz), f"{name}: {described}", tz, wall)
     integral = _integral_values(column, where)
     if integral is not None:
         unit, unit_name = epoch_unit(integral)
+        outside = np.abs(integral.astype(np.float64)) >= _INT64_LIMIT / _NS_PER_UNIT[unit]
+        if outside.any():
+            _raise_out_of_range(int(np.argmax(outside)), column, where)
         utc = pd.to_datetime(integral, unit=unit, utc=True).as_unit("ns").asi8
         return TimeReading(utc, f"{name}: Unix epoch {unit_name}", "UTC (epoch times)")
     fast = parse_fixed_iso(column)
@@ -114,7 +124,7 @@ def _single_column(column: pd.Series, name: str, where: RowName, tz: str, text_f
     if with_offset.any() and not with_offset.all():
         i = int(np.argmin(with_offset)) if with_offset[0] else int(np.argmax(with_offset))
         if pd.isna(pd.to_datetime(text.iloc[i], errors="coerce")):
-            raise TimeError(f"{where(i)}: unparsable timestamp {column.iloc[i]!r}")
+            raise TimeError(f"{where(i)}: unparsable timestamp {shown(column.iloc[i])}")
         raise TimeError(f"{where(i)}: mixes timestamps with and without a UTC offset "
                         f"({text.iloc[0]!r} vs {text.iloc[i]!r})")
     aware = bool(with_offset.all())
@@ -122,12 +132,43 @@ def _single_column(column: pd.Series, name: str, where: RowName, tz: str, text_f
     bad = parsed.isna().to_numpy() | column.isna().to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
-        raise TimeError(f"{where(i)}: unparsable timestamp {column.iloc[i]!r}")
+        raise TimeError(f"{where(i)}: unparsable timestamp {shown(column.iloc[i])}")
     if aware:
         return TimeReading(pd.DatetimeIndex(parsed).as_unit("ns").asi8,
                            f"{name}: date-time text with UTC offset", "from the UTC offsets")
     wall = pd.DatetimeIndex(parsed).as_unit("ns").asi8
     return TimeReading(localize(wall, tz), f"{name}: date-time text without UTC offset", tz, wall)
+
+
+_NS_PER_UNIT = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+_INT64_LIMIT = 9.2e18  # just inside int64 nanoseconds: 1677-09-21 .. 2262-04-11
+# The whole years every unit of a datetime column can hold as int64 nanoseconds (pandas' limits).
+NS_YEARS = (1678, 2261)
+
+
+def shown(value) -> str:
+    """repr() of a cell for a message; a Timestamp beyond the standard library's years has none."""
+    try:
+        return repr(value)
+    except (NotImplementedError, ValueError, OverflowError):
+        return f"in the year {getattr(value, 'year', '?')}"
+
+
+def _raise_out_of_range(i: int, column: pd.Series, where: RowName) -> None:
+    raise TimeError(f"{where(i)}: timestamp {shown(column.iloc[i])} is outside the dates nanosecond times "
+                    f"can hold (1677-09-21 to 2262-04-11)")
+
+
+def _datetime_ns(index: pd.DatetimeIndex, column: pd.Series, where: RowName) -> np.ndarray:
+    """int64 nanoseconds of a datetime column in any unit (Parquet may hold seconds or milliseconds far
+    outside what nanoseconds can hold: that row is named instead of an OutOfBoundsDatetime traceback)."""
+    try:
+        return index.as_unit("ns").asi8
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        years = index.year.to_numpy()
+        outside = (years < NS_YEARS[0]) | (years > NS_YEARS[1])
+        _raise_out_of_range(int(np.argmax(outside)) if outside.any() else 0, column, where)
+        raise  # unreachable: _raise_out_of_range always raises
 
 
 def parse_fixed_iso(column: pd.Series) -> tuple[np.ndarray, bool] | None:
@@ -162,7 +203,8 @@ def parse_fixed_iso(column: pd.Series) -> tuple[np.ndarray, bool] | None:
     number = lambda i, n: sum(digits[:, i + k] * 10 ** (n - 1 - k) for k in range(n))  # noqa: E731
     year, month, day, hour, minute = number(0, 4), number(4, 2), number(6, 2), number(8, 2), number(10, 2)
     second = number(12, 2) if seconds_at else 0
-    out_of_range = (month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59)
+    out_of_range = ((month < 1) | (month > 12) | (day < 1) | (hour > 23) | (minute > 59)
+                    | (year < NS_YEARS[0]) | (year > NS_YEARS[1]))  # int64 nanoseconds would wrap
     if (out_of_range | (np.asarray(second) > 59)).any():
         return None
     months = ((year - 1970) * 12 + month - 1).astype("datetime64[M]")
@@ -212,11 +254,12 @@ def _parse_dates(column: pd.Series, where: RowName) -> np.ndarray:
     else:
         parsed = _to_datetime(pd.Series(uniques).astype(str).str.strip(), aware=False)
     day = parsed.dt.normalize().to_numpy(dtype="datetime64[ns]").view(np.int64)
-    bad = (codes < 0) | (day[codes] == NAT) | (parsed.to_numpy(dtype="datetime64[ns]").view(np.int64)[codes]
-                                               != day[codes])
+    exact = parsed.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    _reject_missing_codes(codes, column, where, "date")  # day[-1] would be another row's (or none)
+    bad = (day[codes] == NAT) | (exact[codes] != day[codes])
     if bad.any():
         i = int(np.argmax(bad))
-        raise TimeError(f"{where(i)}: unparsable date {column.iloc[i]!r}")
+        raise TimeError(f"{where(i)}: unparsable date {shown(column.iloc[i])}")
     return day[codes]
 
 
@@ -230,10 +273,11 @@ def _parse_times_of_day(column: pd.Series, where: RowName) -> tuple[np.ndarray, 
     # "09:30" has no seconds; to_timedelta wants "09:30:00".
     text = text.where(text.str.count(":") != 1, text + ":00")
     delta = pd.to_timedelta(text, errors="coerce").to_numpy(dtype="timedelta64[ns]").view(np.int64)
-    bad = (codes < 0) | (delta[codes] == NAT) | (delta[codes] < 0) | (delta[codes] >= NS_PER_DAY)
+    _reject_missing_codes(codes, column, where, "time of day")
+    bad = (delta[codes] == NAT) | (delta[codes] < 0) | (delta[codes] >= NS_PER_DAY)
     if bad.any():
         i = int(np.argmax(bad))
-        raise TimeError(f"{where(i)}: unparsable time of day {column.iloc[i]!r}")
+        raise TimeError(f"{where(i)}: unparsable time of day {shown(column.iloc[i])}")
     return delta[codes], "HH:MM[:SS] text"
 
 
@@ -249,7 +293,7 @@ def _integer_times_of_day(values: np.ndarray, column: pd.Series, where: RowName)
     if low >= 0 and high < 86400:
         return values * 1_000_000_000, "seconds after midnight"
     i = int(np.argmax((values < 0) | (values >= 86400)))
-    raise TimeError(f"{where(i)}: unparsable time of day {column.iloc[i]!r} (expected "
+    raise TimeError(f"{where(i)}: unparsable time of day {shown(column.iloc[i])} (expected "
                     f"HH:MM, HHMM, HHMMSS, or minutes/seconds after midnight)")
 
 
@@ -269,10 +313,17 @@ def _integral_values(column: pd.Series, where: RowName) -> np.ndarray | None:
     return None
 
 
+def _reject_missing_codes(codes: np.ndarray, column: pd.Series, where: RowName, what: str) -> None:
+    """A missing value (factorize code -1) names its row before any code is used as an index."""
+    if (codes < 0).any():
+        i = int(np.argmax(codes < 0))
+        raise TimeError(f"{where(i)}: unparsable {what} {shown(column.iloc[i])}")
+
+
 def _reject_missing(column: pd.Series, missing: np.ndarray, where: RowName) -> None:
     if missing.any():
         i = int(np.argmax(missing))
-        raise TimeError(f"{where(i)}: unparsable timestamp {column.iloc[i]!r}")
+        raise TimeError(f"{where(i)}: unparsable timestamp {shown(column.iloc[i])}")
 
 
 def _to_datetime(text: pd.Series, aware: bool) -> pd.Series:

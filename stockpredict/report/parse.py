@@ -160,6 +160,23 @@ def _json_object(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
+def _is_torn_fragment(line: str) -> bool:
+    """Whether `line` is the start of a JSON object cut short (a write interrupted), not other damage:
+    it opens an object and the parser runs out of text, in a string or within the last few characters
+    (a number, `true`, `null` cut short), rather than meeting a wrong character earlier."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return False
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as err:
+        rest = text[err.pos:]
+        return (err.msg.startswith("Unterminated string") or not rest
+                or any(word.startswith(rest) for word in ("true", "false", "null"))
+                or re.fullmatch(r"-|[.eE][+-]?", rest) is not None)
+    return False
+
+
 def _record_after_torn_fragment(line: str) -> dict | None:
     """The whole record that follows a torn fragment on one line, or None."""
     for match in _RECORD_START.finditer(line, 1):
@@ -245,6 +262,11 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
             elif position == len(lines) - 1:
                 notes.append(f"dropped unreadable last line {lineno} (truncated write)")
                 break
+            elif _is_torn_fragment(line) and _json_object(lines[position + 1][1]) is not None:
+                # timing.append_event starts a fresh line after a torn one, so the fragment stands alone.
+                notes.append(f"line {lineno}: dropped a torn fragment (a write cut short) before a whole "
+                             f"record")
+                continue
             else:
                 raise SkipLog(f"corrupt: line {lineno} is not a JSON object")
         schema = event.get("schema")

@@ -29,6 +29,7 @@ def outputs(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if not p.name.startswith(".")}
 
 
+@pytest.mark.slow  # 7 report processes with plots: 5-11 s on the shared 2-core VM (make test runs it)
 def test_concurrent_reports_on_one_results_directory_always_leave_whole_files(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "results"
     strong_and_weak_runs(runs)

@@ -18,6 +18,7 @@ import sys, time
 from pathlib import Path
 from stockpredict.control.submit import new_run_dir
 parent, start, count = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+time.sleep(max(0.0, start - time.time() - 0.02))
 while time.time() < start:  # every process starts creating at the same instant
     pass
 print("\\n".join(new_run_dir(parent, "n1-g0-b32").name for _ in range(count)))

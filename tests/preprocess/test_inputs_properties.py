@@ -236,7 +236,7 @@ def raw_inputs(draw) -> tuple[str, list[tuple[str, bytes]]]:
         return layout, [("all" + suffix, data)]
     names = ["AAA", "BRK.B", "ü", "a b", "X" * 60, "-x", "Z"]
     files = []
-    count = draw(st.sampled_from([2, 3])) if layout == "several" else 1
+    count = {"several": draw(st.sampled_from([2, 3])), "many_in_dir": draw(st.sampled_from([2, 1]))}.get(layout, 1)
     for i in range(count):
         suffix, data = draw(raw_files(ticker_column=layout == "many_in_dir"))
         name = "day" if layout == "many_in_dir" else draw(st.sampled_from(names))

@@ -236,7 +236,8 @@ def raw_inputs(draw) -> tuple[str, list[tuple[str, bytes]]]:
         return layout, [("all" + suffix, data)]
     names = ["AAA", "BRK.B", "ü", "a b", "X" * 60, "-x", "Z"]
     files = []
-    count = {"several": draw(st.sampled_from([2, 3])), "many_in_dir": draw(st.sampled_from([2, 1]))}.get(layout, 1)
+    counts = {"several": [2, 3], "many_in_dir": [2, 1]}  # many_in_dir: a ticker joined across flat files
+    count = draw(st.sampled_from(counts[layout])) if layout in counts else 1
     for i in range(count):
         suffix, data = draw(raw_files(ticker_column=layout == "many_in_dir"))
         name = "day" if layout == "many_in_dir" else draw(st.sampled_from(names))

@@ -9,15 +9,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from test_report import REPO, run_end, simple_run, strong_and_weak_runs, write_log
+from test_report import run_end, simple_run, strong_and_weak_runs, write_log
 
 from stockpredict import report
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def report_command(runs: Path, out: Path) -> list[str]:
@@ -26,7 +29,8 @@ def report_command(runs: Path, out: Path) -> list[str]:
 
 def outputs(out: Path) -> dict[str, bytes]:
     """The report's files in `out` (scaling.md, CSVs, PNGs) by name; temporary files are not outputs."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if not p.name.startswith(".")}
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
+            if p.is_file() and not p.name.startswith(".")}
 
 
 @pytest.mark.slow  # 7 report processes with plots: 5-11 s on the shared 2-core VM (make test runs it)
@@ -133,3 +137,24 @@ def test_a_damaged_middle_line_that_is_not_a_cut_write_still_makes_the_log_corru
     text = "".join(json.dumps(e) + "\n" for e in events[:2]) + damage + "\n" + json.dumps(events[2]) + "\n"
     with pytest.raises(report.SkipLog, match="corrupt: line 3"):
         report.parse_timing_log(text, run_id="r1")
+
+
+@pytest.mark.slow  # 2 make processes, each a report with plots
+def test_two_make_reports_at_once_both_succeed_with_the_same_outputs(tmp_path):
+    """`make report` itself (what a user types in two terminals), on one RESULTS directory at once."""
+    results = tmp_path / "results"
+    strong_and_weak_runs(results / "runs")
+    make = ["make", "--no-print-directory", "-C", str(REPO), f"VENV={Path(sys.executable).parent.parent}",
+            "SETUP_DONE=", "report", f"RESULTS={results}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    procs = [subprocess.Popen(make, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(2)]
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr
+        assert f"{results}/scaling.md" in stdout + stderr, stdout + stderr
+    together = outputs(results)
+    alone = subprocess.run(make, capture_output=True, text=True, env=env, timeout=300)
+    assert alone.returncode == 0, alone.stderr
+    assert together == outputs(results) and "scaling.md" in together
+    assert not list(results.glob(".*.tmp"))

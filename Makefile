@@ -51,6 +51,9 @@ USER_VARS := PYTHON_SYS ENGINE VENV SETUP_DONE TF_EXTRA RAW OUT DATA TICKERS DAY
 USER_VARS += SIGNAL AFTER AFTER_KIND ARRAY ARRAY_MAX
 # make study: FORCE=1 rebuilds DATA from RAW (and retrains every run).
 USER_VARS += FORCE
+# submit, sweep, study: seconds without a step, while a rank stopped answering, before the job ends
+# (the trainer's --stall-timeout; default the profile's stall_timeout, else 300; 0: off).
+USER_VARS += STALL_TIMEOUT
 # `make predict` writes predictions.csv unless OUT is given (OUT's own default names the HDF5 file);
 # read before the line below turns OUT's origin into "override".
 OUT_GIVEN := $(filter command environment,$(origin OUT))
@@ -181,12 +184,13 @@ SUBMIT_FLAGS = flags=(); $(call flag,NODES,--nodes) $(call flag,GPUS,--gpus-per-
                $(call flag,EPOCHS,--epochs) $(call flag,BATCH,--batch-size) flags+=("--data=$$SP_DATA"); \
                $(call flag,ENGINE,--engine) \
                $(call flag,PROFILE,--profile) $(call flag,TIME,--time) \
-               $(call flag,SIGNAL,--requeue-signal) $(call flag,AFTER,--after) $(call flag,AFTER_KIND,--after-kind) \
+               $(call flag,SIGNAL,--requeue-signal) $(call flag,STALL_TIMEOUT,--stall-timeout) \
+               $(call flag,AFTER,--after) $(call flag,AFTER_KIND,--after-kind) \
                $(if $(filter 1 yes true,$(TIMELINE)),flags+=(--timeline "--max-steps=$${SP_TIMELINE_STEPS:-200}");) \
                $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) flags+=("--results=$$SP_RESULTS")
 
 .PHONY: submit sweep allreduce-bench status logs
-submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1 ENGINE=tf SIGNAL=USR2|USR1 AFTER=<id>[:<id>] AFTER_KIND=afterok|afterany|afternotok]
+submit: setup ## Render and sbatch one training job [NODES= GPUS= EPOCHS= BATCH= DATA= PROFILE= DRY_RUN=1 TIMELINE=1 ENGINE=tf SIGNAL=USR2|USR1 STALL_TIMEOUT=<s> AFTER=<id>[:<id>] AFTER_KIND=afterok|afterany|afternotok]
 	@$(SUBMIT_FLAGS); "$$SP_PY" -m stockpredict.submit train "$${flags[@]}"
 
 sweep: setup ## Submit a scaling grid, one job array per node count [NODES_LIST="1 2 4" BATCH_LIST="32 64 128 256" MODE=strong|weak REPEATS=1 ARRAY_MAX= ARRAY=0 AFTER=]

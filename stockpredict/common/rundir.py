@@ -9,6 +9,7 @@
         train.log                  rank 0's log
         config.json                the resolved training configuration
         checkpoints/               stockpredict/job/checkpoints.py
+        heartbeats/                each rank's heartbeat for the stall watchdog (stockpredict/job/watchdog.py)
         transform.json, inputs.json, model.keras, metrics.json   written at the end, model.keras last
         timeline.json              Horovod's timeline (TIMELINE=1)
         allreduce.json             the allreduce benchmark's summary, its last file
@@ -63,6 +64,7 @@ MODEL = "model.keras"               # saved last: a train job counts as finished
 TIMELINE = "timeline.json"          # Horovod's timeline (make submit TIMELINE=1)
 ALLREDUCE_SUMMARY = "allreduce.json"  # the allreduce benchmark's last file: its done marker
 SUBMITIT = "submitit"
+HEARTBEATS = "heartbeats"           # rank-<R>.json: the stall watchdog's (stockpredict/job/watchdog.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class RunPaths:
     timeline = property(lambda self: self.root / TIMELINE)
     allreduce_summary = property(lambda self: self.root / ALLREDUCE_SUMMARY)
     submitit = property(lambda self: self.root / SUBMITIT)
+    heartbeats = property(lambda self: self.root / HEARTBEATS)
 
     def slurm_outputs(self) -> list[Path]:
         """Slurm's output files of every job that ran in this directory, oldest job id first."""

@@ -47,11 +47,17 @@ class TrainConfig:
     stop_check_steps: int = 20        # steps between the ranks' stop agreements (~2 ms each, 2 ranks)
     max_steps: int | None = None      # cap on steps per epoch (benchmarks, smoke runs); None: all
     engine: str = "horovod"           # "horovod" (ring-allreduce) or "tf" (tf.distribute multi-worker)
+    stall_timeout: int = 300          # seconds without a step, while a peer rank stopped answering, before
+    #                                   the job ends (stockpredict/job/watchdog.py); 0: no watchdog
 
     def __post_init__(self):
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
                     "lstm_units": self.lstm_units, "dense_units": self.dense_units,
                     "stop_check_steps": self.stop_check_steps}
+        if isinstance(self.stall_timeout, bool) or not isinstance(self.stall_timeout, int) \
+                or self.stall_timeout < 0:
+            raise UserError(f"--stall-timeout must be an integer number of seconds >= 0 (0: off), "
+                            f"not {self.stall_timeout!r}")
         for name, value in positive.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be a positive integer, not {value!r}")
@@ -98,7 +104,8 @@ class TrainConfig:
 # Field order on the command line; data and run_dir come first. The first five match what `submit`
 # has always rendered into job scripts (--resume --batch-size B --threads T --epochs E ...).
 ARGV_ORDER = ("resume", "batch_size", "threads", "epochs", "lr", "warmup_epochs", "seed", "mode",
-              "lstm_units", "dropout", "dense_units", "stop_check_steps", "max_steps", "lr_decay", "engine")
+              "lstm_units", "dropout", "dense_units", "stop_check_steps", "max_steps", "lr_decay", "engine",
+              "stall_timeout")
 
 # name -> (argparse type or "flag", help). One table for the trainer's and `submit`'s flags.
 FLAGS: dict[str, tuple[Any, str]] = {
@@ -121,6 +128,8 @@ FLAGS: dict[str, tuple[Any, str]] = {
     "max_steps": (int, "cap on steps per epoch (benchmarks and smoke runs; default: the whole shard)"),
     "engine": (ENGINES, "distributed engine: horovod (default; horovodrun, srun --mpi=pmix) or tf "
                         "(tf.distribute MultiWorkerMirroredStrategy; plain srun)"),
+    "stall_timeout": (int, "end the job when a peer rank stopped answering and no step ran for this many "
+                           "seconds (default 300; 0: off)"),
 }
 assert set(FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}, "FLAGS must name every field"
 assert set(ARGV_ORDER) | {"data", "run_dir"} == set(FLAGS)

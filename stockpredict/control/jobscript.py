@@ -129,6 +129,8 @@ class JobSpec:
     requeue_signal: str = REQUEUE_SIGNAL     # train jobs: USR2 or USR1 (common/signals.py says why USR2)
     max_requeues_without_progress: int = 3   # train jobs: requeues in a row without a newer checkpoint
     #                                          before the job fails instead (a crash loop; docs/training.md)
+    stall_timeout: int | None = None         # train jobs: the trainer's --stall-timeout (seconds; 0: off);
+    #                                          None: the trainer's default, 300 (stockpredict/job/watchdog.py)
     run_dir: str | None = None               # train and allreduce jobs: the program's --run-dir (absolute)
     command: tuple[str, ...] = ()            # the program's argv (quoted here; run after setup)
     timeline: bool = False                   # train jobs: export HOROVOD_TIMELINE=<run_dir>/timeline.json
@@ -163,7 +165,7 @@ _MANAGED_DIRECTIVES = {"nodes", "ntasks-per-node", "ntasks", "cpus-per-task", "g
 
 # The type of each JobSpec field a profile, a flag or a record can set (validate() then checks the values).
 _INT_FIELDS = {"nodes", "gpus_per_node", "cpus_per_task", "signal_seconds", "max_requeues_without_progress"}
-_OPTIONAL_INT_FIELDS = {"tasks_per_node", "array_max"}
+_OPTIONAL_INT_FIELDS = {"tasks_per_node", "array_max", "stall_timeout"}
 _BOOL_FIELDS = {"requeue", "timeline"}
 _OPTIONAL_STR_FIELDS = {"partition", "account", "qos", "constraint", "mem", "error", "run_dir"}
 _STR_LIST_FIELDS = {"setup", "extra_directives", "command"}
@@ -243,6 +245,8 @@ def validate(spec: JobSpec) -> JobSpec:
         raise UserError(f"requeue signal {spec.requeue_signal!r}: write it as one of "
                         f"{', '.join(REQUEUE_SIGNALS)}")
     _positive_int("max_requeues_without_progress", spec.max_requeues_without_progress, minimum=0)
+    if spec.stall_timeout is not None:
+        _positive_int("stall_timeout (seconds; 0: off)", spec.stall_timeout, minimum=0)
     _matches("time limit", spec.time, _TIME_RE,
              "Slurm accepts M, M:S, H:M:S, D-H, D-H:M or D-H:M:S (e.g. 00:30:00 or 1-12:00:00)")
     if spec.partition is not None:

@@ -94,7 +94,8 @@ _SHAPE = ("nodes", "gpus_per_node", "tasks_per_node")
 def run_signature(job: Mapping[str, Any], train: Mapping[str, Any]) -> str:
     """What makes two runs the same experiment: the trainer's settings (all but its run directory) and
     the job's shape. Two repeats of a grid point share it; that is why skipping counts them."""
-    settings = {k: v for k, v in train.items() if k != "run_dir"}
+    # The stall timeout says when to give up on a hung rank, not what is trained.
+    settings = {k: v for k, v in train.items() if k not in ("run_dir", "stall_timeout")}
     return json.dumps([{k: job.get(k) for k in _SHAPE}, settings], sort_keys=True)
 
 
@@ -146,7 +147,8 @@ def plan_study(sweep: SweepPlan, profile: str, results: Path, preprocess: bool,
     for index, (run, config) in enumerate(zip(sweep.grid, sweep.configs)):
         overrides = dict(sweep.overrides, nodes=run["nodes"])
         spec = train_spec(profile, Path("/nonexistent/run"), config, **overrides)
-        train = dataclasses.asdict(job_config(config, Path("/nonexistent/run"), spec.cpus_per_task))
+        train = dataclasses.asdict(job_config(config, Path("/nonexistent/run"), spec.cpus_per_task,
+                                              spec.stall_timeout))
         signature = run_signature(dataclasses.asdict(spec), train)
         if completed.get(signature):
             plan.completed[index] = completed[signature].pop(0)

@@ -76,10 +76,15 @@ DEFAULT_BATCH = TrainConfig.batch_size  # per rank; the seed's baseline
 TRAIN_FLAGS = ("data", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "max_steps", "engine")
 
 
-def job_config(config: TrainConfig, run_dir: Path, threads: int) -> TrainConfig:
+def job_config(config: TrainConfig, run_dir: Path, threads: int,
+               stall_timeout: int | None = None) -> TrainConfig:
     """What a job's trainer runs: `config` in `run_dir`, with one thread per allocated CPU, and
-    --resume always, so a requeued job continues from its checkpoint."""
-    return dataclasses.replace(config, run_dir=str(run_dir), resume=True, threads=threads)
+    --resume always, so a requeued job continues from its checkpoint. `stall_timeout` (the job's:
+    STALL_TIMEOUT=, --stall-timeout or the profile's key) replaces the trainer's default when given."""
+    config = dataclasses.replace(config, run_dir=str(run_dir), resume=True, threads=threads)
+    if stall_timeout is not None:
+        config = dataclasses.replace(config, stall_timeout=stall_timeout)
+    return config
 
 
 _warned_missing: set[str] = set()
@@ -139,7 +144,12 @@ def train_spec(profile: str, run_dir: Path, config: TrainConfig, **overrides: An
     values.update(kind="train", requeue=True, run_dir=str(run_dir), output=str(run_dir / rundir.SLURM_OUTPUT),
                   job_name=values.get("job_name") or "stockpredict-train")
     cpus = values.get("cpus_per_task", JobSpec.cpus_per_task)
-    values["command"] = ["python", "-m", "stockpredict.train", *job_config(config, run_dir, cpus).to_argv()]
+    stall = values.get("stall_timeout")
+    if stall is not None and (isinstance(stall, bool) or not isinstance(stall, int) or stall < 0):
+        raise UserError(f"stall_timeout (STALL_TIMEOUT=, --stall-timeout or the profile key) must be an "
+                        f"integer number of seconds >= 0 (0: off), got {stall!r}"[:300])
+    trainer = job_config(config, run_dir, cpus, stall)
+    values["command"] = ["python", "-m", "stockpredict.train", *trainer.to_argv()]
     return validate(make_spec(values))
 
 
@@ -191,7 +201,7 @@ def submit_train(config: TrainConfig, profile: str = "local", results: str | Pat
     train_spec(profile, Path("/nonexistent/run"), config, **overrides)
     run_dir, target = _job_dir(results, rundir.RUNS, run_suffix(nodes, gpus, config), dry_run)
     spec = train_spec(profile, target, config, **overrides)
-    train = dataclasses.asdict(job_config(config, target, spec.cpus_per_task))
+    train = dataclasses.asdict(job_config(config, target, spec.cpus_per_task, spec.stall_timeout))
     return _render_and_submit(spec, run_dir, {"train": train}, sbatch_args, dry_run)
 
 
@@ -256,7 +266,8 @@ def submit_train_array(configs: Sequence[TrainConfig], profile: str = "local",
                 made.append(task_dir)
             spec = train_spec(profile, task_dir, config, **overrides)
             specs.append(spec)
-            records.append(dataclasses.asdict(job_config(config, task_dir, spec.cpus_per_task)))
+            records.append(dataclasses.asdict(job_config(config, task_dir, spec.cpus_per_task,
+                                                         spec.stall_timeout)))
         target = root / rundir.ARRAYS / array_dir.name
         array_spec = validate(dataclasses.replace(
             specs[0], run_dir=str(target), command=(), output=str(target / rundir.ARRAY_OUTPUT),
@@ -631,7 +642,7 @@ def submit_training(*, data: str, nodes: int = 1, gpus_per_node: int = 0, epochs
         if getattr(spec, key) is not None:
             params[f"slurm_{key}"] = getattr(spec, key)
     executor.update_parameters(**params)
-    trainer = job_config(config, run_dir, spec.cpus_per_task)
+    trainer = job_config(config, run_dir, spec.cpus_per_task, spec.stall_timeout)
     job = executor.submit(TrainerCall(), trainer.to_argv())
     record = {"run_id": run_dir.name, "job": dataclasses.asdict(spec), "train": dataclasses.asdict(trainer),
               "job_id": str(job.job_id), "submitit": {"cluster": executor.cluster, "parameters": params}}
@@ -677,6 +688,10 @@ def _add_job_flags(parser: argparse.ArgumentParser, train: bool) -> None:
         _add_rank_flags(parser)
         parser.add_argument("--signal-seconds", type=int,
                             help="send the requeue signal this long before the time limit")
+        parser.add_argument("--stall-timeout", type=int,
+                            help="end the job when a rank stopped answering and no step ran for this many "
+                                 "seconds (STALL_TIMEOUT=; default: the profile's stall_timeout, else 300; "
+                                 "0: off)")
         parser.add_argument("--requeue-signal", help="the time-limit warning: USR2 (default) or USR1 "
                                                      "(make SIGNAL=; docs/training.md says why USR2)")
         # Unset trainer flags stay out of the namespace: TrainConfig's defaults apply.
@@ -696,7 +711,7 @@ def _add_rank_flags(parser: argparse.ArgumentParser) -> None:
 
 _SPEC_FLAGS = ("time", "partition", "account", "qos", "constraint", "mem", "cpus_per_task", "nodes",
                "gpus_per_node", "tasks_per_node", "launcher", "signal_seconds", "job_name",
-               "extra_directives", "timeline", "requeue_signal")
+               "extra_directives", "timeline", "requeue_signal", "stall_timeout")
 
 
 def _overrides(ns: argparse.Namespace) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from stockpredict.common.hardware import affinity_summary
 from stockpredict.common.logs import LOG_LEVEL_ENV, get_logger
 from stockpredict.common.sequences import SequencesInfo
 from stockpredict.common.train_config import TrainConfig, resolve_config
-from stockpredict.job import checkpoints, preemption
+from stockpredict.job import checkpoints, preemption, watchdog
 from stockpredict.job.checkpoints import ResumePoint
 from stockpredict.job.engine import MPI_YIELD_VARIABLE, Engine
 
@@ -229,6 +229,7 @@ class Run:
     replica: Replica
     engine: Engine
     wall_start: float             # time.monotonic() when this attempt started
+    stall: Any = watchdog.NoWatchdog()  # progress() after each group of steps (job/watchdog.py)
 
     @property
     def is_root(self) -> bool:
@@ -283,6 +284,7 @@ def train_epochs(run: Run, position: Position) -> int:
                 # Run up to the next multiple of stop_check_steps, where the ranks check for a stop.
                 n = min(cfg.stop_check_steps - step % cfg.stop_check_steps, steps - step)
                 replica.train_steps(*batches.take(n))
+                run.stall.progress()
                 step += n
                 progress.update(n)
                 if step < steps and stop_agreed(engine):
@@ -326,6 +328,7 @@ def evaluate(run: Run, split: str, with_metrics: bool = False) -> np.ndarray:
     for x, y, tickers, last_close in iter_eval_shard(info.path, split, engine.rank, engine.size,
                                                      info.close_index):
         pred = run.replica.predict(x).numpy()
+        run.stall.progress()
         if with_metrics:
             sums += shard_sums(pred, y, last_close, tickers, info.transform)
         else:
@@ -348,6 +351,7 @@ def save_checkpoint(run: Run, epochs_done: int, step: int, loss_sum: float) -> N
         "config": dataclasses.asdict(cfg),
         "dropout_rng_states": all_states, "time": timing.utc_now_iso(),
     })
+    run.stall.progress()
 
 
 # --- 5. the two ends: preempted or finished ----------------------------------------------------------
@@ -441,17 +445,33 @@ def run_training(config: TrainConfig, engine: Engine) -> int:
     wall_start = time.monotonic()
     plan = plan_run(resolved, engine.size)
     handler = setup_logging(plan.run_dir, engine.rank == 0)
+    stall = start_watchdog(plan, engine)
     try:
         replica = build_replica(plan, engine)
         position = restore(plan, replica, engine)
-        return train_epochs(Run(plan, replica, engine, wall_start), position)
+        return train_epochs(Run(plan, replica, engine, wall_start, stall), position)
     finally:
+        stall.stop()
         if handler is not None:
             log.removeHandler(handler)
             handler.close()
 
 
 # --- helpers -------------------------------------------------------------------------------------------
+
+def start_watchdog(plan: RunPlan, engine: Engine):
+    """Every rank's stall watchdog (job/watchdog.py), armed before the first collective; a no-op with
+    --stall-timeout 0 or on one rank (nobody to wait for)."""
+    timeout = plan.config.stall_timeout
+    engine.set_stall_timeout(timeout)
+    if not timeout or engine.size == 1:
+        return watchdog.NoWatchdog()
+    host = os.environ.get("SLURMD_NODENAME") or socket.gethostname()  # virtual nodes share a hostname
+    if engine.rank == 0:
+        log.info("stall watchdog: a rank that stops answering ends the job after %d s without a step "
+                 "(--stall-timeout)", timeout)
+    return watchdog.Watchdog(plan.run_dir, engine.rank, engine.size, host, timeout).start()
+
 
 def choose_gpu(visible_gpus: int, local_rank: int) -> int | None:
     """Index (among the visible GPUs) this rank should use, or None on a CPU-only node.

@@ -40,6 +40,10 @@ class Engine(Protocol):
     def local_rank(self) -> int:
         """This process's index among the ranks on its node (GPU pinning)."""
 
+    def set_stall_timeout(self, seconds: int) -> None:
+        """The trainer's --stall-timeout (seconds; 0: off), before scope(): an engine whose runtime gives
+        up on a silent peer by itself (tf.distribute) waits longer, so the watchdog names the peer."""
+
     def initialized_rank(self) -> int | None:
         """The rank if init() succeeded, else None (for error reporting before or after init)."""
 

@@ -46,6 +46,10 @@ class HorovodEngine:
     def local_rank(self) -> int:
         return self.hvd.local_rank()  # Horovod: the rank among this node's ranks
 
+    def set_stall_timeout(self, seconds: int) -> None:
+        """Nothing to change: Horovod's own stall check only warns (after 60 s, naming ranks, not hosts)
+        unless HOROVOD_STALL_SHUTDOWN_TIME_SECONDS is set; the trainer's watchdog ends the job."""
+
     def initialized_rank(self) -> int | None:
         try:
             return self.hvd.rank()  # Horovod: raises ValueError before hvd.init()

@@ -47,6 +47,17 @@ class TfEngine:
         self.cluster: WorkerCluster | None = None
         self._strategy = None
         self._reduce: Callable | None = None  # compiled all-reduce sum, built on first use
+        self._stall_timeout = 0  # seconds; set_stall_timeout
+
+    def set_stall_timeout(self, seconds: int) -> None:
+        """Let the trainer's stall watchdog name a stopped worker before TensorFlow gives up on it.
+
+        tf.distribute's coordination service aborts every collective 10 s (its default heartbeat timeout)
+        after a worker stops sending heartbeats, with an UnavailableError traceback naming only
+        /job:worker/task:N. With a stall timeout the heartbeat timeout becomes that + 60 s, so the
+        watchdog (job/watchdog.py) ends the job first, naming the rank and host; the service stays the
+        backstop. Call before the strategy starts (engine.scope())."""
+        self._stall_timeout = int(seconds)
 
     def init(self) -> None:
         # tf.distribute: TF_CONFIG as the user set it, else built from the srun step, else one worker.
@@ -84,6 +95,8 @@ class TfEngine:
             tf = self.tf
             implementation = getattr(tf.distribute.experimental.CommunicationImplementation,
                                      self._collectives())
+            if self._stall_timeout and self.size > 1:
+                self._configure_coordination(heartbeat_seconds=self._stall_timeout + 60)
             # tf.distribute: reads TF_CONFIG, starts this worker's gRPC server, joins the others.
             self._strategy = tf.distribute.MultiWorkerMirroredStrategy(
                 communication_options=tf.distribute.experimental.CommunicationOptions(
@@ -92,6 +105,21 @@ class TfEngine:
                 raise RuntimeError(f"tf.distribute sees {self._strategy.num_replicas_in_sync} replicas, "
                                    f"the cluster has {self.size} workers: one replica per worker expected")
         return self._strategy
+
+    def _configure_coordination(self, heartbeat_seconds: int) -> None:
+        """tf.distribute: the coordination service MultiWorkerMirroredStrategy would configure itself
+        (it does only when none is configured), with a longer heartbeat timeout."""
+        from tensorflow.python.distribute import collective_all_reduce_strategy as mwms
+        from tensorflow.python.eager import context
+
+        coordination_config_pb2 = mwms.coordination_config_pb2  # where this TF version keeps it
+
+        if context.context().coordination_service is not None:
+            return
+        context.context().configure_coordination_service(
+            service_type="standalone", service_leader="/job:worker/replica:0/task:0",
+            coordinated_jobs=[coordination_config_pb2.CoordinatedJob(name="worker", num_tasks=self.size)],
+            heartbeat_timeout_in_ms=heartbeat_seconds * 1000)
 
     def scope(self):
         return self.strategy.scope()  # tf.distribute: variables created here are mirrored on all workers

@@ -46,6 +46,7 @@ def test_stopped_rank_ends_the_job_naming_it(slurm_cluster, tiny_dataset, tmp_pa
     assert state == "FAILED", log_text
     named = [line for line in log_text.splitlines() if f"rank 1 on host {host} stopped answering" in line]
     assert len(named) == 1, log_text
+    print(named[0])
     assert named[0].startswith("error: ") and f"stall timeout {STALL_TIMEOUT} s" in named[0]
     assert "stockpredict: training FAILED" in log_text and "requeueing" not in log_text
     assert slurm_cluster.info(job_id).get("Restarts") == "0"

@@ -388,6 +388,9 @@ def finish(run: Run) -> int:
     test = metrics_from_sums(test_sums) if test_sums is not None else None
     checksums = engine.allgather_object(weights_checksum(run.replica.model))  # ranks stayed in sync?
     peak_rss = engine.allgather_object(round(peak_rss_mb(), 1))  # for the memory goal per rank
+    # The last collective: from here the other ranks exit while rank 0 writes, and no rank can wait on a
+    # peer any more, so a slow write must not look like a hang to rank 0's watchdog.
+    run.stall.stop()
     if len(set(checksums)) != 1:
         log.error("ranks ended with different weights: %s", checksums)
     if run.is_root:  # only rank 0 writes files

@@ -145,3 +145,17 @@ def test_a_sigstopped_peer_process_is_named(tmp_path, capsys):
     finally:
         peer.kill()  # SIGKILL works on a stopped process
         peer.wait()
+
+
+def test_stop_ends_the_thread_and_its_heartbeats(tmp_path):
+    """finish() stops the watchdog after the last collective: no thread may outlive it and judge a peer
+    that has simply exited."""
+    dog = Watchdog(tmp_path, rank=0, size=2, host="node1", timeout=2, exit=lambda status: None, interval=0.1)
+    dog.start()
+    time.sleep(0.3)
+    dog.stop()
+    assert not dog._thread.is_alive()
+    path = watchdog.heartbeat_path(tmp_path, 0)
+    written = path.read_text()
+    time.sleep(0.3)
+    assert path.read_text() == written and dog.verdict is None

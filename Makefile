@@ -20,7 +20,7 @@ TF_EXTRA   ?= cpu
 # Horovod is compiled against the installed TensorFlow. Any HOROVOD_* variable in your environment
 # (e.g. HOROVOD_CUDA_HOME=...) passes through to the build; with TF_EXTRA=gpu, stockpredict/control/nccl.py
 # picks NCCL and says which.
-SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev cmake g++
+SYSTEM_PACKAGES := slurm-wlm munge openmpi-bin libopenmpi-dev cmake g++ slurmdbd mariadb-server
 
 # Data and runs.
 RAW     ?= data/raw
@@ -88,9 +88,9 @@ help: ## List the targets
 # --- environment ---------------------------------------------------------------------------------
 
 .PHONY: system-deps
-system-deps: ## Install Slurm, munge, Open MPI, cmake, g++ (apt-get, as root on Debian/Ubuntu)
+system-deps: ## Install Slurm, munge, Open MPI, cmake, g++, slurmdbd + MariaDB (accounting) (apt-get, as root on Debian/Ubuntu)
 	@missing=(); \
-	for c in slurmctld slurmd munged mpirun mpicxx cmake g++; do command -v $$c >/dev/null || missing+=($$c); done; \
+	for c in slurmctld slurmd munged mpirun mpicxx cmake g++ slurmdbd mariadbd; do command -v $$c >/dev/null || missing+=($$c); done; \
 	if (( $${#missing[@]} == 0 )); then echo "system-deps: all present"; exit 0; fi; \
 	if [[ $$(id -u) == 0 ]] && command -v apt-get >/dev/null; then \
 		echo "system-deps: installing $(SYSTEM_PACKAGES) (missing: $${missing[*]})"; \

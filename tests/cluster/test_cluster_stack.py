@@ -49,6 +49,34 @@ def test_two_node_srun_pmix_allreduce(slurm_cluster, job_dir):
     assert {r["slurm_node"] for r in ranks} == {"node1", "node2"}
 
 
+def _accounting_on() -> bool:
+    from conftest import CLUSTER_DIR
+    return "AccountingStorageType=accounting_storage/slurmdbd" in (CLUSTER_DIR / "etc" / "slurm.conf").read_text()
+
+
+def _sacct_row(cluster, job_id: str, fields: str) -> list[str]:
+    """The job's own sacct row (no steps); waits briefly, since slurmctld sends the end record to slurmdbd."""
+    import time
+    for _ in range(60):
+        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", fields],
+                             capture_output=True, text=True, check=True, env=cluster.env).stdout.strip()
+        if out and "COMPLETED" in out:
+            return out.split("|")
+        time.sleep(0.5)
+    return out.split("|")
+
+
+@pytest.mark.cluster
+def test_sacct_answers_for_a_finished_job(slurm_cluster, job_dir):
+    if not _accounting_on():
+        pytest.skip("local cluster runs without accounting (slurmdbd or mariadb-server not installed)")
+    job_id = slurm_cluster.sbatch(_write_job(job_dir, 2))
+    assert slurm_cluster.wait(job_id, timeout_s=300) == "COMPLETED"
+    name, state, nodes, exit_code, tres = _sacct_row(slurm_cluster, job_id, "JobName,State,NodeList,ExitCode,AllocTRES")
+    assert (name, state, nodes, exit_code) == ("smoke-allreduce", "COMPLETED", "node[1-2]", "0:0")
+    assert "node=2" in tres
+
+
 @pytest.mark.cluster
 def test_four_nodes_one_gpu_each(slurm_cluster, job_dir):
     ranks = _run_allreduce_job(slurm_cluster, job_dir, nodes=4, extra="#SBATCH --gpus-per-node=1")
@@ -88,7 +116,9 @@ def test_cluster_up_twice_is_harmless_and_pid_files_name_its_daemons(slurm_clust
     pid_files = sorted((CLUSTER_DIR / "run").glob("*.pid")) + [munge_dir / "munged.pid"]
     commands = {f.name: open(f"/proc/{int(f.read_text())}/cmdline").read().replace("\0", " ")
                 for f in pid_files}
-    assert sorted(commands) == ["munged.pid", "slurmctld.pid", *(f"slurmd-node{k}.pid" for k in range(1, 5))]
+    expected = ["munged.pid", "slurmctld.pid", *(["slurmdbd.pid"] if _accounting_on() else []),
+                *(f"slurmd-node{k}.pid" for k in range(1, 5))]
+    assert sorted(commands) == sorted(expected)
     assert all(name.split(".")[0].split("-")[0] in cmd for name, cmd in commands.items()), commands
 
 

@@ -230,7 +230,7 @@ gpu-check: setup ## Submit the GPU preflight job of both engines [PROFILE=mysite
 	$(call flag,ENGINE,--engine) $(if $(filter 1 yes true,$(DRY_RUN)),flags+=(--dry-run);) \
 	"$$SP_PY" -m stockpredict.submit gpu-check "$${flags[@]}" --results="$$SP_RESULTS"
 
-status: ## Show this toolkit's jobs in the Slurm queue (found by the job ids in RESULTS), and the latest study's stages
+status: ## Show this toolkit's jobs (sacct: also finished ones; else the queue) (found by the job ids in RESULTS), and the latest study's stages
 	@"$$SP_PY" -m stockpredict.submit status --results="$$SP_RESULTS"
 
 logs: ## Show a run's Slurm output and training log [RUN=<run-id>]

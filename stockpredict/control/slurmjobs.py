@@ -115,3 +115,40 @@ def wait_for_jobs(job_ids: Iterable[str], timeout_s: float, env: Mapping[str, st
             raise TimeoutError(f"jobs {sorted(pending)} not finished after {timeout_s:.0f} s")
         time.sleep(poll_s)
     return states
+
+
+# --- accounting (sacct) --------------------------------------------------------------------------------
+
+# The fields `make status` and the report read, in this order; JobName (second) may contain the delimiter.
+SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "ExitCode", "NNodes", "NodeList", "Reason")
+
+
+def parse_sacct(out: str, fields: Iterable[str] = SACCT_FIELDS) -> list[dict[str, str]]:
+    """`sacct -n -P -o <fields>` as one dict per line. The second field (JobName) may hold '|': every
+    other field is fixed, so the name is what lies between the first and the last len(fields)-2 fields."""
+    names = list(fields)
+    rows = []
+    for line in out.splitlines():
+        parts = line.split("|")
+        if len(parts) < len(names):
+            continue
+        tail = len(names) - 2
+        values = [parts[0], "|".join(parts[1:len(parts) - tail]), *parts[len(parts) - tail:]]
+        rows.append(dict(zip(names, values)))
+    return rows
+
+
+def sacct_jobs(since: str = "now-7days", fields: Iterable[str] = SACCT_FIELDS, job_ids: Iterable[str] = (),
+               env: Mapping[str, str] | None = None) -> list[dict[str, str]] | None:
+    """The allocations (-X: no steps) sacct knows since `since` (or of `job_ids`), one dict per job (array
+    tasks one each); None when there is no accounting (no sacct, or accounting_storage/none)."""
+    if shutil.which("sacct", path=(env or {}).get("PATH")) is None:
+        return None
+    names = list(fields)
+    cmd = ["sacct", "-X", "-n", "-P", "-o", ",".join(names)]
+    ids = [str(j) for j in job_ids]
+    cmd += ["-j", ",".join(ids)] if ids else ["-S", since]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return None
+    return parse_sacct(proc.stdout, names)

@@ -519,21 +519,57 @@ def status_rows(squeue_out: str, runs: dict[str, str]) -> list[tuple[str, str, s
     return rows
 
 
-def show_status(results: Path) -> int:
+def sacct_status_rows(records: list[dict[str, str]], runs: dict[str, str]) -> list[tuple[str, ...]]:
+    """This toolkit's jobs among sacct records (same rule as status_rows): (job id, name, state, elapsed,
+    nodes, exit code, node list or, while pending, the reason)."""
+    rows = []
+    for r in records:
+        job_id, name = r.get("JobID", ""), r.get("JobName", "")
+        if not (_run_of(job_id, runs) or name.startswith("stockpredict")):
+            continue
+        state = r.get("State", "").split(" ")[0]  # "CANCELLED by 0" -> CANCELLED
+        where = f"({r.get('Reason', '')})" if state == "PENDING" else r.get("NodeList", "")
+        rows.append((job_id, name, state, r.get("Elapsed", ""), r.get("NNodes", ""), r.get("ExitCode", ""),
+                     where))
+    return rows
+
+
+def _queue_rows(runs: dict[str, str], required: bool) -> list[tuple[str, ...]]:
+    """This toolkit's jobs in `squeue`, with exit code "-"; [] without squeue unless `required`."""
     if shutil.which("squeue") is None:
+        if not required:
+            return []
         raise UserError("squeue is not on PATH: start the local cluster with `make cluster-up` or load Slurm")
     # -r: one line per array task (a task is a run), instead of one line for all pending tasks
     proc = subprocess.run(["squeue", "-h", "-r", "-o", SQUEUE_FORMAT], capture_output=True, text=True)
     if proc.returncode != 0:
+        if not required:
+            return []
         raise UserError(f"squeue failed: {' '.join(proc.stderr.split())}")
+    return [(job_id, name, state, elapsed, nodes, "-", reason)
+            for job_id, name, state, elapsed, nodes, reason in status_rows(proc.stdout, runs)]
+
+
+def show_status(results: Path) -> int:
     runs = _runs_by_job(results)
-    rows = status_rows(proc.stdout, runs)
-    print(f"{'JOBID':>10}  {'STATE':<10} {'TIME':>10} {'NODES':>5}  {'NAME':<22} {'RUN':<40} REASON/NODES")
-    for job_id, name, state, elapsed, nodes, reason in rows:
+    records = slurmjobs.sacct_jobs()
+    if records is not None:
+        print("jobs of the last 7 days from sacct (accounting): queued, running and finished")
+        rows = sacct_status_rows(records, runs)
+        # A job submitted a moment ago may not have reached slurmdbd yet: the queue adds it.
+        known = {row[0] for row in rows}
+        rows += [row for row in _queue_rows(runs, required=False) if row[0] not in known]
+    else:
+        rows = _queue_rows(runs, required=True)
+        print("jobs from the queue only (no accounting, so no sacct): finished jobs are not listed")
+    print(f"{'JOBID':>10}  {'STATE':<10} {'TIME':>10} {'NODES':>5}  {'NAME':<22} {'RUN':<40} {'EXIT':<6} "
+          "REASON/NODES")
+    for job_id, name, state, elapsed, nodes, exit_code, where in rows:
         run = _run_of(job_id, runs) or "-"
-        print(f"{job_id:>10}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {run:<40} {reason}")
+        print(f"{job_id:>10}  {state:<10} {elapsed:>10} {nodes:>5}  {name:<22} {run:<40} {exit_code:<6} "
+              f"{where}")
     if not rows:
-        print("(no stockpredict jobs in the queue)")
+        print("(no stockpredict jobs " + ("in accounting)" if records is not None else "in the queue)"))
     from stockpredict.control import study  # the latest study's stages, and why one did not run
 
     study.show_study(results)

@@ -51,7 +51,8 @@ def test_two_node_srun_pmix_allreduce(slurm_cluster, job_dir):
 
 def _accounting_on() -> bool:
     from conftest import CLUSTER_DIR
-    return "AccountingStorageType=accounting_storage/slurmdbd" in (CLUSTER_DIR / "etc" / "slurm.conf").read_text()
+    conf = (CLUSTER_DIR / "etc" / "slurm.conf").read_text()
+    return "AccountingStorageType=accounting_storage/slurmdbd" in conf
 
 
 def _sacct_row(cluster, job_id: str, fields: str) -> list[str]:
@@ -72,9 +73,22 @@ def test_sacct_answers_for_a_finished_job(slurm_cluster, job_dir):
         pytest.skip("local cluster runs without accounting (slurmdbd or mariadb-server not installed)")
     job_id = slurm_cluster.sbatch(_write_job(job_dir, 2))
     assert slurm_cluster.wait(job_id, timeout_s=300) == "COMPLETED"
-    name, state, nodes, exit_code, tres = _sacct_row(slurm_cluster, job_id, "JobName,State,NodeList,ExitCode,AllocTRES")
-    assert (name, state, nodes, exit_code) == ("smoke-allreduce", "COMPLETED", "node[1-2]", "0:0")
+    fields = "JobName,State,NodeList,ExitCode,AllocTRES"
+    name, state, nodes, exit_code, tres = _sacct_row(slurm_cluster, job_id, fields)
+    assert (name, state, exit_code) == ("smoke-allreduce", "COMPLETED", "0:0")
+    assert re.fullmatch(r"node\[\d-\d\]|node\d,node\d", nodes), nodes  # any two of the four nodes
     assert "node=2" in tres
+    # `make status` lists the finished job (found by the job id a run directory records) from sacct.
+    run = job_dir / "results" / "runs" / "20261207-000000-000-n2-g0-b32"
+    run.mkdir(parents=True)
+    (run / "submit.json").write_text(f'{{"job_id": "{job_id}"}}')
+    status = subprocess.run([sys.executable, "-m", "stockpredict.submit", "status", "--results",
+                             str(job_dir / "results")], capture_output=True, text=True, env=slurm_cluster.env,
+                            cwd=REPO, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith("jobs of the last 7 days from sacct (accounting)"), status.stdout
+    row = next(line.split() for line in status.stdout.splitlines() if line.split()[:1] == [job_id])
+    assert row[1] == "COMPLETED" and row[5:] == [run.name, "0:0", nodes], status.stdout
 
 
 @pytest.mark.cluster

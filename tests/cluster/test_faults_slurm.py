@@ -275,8 +275,8 @@ def test_a_sweep_is_one_array_and_a_signalled_task_resumes_alone(slurm_cluster, 
     status = subprocess.run([*cli, "status", "--results", str(tmp_path)], capture_output=True, text=True,
                             env=slurm_cluster.env, cwd=REPO, timeout=60)
     assert status.returncode == 0, status.stderr
-    shown = {line.split()[0]: line.split()[5] for line in status.stdout.splitlines()[1:]
-             if line.strip() and line.split()[5] != "-"}  # "-": another test's job
+    shown = {line.split()[0]: line.split()[5] for line in status.stdout.splitlines()[2:]
+             if len(line.split()) > 5 and line.split()[5] != "-"}  # "-": another test's job
     assert shown == {task0: runs[0].name, task1: runs[1].name}, status.stdout  # each task is its run
 
     epoch_done = lambda: any(e["event"] == "epoch" for e in _events(runs[0]))  # noqa: E731

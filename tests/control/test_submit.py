@@ -427,6 +427,10 @@ def test_make_status_shows_a_custom_job_name_with_its_run(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "squeue").write_text(f"#!/bin/bash\nprintf '%s' {shlex.quote(QUEUE)}\n")
     (bin_dir / "squeue").chmod(0o755)
+    # sacct as on a cluster with accounting_storage/none: it fails, so status reads the queue alone.
+    (bin_dir / "sacct").write_text("#!/bin/bash\n"
+                                   "echo 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
+    (bin_dir / "sacct").chmod(0o755)
     results = tmp_path / "results"
     _record(results, "runs", "20261126-143012-417-n2-g1-b32", "41")
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
@@ -434,10 +438,50 @@ def test_make_status_shows_a_custom_job_name_with_its_run(tmp_path):
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].split() == ["JOBID", "STATE", "TIME", "NODES", "NAME", "RUN", "REASON/NODES"]
-    assert lines[1].split() == ["41", "RUNNING", "1:02", "2", "my-own-name", "20261126-143012-417-n2-g1-b32",
-                                "node[1-2]"]
-    assert [line.split()[0] for line in lines[1:]] == ["41", "42_3", "43"]
+    assert lines[0].startswith("jobs from the queue only (no accounting")
+    assert lines[1].split() == ["JOBID", "STATE", "TIME", "NODES", "NAME", "RUN", "EXIT", "REASON/NODES"]
+    assert lines[2].split() == ["41", "RUNNING", "1:02", "2", "my-own-name", "20261126-143012-417-n2-g1-b32",
+                                "-", "node[1-2]"]
+    assert [line.split()[0] for line in lines[2:]] == ["41", "42_3", "43"]
+
+
+# `sacct -X -n -P -o JobID,JobName,State,Elapsed,ExitCode,NNodes,NodeList,Reason` as the local cluster
+# printed it.
+SACCT_SAMPLE = (
+    "201|stockpredict-train|COMPLETED|00:01:12|0:0|2|node[1-2]|None\n"
+    "202|wrap|COMPLETED|00:00:01|0:0|1|node1|None\n"
+    "203|my|own|name|FAILED|00:00:09|1:0|1|node2|NonZeroExitCode\n"
+    "204_1|stockpredict-train|CANCELLED by 0|00:00:30|0:15|1|node1|None\n"
+    "205|stockpredict-report|PENDING|00:00:00|0:0|1|None assigned|Dependency\n")
+
+
+def test_parse_sacct_keeps_a_name_with_the_delimiter_whole():
+    rows = slurmjobs.parse_sacct(SACCT_SAMPLE)
+    assert [r["JobID"] for r in rows] == ["201", "202", "203", "204_1", "205"]
+    assert rows[2]["JobName"] == "my|own|name" and rows[2]["ExitCode"] == "1:0"
+    assert rows[2]["NodeList"] == "node2"
+    assert rows[0]["Elapsed"] == "00:01:12" and rows[0]["NNodes"] == "2"
+
+
+def test_make_status_lists_finished_jobs_from_sacct(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(f"#!/bin/bash\nprintf '%s' {shlex.quote(SACCT_SAMPLE)}\n")
+    (bin_dir / "sacct").chmod(0o755)
+    results = tmp_path / "results"
+    _record(results, "runs", "20261126-143012-417-n2-g1-b32", "203")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    proc = subprocess.run([*MAKE_NO_SETUP, "status", f"RESULTS={results}"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("jobs of the last 7 days from sacct (accounting)")
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line.strip()}
+    assert sorted(rows) == ["201", "203", "204_1", "205"]          # 202 is not this toolkit's
+    assert rows["201"] == ["201", "COMPLETED", "00:01:12", "2", "stockpredict-train", "-", "0:0", "node[1-2]"]
+    assert rows["203"][1:4] + rows["203"][5:] == ["FAILED", "00:00:09", "1", "20261126-143012-417-n2-g1-b32",
+                                                  "1:0", "node2"]
+    assert rows["204_1"][1] == "CANCELLED" and rows["205"][-1] == "(Dependency)"
 
 
 def test_logs_of_an_unknown_run_says_how_to_ask(tmp_path):

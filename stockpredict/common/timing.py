@@ -64,11 +64,19 @@ RUN_START_OPTIONAL_FIELDS = (
     # Provenance: {"version", "commit", "dirty"} of the toolkit that wrote the log
     # (checkout.toolkit_provenance); absent = a trainer from before the field; commit/dirty null = unknown.
     "toolkit",
+    # Cost split (docs/report.md "What the study cost"): when the trainer process started (Unix epoch
+    # seconds, from /proc/self/stat) and the seconds from then to this record, which comes just before
+    # the first step (interpreter, imports, engine start, graph building, data open, restore).
+    "process_start",
+    "startup_seconds",
 )
 # Optional run_start fields that describe one attempt, not the run: they may differ between attempts.
 # A requeued attempt runs the checkout as it is then: its `toolkit` may differ from the first attempt's.
-RUN_START_PER_ATTEMPT_FIELDS = ("resumed_from_step", "toolkit")
-OPTIONAL_FIELDS = {"run_start": RUN_START_OPTIONAL_FIELDS, "epoch": (), "run_end": ()}
+RUN_START_PER_ATTEMPT_FIELDS = ("resumed_from_step", "toolkit", "process_start", "startup_seconds")
+# epoch `checkpoint_seconds`: the epoch-end checkpoint's save time. run_end `test_seconds`: the test
+# evaluation; `process_seconds`: seconds from process_start to this record (the attempt's whole wall).
+OPTIONAL_FIELDS = {"run_start": RUN_START_OPTIONAL_FIELDS, "epoch": ("checkpoint_seconds",),
+                   "run_end": ("test_seconds", "process_seconds")}
 DEFAULT_ENGINE = "horovod"
 DATASET_ID_FIELDS = ("fingerprint", "name", "windows")
 TOOLKIT_FIELDS = ("version", "commit", "dirty")
@@ -87,6 +95,23 @@ FIELD_TYPES = {
               "samples": INTEGER, "samples_per_second": NUMBER, "train_loss": NUMBER,
               "val_loss": NUMBER_OR_NULL},
 }
+
+
+_IMPORTED_AT = __import__("time").time()
+
+
+def process_start_time() -> float:
+    """When this process started, in Unix epoch seconds: now minus its age, the age being /proc/uptime
+    minus /proc/self/stat's start time (clock ticks after boot; /proc/stat's btime is whole seconds
+    only); where /proc is missing, the time this module was imported."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, counted after "(comm)"
+        with open("/proc/uptime", encoding="ascii") as uptime:
+            age = float(uptime.read().split()[0]) - ticks / os.sysconf("SC_CLK_TCK")
+        return round(__import__("time").time() - max(age, 0.0), 3)
+    except (OSError, ValueError, IndexError):
+        return round(_IMPORTED_AT, 3)
 
 
 def utc_now_iso() -> str:

@@ -37,6 +37,7 @@ from stockpredict.job.checkpoints import ResumePoint
 from stockpredict.job.engine import MPI_YIELD_VARIABLE, Engine
 
 log = get_logger("stockpredict.train")
+PROCESS_START = timing.process_start_time()  # run_start `process_start`: the cost split's zero
 
 
 # --- 1. plan: everything that can fail because of user input --------------------------------------
@@ -301,13 +302,15 @@ def train_epochs(run: Run, position: Position) -> int:
         val_loss = val[1] / val[0] if val[0] else None
         steps_run = steps - skip
         samples = steps_run * cfg.batch_size * size
+        t2 = time.perf_counter()
         save_checkpoint(run, epoch, 0, 0.0)
+        checkpoint_seconds = time.perf_counter() - t2
         if run.is_root:
             timing.append_event(timing_path, timing.make_event(
                 "epoch", epoch=epoch, train_seconds=round(train_seconds, 4),
                 val_seconds=round(val_seconds, 4), steps=steps_run, samples=samples,
                 samples_per_second=round(samples / train_seconds, 2), train_loss=train_loss,
-                val_loss=val_loss, resumed=resumed))
+                val_loss=val_loss, resumed=resumed, checkpoint_seconds=round(checkpoint_seconds, 4)))
         log.info("epoch %d/%d: train_loss %.6g val_loss %s, %.0f samples/s (%.1f s train, %.1f s val)",
                  epoch, cfg.epochs, train_loss, "n/a" if val_loss is None else f"{val_loss:.6g}",
                  samples / train_seconds, train_seconds, val_seconds)
@@ -369,7 +372,8 @@ def preempt(run: Run, epochs_done: int, step: int, carried: float, local_loss_su
                 preemption.EXIT_PREEMPTED)
     if run.is_root:
         timing.append_event(run.plan.run_dir / rundir.TIMING_LOG, timing.make_event(
-            "run_end", status="preempted", total_seconds=run.elapsed(), test=None))
+            "run_end", status="preempted", total_seconds=run.elapsed(), test=None,
+            process_seconds=round(time.time() - PROCESS_START, 3)))
     # srun --kill-on-bad-exit and horovodrun SIGTERM the remaining ranks as soon as the first one
     # exits non-zero; a rank still on its way out would then end "Terminated" instead of 75 and
     # srun's status would not say "requeue". From here on SIGTERM is ignored (Slurm's SIGKILL
@@ -384,7 +388,9 @@ def finish(run: Run) -> int:
     from stockpredict.common.metrics import metrics_from_sums
 
     plan, engine = run.plan, run.engine
+    t0 = time.perf_counter()
     test_sums = evaluate(run, "test", with_metrics=True) if plan.info.windows["test"] else None
+    test_seconds = round(time.perf_counter() - t0, 4)
     test = metrics_from_sums(test_sums) if test_sums is not None else None
     checksums = engine.allgather_object(weights_checksum(run.replica.model))  # ranks stayed in sync?
     peak_rss = engine.allgather_object(round(peak_rss_mb(), 1))  # for the memory goal per rank
@@ -412,7 +418,8 @@ def finish(run: Run) -> int:
         write_atomic(plan.run_dir / rundir.TRANSFORM, transforms.to_json(plan.info.transform))
         write_inputs_record(plan)
         timing.append_event(plan.run_dir / rundir.TIMING_LOG, timing.make_event(
-            "run_end", status="completed", total_seconds=run.elapsed(), test=test))
+            "run_end", status="completed", total_seconds=run.elapsed(), test=test, test_seconds=test_seconds,
+            process_seconds=round(time.time() - PROCESS_START, 3)))
     if test is not None:
         log.info("test: mse %.6g (persistence %.6g, skill %s), rmse %.4g / mae %.4g in price units, "
                  "direction accuracy %s", test["mse"], test["persistence_mse"],
@@ -549,7 +556,8 @@ def run_start_record(run: Run, position: Position) -> dict:
         toolkit=toolkit_provenance(),  # the code that made this result: version, commit, dirty
         # What one allreduce moves per step (fp32 gradients): the scaling model's S (docs/scaling.md).
         gradient_bytes=4 * sum(int(np.prod(v.shape)) for v in run.replica.model.trainable_variables),
-        model=identity.model_identity(dataclasses.asdict(cfg), plan.info.seq_len, plan.info.n_features))
+        model=identity.model_identity(dataclasses.asdict(cfg), plan.info.seq_len, plan.info.n_features),
+        process_start=PROCESS_START, startup_seconds=round(time.time() - PROCESS_START, 3))
 
 
 def weights_checksum(model) -> str:

@@ -50,6 +50,7 @@ class EpochRecord:
     val_loss: float | None  # None when the dataset has no validation windows
     resumed: bool
     after_start: int  # 1 for the first epoch logged after a run_start, 2 for the next, ...
+    checkpoint_seconds: float | None = None  # the epoch-end checkpoint's save; None in older logs
 
     def is_timed(self, warmup_epochs: int) -> bool:
         """True if this epoch counts in timing statistics (not warm-up, not a resumed epoch)."""
@@ -93,6 +94,11 @@ class Run:
     optimum: Mapping[str, Any] | None = None
     # run_start `dataset_warnings`: the preprocessing warnings; None = not recorded (older logs)
     dataset_warnings: tuple[str, ...] | None = None
+    # The cost split (report/cost.py), summed over attempts; None when an attempt did not record it (older
+    # logs): run_start `startup_seconds`, run_end `process_seconds` and the last run_end's `test_seconds`.
+    startup_seconds: float | None = None
+    process_seconds: float | None = None
+    test_seconds: float | None = None
 
     @property
     def group_key(self) -> "GroupKey":
@@ -218,7 +224,25 @@ _OPTIONAL_START_TYPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "job_id": ("a string or integer", lambda v: isinstance(v, (str, int)) and not isinstance(v, bool)),
     "hosts": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(h, str) for h in v)),
     "versions": ("an object of version strings", _is_string_map),
+    "process_start": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+    "startup_seconds": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
 }
+# The optional seconds of epoch and run_end records (the cost split): null/absent, or a number >= 0.
+_OPTIONAL_SECONDS = {"epoch": ("checkpoint_seconds",), "run_end": ("test_seconds", "process_seconds")}
+
+
+def _optional_seconds(event: Mapping[str, Any], lineno: int) -> None:
+    for name in _OPTIONAL_SECONDS[event["event"]]:
+        value = event.get(name)
+        if value is not None and not (_is_number(value) and value >= 0):
+            raise SkipLog(f"corrupt: line {lineno} ({event['event']}) has {name}={value!r}, expected a "
+                          f"number >= 0 or null"[:300])
+
+
+def _attempt_sum(events: list[dict], kind: str, name: str) -> float | None:
+    """The sum of `name` over the `kind` events (one per attempt); None if any lacks it."""
+    values = [e.get(name) for e in events if e.get("event") == kind]
+    return None if not values or any(v is None for v in values) else round(sum(values), 3)
 
 
 def _check_optional_start_fields(event: Mapping[str, Any], lineno: int) -> None:
@@ -316,13 +340,16 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
             for name in ("epoch", "steps", "train_seconds", "samples_per_second"):
                 if values[name] <= 0:  # speedup, s/step and throughput ratios divide by these
                     raise SkipLog(f"corrupt: line {lineno} (epoch) has {name}={values[name]!r}, expected > 0")
+            _optional_seconds(event, lineno)
             after_start += 1
             # Resumed runs log some epochs again; the later record wins.
             epochs[values["epoch"]] = EpochRecord(
-                **values, resumed=bool(event.get("resumed", False)), after_start=after_start)
+                **values, resumed=bool(event.get("resumed", False)), after_start=after_start,
+                checkpoint_seconds=event.get("checkpoint_seconds"))
         elif kind == "run_end":
             if not starts:
                 raise SkipLog(f"corrupt: run_end on line {lineno} before any run_start")
+            _optional_seconds(event, lineno)
             last_end = event
         else:
             raise SkipLog(f"corrupt: line {lineno} has unknown event {kind!r}")
@@ -373,6 +400,9 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         optimum=first.get("optimum"),
         dataset_warnings=(None if first.get("dataset_warnings") is None
                           else tuple(first["dataset_warnings"])),
+        startup_seconds=_attempt_sum(starts, "run_start", "startup_seconds"),
+        process_seconds=_attempt_sum([e for _, e in events], "run_end", "process_seconds"),
+        test_seconds=last_end.get("test_seconds"),
     )
     return run, tuple(notes)
 

@@ -12,7 +12,7 @@ from stockpredict.common import rundir
 from stockpredict.report import prediction as scaling_render
 from stockpredict.report.keys import dataset_labels
 from stockpredict.report.parse import MODES, SCHEMA_VERSION
-from stockpredict.report.registry import PLOTS, SCALING, SCALING_PLOT, STEP_BREAKDOWN, TABLES
+from stockpredict.report.registry import COST, PLOTS, SCALING, SCALING_PLOT, STEP_BREAKDOWN, TABLES
 from stockpredict.report.restarts import restart_summary
 from stockpredict.report.tables import Report, Section
 
@@ -43,7 +43,17 @@ _FORMATS = {
     "direction_accuracy": "{:.1%}", "compute_share": "{:.1%}", "negotiate_share": "{:.1%}",
     "allreduce_share": "{:.1%}", "model_communication_share": "{:.1%}",
     "kalman_skill": "{:.3f}", "window_skill": "{:.3f}", "skill_of_optimum": "{:.3f}",
+    **{f"{part}_seconds": "{:.1f}" for part in ("queue_wait", "elapsed", "startup", "train", "val", "test",
+                                               "checkpoint", "rest", "predicted")},
+    "node_hours": "{:.4f}", "gpu_hours": "{:.4f}", "cost": "{:.4f}", "predicted_cost": "{:.4f}",
+    "named_share": "{:.1%}", "unexplained_share": "{:.1%}", "cpu_efficiency": "{:.0%}",
+    "memory_use": "{:.0%}",
 }
+# The cost table's Markdown columns (cost.csv has them all).
+_COST_MARKDOWN = ("run_id", "job_id", "source", "queue_wait_seconds", "elapsed_seconds", "node_hours",
+                  "gpu_hours", "startup_seconds", "train_seconds", "val_seconds", "test_seconds",
+                  "checkpoint_seconds", "rest_seconds", "named_share", "cost", "predicted_seconds",
+                  "predicted_cost", "unexplained_share", "cpu_efficiency", "memory_use")
 # Blank means "unknown" here, and the table says so (real data has no known optimum).
 _UNKNOWN_WHEN_BLANK = ("kalman_skill", "window_skill")
 _HEADINGS = {
@@ -56,7 +66,27 @@ _HEADINGS = {
     "direction_accuracy": "direction acc.", "first_start": "first run", "last_start": "last run",
     "kalman_skill": "optimum (Kalman)", "window_skill": "optimum (window)",
     "skill_of_optimum": "skill / optimum",
+    **{f"{part}_seconds": f"{part.replace('_', ' ')} s" for part in (
+        "queue_wait", "elapsed", "startup", "train", "val", "test", "checkpoint", "rest", "predicted")},
+    "named_share": "named parts", "predicted_cost": "predicted cost", "cpu_efficiency": "CPU eff.",
 }
+
+
+def _cost_section(report: Report, section: Section) -> list[str]:
+    """The key's cost table (runs and a total row), the runs whose split is unknown and seff's flags."""
+    rows = section.cost
+    price = report.config.pricing
+    priced = (f"Price: {price.price_per_hour:g} per {price.unit}-hour." if price is not None
+              else "No price given (PRICE=/--price-per-hour): the cost columns are blank.")
+    out = ["", f"### {COST.title}", "", COST.text, "", f"{report.accounting}. {priced}", "",
+           render_markdown_table(rows, _COST_MARKDOWN).rstrip("\n")]
+    unknown = [r["run_id"] for r in rows if r["run_id"] != "total" and r["split"] != "recorded"]
+    if unknown:
+        out.extend(["", f"Split unknown (logs from before the trainer recorded start-up, checkpoint and "
+                        f"test times): {', '.join(unknown)}."])
+    out.extend(f"- {r['run_id']}: {r['flags']}" for r in rows if r.get("flags"))
+    out.extend(["", f"CSV: [{COST.csv_file}]({COST.csv_file})"])
+    return out
 
 
 def _md_cell(column: str, value: Any) -> str:
@@ -259,6 +289,7 @@ def render_markdown(report: Report, plot_files: Mapping[str, str],
                         *(_optimum_lines(section.accuracy) if table.name == "accuracy" else ()), "",
                         f"CSV: [{table.csv_file}]({table.csv_file})"])
         out.extend(_model_sections(section, scaling_plots.get(index)))
+        out.extend(_cost_section(report, section))
     if plot_files:
         out.extend(["", "## Plots", "", "Every series is computed within one comparability key and labelled "
                     "with it; test losses of different datasets never share an axis."])

@@ -8,9 +8,10 @@ from stockpredict.common import rundir
 from stockpredict.common.errors import UserError
 from stockpredict.common.files import write_atomic
 from stockpredict.common.logs import get_logger
+from stockpredict.report.cost import run_sacct
 from stockpredict.report.markdown import render_csv, render_markdown
 from stockpredict.report.parse import load_runs
-from stockpredict.report.registry import PLOTS, SCALING, STEP_BREAKDOWN, TABLES, scaling_plot_file
+from stockpredict.report.registry import COST, PLOTS, SCALING, STEP_BREAKDOWN, TABLES, scaling_plot_file
 from stockpredict.report.report_config import ReportConfig
 from stockpredict.report.tables import Report, build_report
 
@@ -31,6 +32,7 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
                     render_csv(report.scaling_prediction, report.scaling_columns)))
     outputs.append((out_dir / STEP_BREAKDOWN.csv_file,
                     render_csv(report.step_breakdown, STEP_BREAKDOWN.csv_columns)))
+    outputs.append((out_dir / COST.csv_file, render_csv(report.cost, COST.csv_columns)))
     plot_files: dict[str, str] = {}
     scaling_plots: dict[int, str] = {}
     if report.config.plots:
@@ -64,5 +66,6 @@ def make_report(config: ReportConfig) -> tuple[Report, list[Path]]:
         log.warning("skipping %s: %s", skipped.path, skipped.reason)
     for note in loaded.notes:
         log.warning("%s", note)
-    report = build_report(loaded, config)
+    sacct_text = run_sacct(r.job_id for r in loaded.runs if r.kind != "allreduce" and r.job_id)
+    report = build_report(loaded, config, sacct_text)
     return report, write_report(report, config.out_dir)

@@ -161,7 +161,25 @@ STEP_BREAKDOWN = TableSpec(
          "fitted model's allreduce time over its step time, to set against negotiate + allreduce.",
     columns=("ranks", "nodes", "gpus_per_node", "batch_size_per_rank", "runs", "steps", "seconds_per_step",
              "compute_share", "negotiate_share", "allreduce_share", "model_communication_share"))
-MODEL_TABLES: tuple[TableSpec, ...] = (SCALING, STEP_BREAKDOWN)
+# What the study cost (report/cost.py, docs/report.md): one row per run and a `total` row per key.
+COST = TableSpec(
+    name="cost", title="What the study cost", csv_file="cost.csv",
+    text="Per run: queue wait (sacct only), elapsed time, allocated node-hours and GPU-hours, and where "
+         "the elapsed time went: start-up (process start to the first step: imports, engine start, "
+         "graph building, data open), training epochs, validation, test, checkpoints, and the rest "
+         "(elapsed minus those; with sacct it includes the batch script and the launcher). `source` = "
+         "sacct (Slurm's accounting) or records (the run's timing.jsonl: process start to run_end, "
+         "queue wait unknown); `split` unknown = a log from before the trainer recorded the parts. "
+         "Cost = elapsed x billed GPUs or nodes x the price (--price-per-hour/PRICE). predicted = the "
+         "scaling model's epochs for the same run; unexplained share = 1 - predicted / elapsed, the part "
+         "of the bill the model does not explain. CPU efficiency = TotalCPU / (elapsed x allocated CPUs) "
+         "and memory use = peak MaxRSS / requested memory, from sacct (seff's figures).",
+    columns=("run_id", "job_id", "source", "nodes", "gpus", "ranks", "epochs", "queue_wait_seconds",
+             "elapsed_seconds", "node_hours", "gpu_hours", "startup_seconds", "train_seconds", "val_seconds",
+             "test_seconds", "checkpoint_seconds", "rest_seconds", "named_share", "split", "cost",
+             "predicted_seconds", "predicted_cost", "unexplained_share", "cpu_efficiency", "memory_use",
+             "max_rss_gb", "req_mem_gb", "flags"))
+MODEL_TABLES: tuple[TableSpec, ...] = (SCALING, STEP_BREAKDOWN, COST)
 
 TABLES_BY_NAME = {t.name: t for t in TABLES}
 PLOTS: tuple[PlotSpec, ...] = tuple(p for t in TABLES for p in t.plots)

@@ -291,13 +291,16 @@ class Section:
     scaling: Any = None                 # scaling.KeyScaling: the fitted model, or a note why there is none
     step_breakdown: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # from timelines
     engines: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # samples/s by ranks
+    cost: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # report/cost.py, + a total row
 
 
 def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int, label: str = "",
-                  benchmarks: Sequence[Run] = (), config: ReportConfig | None = None) -> Section:
+                  benchmarks: Sequence[Run] = (), config: ReportConfig | None = None,
+                  jobs: Mapping[str, Any] | None = None) -> Section:
     """Every table of one key's runs (the caller guarantees they share the key), the scaling model
     fitted to them (plus the allreduce `benchmarks` of the same engine and gradient size) and the
     step-time breakdown of their timelines."""
+    from stockpredict.report.cost import cost_rows
     from stockpredict.report.scaling import (  # scaling.py builds on this module
         key_scaling,
         step_breakdown_table,
@@ -306,6 +309,9 @@ def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int
     groups = group_timings(runs, warmup_epochs)
     config = config or ReportConfig(warmup_epochs=warmup_epochs)
     scaling = key_scaling(runs, benchmarks, config)
+    fit = scaling.fit
+    predicted = ({p.label: fit.point_seconds_per_epoch(p) for p in scaling.points if p.kind == "train"}
+                 if fit is not None else {})
     return Section(
         key=key, label=label or key.dataset.name, runs=tuple(runs),
         strong=strong_scaling_table(groups), weak=weak_scaling_table(groups),
@@ -313,7 +319,7 @@ def build_section(key: ComparabilityKey, runs: Sequence[Run], warmup_epochs: int
         environment=environment_table(runs),
         untimed_runs=tuple(r.run_id for r in runs if run_timing(r, warmup_epochs) is None),
         scaling=scaling, step_breakdown=step_breakdown_table(runs, scaling),
-        engines=engine_table(groups),
+        engines=engine_table(groups), cost=cost_rows(runs, jobs or {}, config.pricing, predicted),
     )
 
 
@@ -334,6 +340,7 @@ class Report:
     keys: tuple[tuple[ComparabilityKey, int], ...] = ()  # every key in the logs and its run count
     selected: DatasetKey | None = None  # the dataset --dataset chose, or None
     benchmarks: tuple[Run, ...] = ()    # allreduce microbenchmarks (run_start kind "allreduce")
+    accounting: str = ""                # where the cost table's elapsed times came from (one line)
 
     def _rows(self, table: str) -> list[dict[str, Any]]:
         """Every section's rows in CSV column order: the table's columns, the key's, the added ones."""
@@ -384,13 +391,20 @@ class Report:
         return self._rows("engines")
 
     @property
+    def cost(self) -> list[dict[str, Any]]:
+        return self._rows("cost")
+
+    @property
     def untimed_runs(self) -> tuple[str, ...]:
         return tuple(run_id for s in self.sections for run_id in s.untimed_runs)
 
 
-def build_report(loaded: LoadedRuns, config: ReportConfig) -> Report:
-    """All tables from the parsed runs, one section per comparability key. Raises UserError when no
+def build_report(loaded: LoadedRuns, config: ReportConfig, sacct_text: str | None = None) -> Report:
+    """All tables from the parsed runs, one section per comparability key. `sacct_text`: sacct's
+    --parsable2 output for the runs' jobs (cost.run_sacct), or None. Raises UserError when no
     log is usable, or when `config.dataset` names no dataset or more than one."""
+    from stockpredict.report.cost import parse_sacct
+
     if not loaded.runs:
         if loaded.skipped:
             raise UserError(f"no usable timing logs in {config.runs_dir}: all {len(loaded.skipped)} "
@@ -409,10 +423,15 @@ def build_report(loaded: LoadedRuns, config: ReportConfig) -> Report:
     selected = select_dataset(ordered, config.dataset) if config.dataset else None
     shown = [k for k in ordered if selected is None or k.dataset == selected]
     labels = section_labels(shown)
-    sections = tuple(build_section(k, per_key[k], config.warmup_epochs, labels[k], benchmarks, config)
+    jobs = parse_sacct(sacct_text) if sacct_text else {}
+    sections = tuple(build_section(k, per_key[k], config.warmup_epochs, labels[k], benchmarks, config, jobs)
                      for k in shown)
+    from_sacct = sum(1 for s in sections for row in s.cost if row["source"] == "sacct")
+    accounting = (f"sacct: {from_sacct} of {len(loaded.runs) - len(benchmarks)} run(s) found in Slurm's "
+                  f"accounting" if sacct_text is not None else "sacct: not available (not installed, "
+                  "accounting off, or it failed); elapsed times from the runs' own records")
     return Report(
         config=config, runs=tuple(r for s in sections for r in s.runs), skipped=loaded.skipped,
         notes=loaded.notes, sections=sections, keys=tuple((k, len(per_key[k])) for k in ordered),
-        selected=selected, benchmarks=benchmarks,
+        selected=selected, benchmarks=benchmarks, accounting=accounting,
     )

@@ -362,12 +362,21 @@ def test_two_slurm_nodes_srun_pmix(slurm_cluster, job_dir, small_dataset):
         srun --mpi=pmix --kill-on-bad-exit=1 {sys.executable} -m stockpredict.train \\
             --data {small_dataset} --run-dir {run} --epochs 2 --batch-size 64 --threads 1 --resume
         """))
+    submitted = time.time()
     job_id = slurm_cluster.sbatch(script)
     state = slurm_cluster.wait(job_id, timeout_s=300)
     output = (job_dir / f"slurm-{job_id}.out").read_text()
     assert state == "COMPLETED", output
     log = events(run)
     start = log[0]
+    # The cost split (docs/report.md): the process started after the submission, and the named parts
+    # (start-up, epochs, validation, checkpoints, test) cover >= 95 % of its recorded elapsed time.
+    assert submitted - 1 < start["process_start"] < start["process_start"] + log[-1]["process_seconds"] \
+        < time.time() + 1
+    from stockpredict.report import cost, parse_timing_log
+
+    split = cost.run_split(parse_timing_log((run / rundir.TIMING_LOG).read_text())[0])
+    assert split.known and split.source == "records" and split.covered >= 0.95, split
     assert (start["ranks"], start["nodes"]) == (2, 2)
     assert len(start["hosts"]) == 2 and all(h.startswith("node") for h in start["hosts"])  # virtual nodes
     assert start["job_id"] == job_id and start["versions"]["mpi"]

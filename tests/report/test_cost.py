@@ -140,3 +140,21 @@ def test_malformed_cost_fields_make_the_log_corrupt(tmp_path):
     log[0]["startup_seconds"] = -1
     with pytest.raises(report.SkipLog, match="startup_seconds=-1"):
         parse(log)
+
+
+def test_a_requeued_run_sums_its_attempts():
+    """Attempt 1: start-up 5 s, epoch 1, preempted at 20 s; attempt 2: start-up 4 s, epoch 2, test 1 s,
+    30 s. Elapsed 50 s; the named parts 5 + 4 + 10 + 12 + 2 x 0.5 + 1 + 2 x 1 = 35 s; the rest (15 s)
+    holds the preempted attempt's lost work and both attempts' ends."""
+    first, second = epoch(1, 10.0), epoch(2, 12.0)
+    first["checkpoint_seconds"] = second["checkpoint_seconds"] = 1.0
+    preempted, completed = run_end("preempted"), run_end()
+    preempted["process_seconds"] = 20.0
+    completed.update(process_seconds=30.0, test_seconds=1.0)
+    log = [run_start(epochs=2, process_start=1.79e9, startup_seconds=5.0), first, preempted,
+           run_start(epochs=2, attempt=1, resumed_from_epoch=1, process_start=1.79e9 + 60,
+                     startup_seconds=4.0),
+           second, completed]
+    split = cost.run_split(parse(log)[0])
+    assert (split.elapsed, split.startup, split.train, split.test) == (50.0, 9.0, 22.0, 1.0)
+    assert split.named == pytest.approx(35.0) and split.rest == pytest.approx(15.0)

@@ -598,6 +598,17 @@ def test_make_report_after_a_training_job_runs_as_a_job_when_it_succeeds(slurm_c
         with open(results / "environment.csv", newline="") as handle:
             (env_row,) = csv.DictReader(handle)
         assert env_row["runs"] == "1" and env_row["toolkit"].split()[1].startswith(head[:12])
+        # What the study cost, built inside the report job: from sacct where the cluster has accounting
+        # (slurmdbd started by slurm/local-cluster.sh), else from the run's own records.
+        with open(results / "cost.csv", newline="") as handle:
+            run_row, total = csv.DictReader(handle)
+        accounting = "accounting_storage/slurmdbd" in slurm_cluster.conf.read_text()
+        assert (run_row["job_id"], run_row["source"], total["run_id"]) == (
+            train_id, "sacct" if accounting else "records", "total")
+        elapsed, named = float(run_row["elapsed_seconds"]), float(run_row["named_share"])
+        assert elapsed >= float(run_row["train_seconds"]) > 0 and 0.5 < named <= 1.0
+        if accounting:
+            assert float(run_row["queue_wait_seconds"]) >= 0 and run_row["cpu_efficiency"]
         never = slurm_cluster.info(job_ids["afternotok"])
         assert (never.get("JobState"), never.get("Reason")) == ("PENDING", "DependencyNeverSatisfied")
     finally:

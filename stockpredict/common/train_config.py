@@ -49,6 +49,7 @@ class TrainConfig:
     engine: str = "horovod"           # "horovod" (ring-allreduce) or "tf" (tf.distribute multi-worker)
     stall_timeout: int = 300          # seconds without a step, while a peer rank stopped answering, before
     #                                   the job ends (stockpredict/job/watchdog.py); 0: no watchdog
+    tensorboard_steps: int = 100      # TensorBoard step scalars every N steps of an epoch; 0: epochs only
 
     def __post_init__(self):
         positive = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -75,6 +76,9 @@ class TrainConfig:
             raise UserError(f"--max-steps must be a positive integer, not {self.max_steps!r}")
         if self.engine not in ENGINES:
             raise UserError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if isinstance(self.tensorboard_steps, bool) or not isinstance(self.tensorboard_steps, int) \
+                or self.tensorboard_steps < 0:
+            raise UserError(f"--tensorboard-steps must be an integer >= 0, not {self.tensorboard_steps!r}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be a positive integer, not {self.threads!r}")
 
@@ -105,7 +109,7 @@ class TrainConfig:
 # has always rendered into job scripts (--resume --batch-size B --threads T --epochs E ...).
 ARGV_ORDER = ("resume", "batch_size", "threads", "epochs", "lr", "warmup_epochs", "seed", "mode",
               "lstm_units", "dropout", "dense_units", "stop_check_steps", "max_steps", "lr_decay", "engine",
-              "stall_timeout")
+              "stall_timeout", "tensorboard_steps")
 
 # name -> (argparse type or "flag", help). One table for the trainer's and `submit`'s flags.
 FLAGS: dict[str, tuple[Any, str]] = {
@@ -130,6 +134,8 @@ FLAGS: dict[str, tuple[Any, str]] = {
                         "(tf.distribute MultiWorkerMirroredStrategy; plain srun)"),
     "stall_timeout": (int, "end the job when a peer rank stopped answering and no step ran for this many "
                            "seconds (default 300; 0: off)"),
+    "tensorboard_steps": (int, "TensorBoard step scalars (loss, learning rate) every N steps of an epoch, "
+                               "0: per epoch only (default 100)"),
 }
 assert set(FLAGS) == {f.name for f in dataclasses.fields(TrainConfig)}, "FLAGS must name every field"
 assert set(ARGV_ORDER) | {"data", "run_dir"} == set(FLAGS)

@@ -35,6 +35,7 @@ from stockpredict.common.train_config import TrainConfig, resolve_config
 from stockpredict.job import checkpoints, preemption, watchdog
 from stockpredict.job.checkpoints import ResumePoint
 from stockpredict.job.engine import MPI_YIELD_VARIABLE, Engine
+from stockpredict.job.tensorboard_events import EventLog
 
 log = get_logger("stockpredict.train")
 PROCESS_START = timing.process_start_time()  # run_start `process_start`: the cost split's zero
@@ -231,6 +232,7 @@ class Run:
     engine: Engine
     wall_start: float             # time.monotonic() when this attempt started
     stall: Any = watchdog.NoWatchdog()  # progress() after each group of steps (job/watchdog.py)
+    board: EventLog | None = None  # rank 0's TensorBoard events (tensorboard_events.py); None: not written
 
     @property
     def is_root(self) -> bool:
@@ -253,6 +255,7 @@ def train_epochs(run: Run, position: Position) -> int:
 
     plan, replica, engine, cfg = run.plan, run.replica, run.engine, run.plan.config
     size, steps = engine.size, plan.steps
+    board = run.board or EventLog(plan.run_dir, enabled=False)
     timing_path = plan.run_dir / rundir.TIMING_LOG
     start = run_start_record(run, position)
     if run.is_root:  # only rank 0 writes files
@@ -279,14 +282,19 @@ def train_epochs(run: Run, position: Position) -> int:
         progress = make_progress(run.is_root, steps, skip, f"epoch {epoch}/{cfg.epochs}")
         t0 = time.perf_counter()
         step = skip
+        board.start_epoch(skip)
         with epoch_batches(plan.info, cfg.batch_size, steps, cfg.seed, epoch, engine.rank, size,
                            skip_steps=skip) as batches:
             while step < steps:
                 # Run up to the next multiple of stop_check_steps, where the ranks check for a stop.
                 n = min(cfg.stop_check_steps - step % cfg.stop_check_steps, steps - step)
+                if cfg.tensorboard_steps:  # the same on every rank: the stop checks are collectives
+                    n = min(n, cfg.tensorboard_steps - step % cfg.tensorboard_steps)
                 replica.train_steps(*batches.take(n))
                 run.stall.progress()
                 step += n
+                if cfg.tensorboard_steps and step % cfg.tensorboard_steps == 0:
+                    board.steps_done(step, replica.loss_sum, replica.optimizer)
                 progress.update(n)
                 if step < steps and stop_agreed(engine):
                     progress.close()
@@ -311,6 +319,7 @@ def train_epochs(run: Run, position: Position) -> int:
                 val_seconds=round(val_seconds, 4), steps=steps_run, samples=samples,
                 samples_per_second=round(samples / train_seconds, 2), train_loss=train_loss,
                 val_loss=val_loss, resumed=resumed, checkpoint_seconds=round(checkpoint_seconds, 4)))
+        board.epoch(epoch, train_loss, val_loss, round(samples / train_seconds, 2), replica.optimizer)
         log.info("epoch %d/%d: train_loss %.6g val_loss %s, %.0f samples/s (%.1f s train, %.1f s val)",
                  epoch, cfg.epochs, train_loss, "n/a" if val_loss is None else f"{val_loss:.6g}",
                  samples / train_seconds, train_seconds, val_seconds)
@@ -367,6 +376,8 @@ def preempt(run: Run, epochs_done: int, step: int, carried: float, local_loss_su
         # The partial epoch's loss, summed over ranks, travels in the checkpoint.
         loss_sum = run.engine.allreduce_sum([local_loss_sum])[0] + carried
         save_checkpoint(run, epochs_done, step, float(loss_sum))
+    if run.board is not None:
+        run.board.flush()  # the step scalars this checkpoint covers (before the barrier: then ranks exit)
     log.warning("stop signal (%s): checkpoint after %d epoch(s) + %d step(s) written in %.2f s; exiting %d "
                 "for requeue", preemption.stop_signal_name(), epochs_done, step, time.monotonic() - started,
                 preemption.EXIT_PREEMPTED)
@@ -456,11 +467,13 @@ def run_training(config: TrainConfig, engine: Engine) -> int:
     plan = plan_run(resolved, engine.size)
     handler = setup_logging(plan.run_dir, engine.rank == 0)
     stall = start_watchdog(plan, engine)
+    board = EventLog(plan.run_dir, enabled=engine.rank == 0)  # only rank 0 writes files
     try:
         replica = build_replica(plan, engine)
         position = restore(plan, replica, engine)
-        return train_epochs(Run(plan, replica, engine, wall_start, stall), position)
+        return train_epochs(Run(plan, replica, engine, wall_start, stall, board), position)
     finally:
+        board.close()
         stall.stop()
         if handler is not None:
             log.removeHandler(handler)

@@ -56,6 +56,7 @@ def test_constraints_pin_tensorflow_and_tf_keras_2_21():
                 if "==" in line and not line.startswith("#"))
     assert pins["tensorflow_cpu"] == pins["tf_keras"] == pins["tensorflow"] == "2.21.0"
     assert "horovod" not in pins and pins["h5py"].startswith("3.14")
+    assert pins["tensorboard"] == "2.21.0"  # `.venv-tf/bin/tensorboard` views the runs (TF 2.21 lacks it)
 
 
 def test_tf_keras_is_keras_2_on_tensorflow_2_21():

@@ -65,3 +65,18 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_r
     # The failed attempt logged no epoch 2 (its checkpoint comes before the epoch event): each epoch once.
     assert [e["epoch"] for e in events(run) if e["event"] == "epoch"] == [1, 2]
     assert events(run)[-1]["status"] == "completed"
+
+
+@pytest.mark.parametrize("leave_bytes", [0, 4096], ids=["no-room-for-the-file", "full-after-a-page"])
+def test_a_full_disk_under_the_tensorboard_events_is_one_warning_and_the_run_completes(
+        short_dataset, tmp_path, leave_bytes):
+    run = tmp_path / "run"
+    with tmpfs(run / "tensorboard", 64):
+        fill(run / "tensorboard", leave_bytes)  # 4096: the event file gets one page, then the disk is full
+        assert run_main("--data", short_dataset, "--run-dir", run, "--batch-size", "64", "--epochs", "3",
+                        "--tensorboard-steps", "1") == 0
+        warnings = [line for line in (run / "train.log").read_text().splitlines() if "TensorBoard" in line]
+        assert len(warnings) == 1, warnings
+        assert warnings[0].endswith("failed: No space left on device (ENOSPC)); training goes on"), warnings
+    assert [e["epoch"] for e in events(run) if e["event"] == "epoch"] == [1, 2, 3]
+    assert events(run)[-1]["status"] == "completed" and (run / "model.keras").exists()

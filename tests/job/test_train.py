@@ -89,6 +89,33 @@ def events(run_dir: Path) -> list[dict]:
     return timing.read_events(run_dir / rundir.TIMING_LOG)
 
 
+EPOCH_TAGS = {"epoch/train_loss", "epoch/val_loss", "epoch/samples_per_second", "epoch/learning_rate"}
+STEP_TAGS = {"step/train_loss", "step/learning_rate"}
+
+
+def board_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of run_dir/tensorboard as TensorBoard's own reader sees it: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util.tensor_util import make_ndarray
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, float(make_ndarray(e.tensor_proto))) for e in accumulator.Tensors(tag)]
+            for tag in accumulator.Tags()["tensors"]}
+
+
+def assert_board_matches_timing_log(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """The epoch scalars are timing.jsonl's epoch events (one per epoch, float32); returns all scalars."""
+    scalars = board_scalars(run_dir)
+    assert EPOCH_TAGS <= set(scalars), sorted(scalars)
+    epochs = [e for e in events(run_dir) if e["event"] == "epoch"]
+    for tag in ("train_loss", "val_loss", "samples_per_second"):
+        assert [step for step, _ in scalars[f"epoch/{tag}"]] == [e["epoch"] for e in epochs]
+        assert [value for _, value in scalars[f"epoch/{tag}"]] == pytest.approx([e[tag] for e in epochs],
+                                                                               rel=1e-6)
+    return scalars
+
+
 def final_weights(run_dir: Path, engine: str = "horovod") -> list[np.ndarray]:
     """The saved model's weights, loaded by the TensorFlow that wrote it."""
     if engine == "horovod":
@@ -165,7 +192,7 @@ def test_resumed_runs_end_like_an_uninterrupted_one(engine, small_dataset, tmp_p
     # Constant LR after warm-up: a cosine schedule ends at --epochs, so "2 epochs, then resume to 3" would
     # follow another curve than 3 straight epochs (by design; docs/training.md).
     common = ["--data", small_dataset, "--batch-size", "32", "--lr", "1e-3", "--seed", "7",
-              "--stop-check-steps", "1", "--lr-decay", "none"]
+              "--stop-check-steps", "1", "--lr-decay", "none", "--tensorboard-steps", "25"]
     straight, split, preempted = tmp_path / "straight", tmp_path / "split", tmp_path / "preempted"
     assert run_trainer(engine, *common, "--run-dir", straight, "--epochs", "3") == 0
     # 2 epochs, then --resume to 3 (epoch-boundary checkpoint)
@@ -201,6 +228,18 @@ def test_resumed_runs_end_like_an_uninterrupted_one(engine, small_dataset, tmp_p
     for ours, theirs in zip([e for e in log if e["event"] == "epoch"], straight_epochs):
         assert ours["train_loss"] == pytest.approx(theirs["train_loss"], rel=1e-4)
         assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
+    # TensorBoard: each attempt appended an event file to the same directory; read back as one run they
+    # hold every epoch once, and the step scalars (every 25 steps of an epoch, x = the optimizer's step
+    # counter) continue where the preempted attempt stopped: the steps of the uninterrupted run, none twice.
+    assert len(list((preempted / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    steps_per_epoch = 2500 // 32
+    expected_steps = [e * steps_per_epoch + s for e in range(3) for s in (25, 50, 75)]
+    for run_dir in (straight, preempted):
+        scalars = assert_board_matches_timing_log(run_dir)
+        assert set(scalars) == EPOCH_TAGS | STEP_TAGS
+        assert [step for step, _ in scalars["step/train_loss"]] == expected_steps
+        assert [step for step, _ in scalars["step/learning_rate"]] == expected_steps
+        assert all(value == pytest.approx(1e-3) for _, value in scalars["epoch/learning_rate"])
 
 
 @pytest.mark.slow
@@ -331,6 +370,9 @@ def test_horovodrun_two_ranks_preempted_by_usr1_then_resumed(tiny_dataset, tmp_p
     assert [e["status"] for e in log if e["event"] == "run_end"] == ["preempted", "completed"]
     checksums = json.loads((run / "metrics.json").read_text())["weights_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
+    # Only rank 0 writes TensorBoard events: one event file per attempt, and every epoch once.
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    assert_board_matches_timing_log(run)
 
 
 @pytest.mark.slow
@@ -383,6 +425,9 @@ def test_two_slurm_nodes_srun_pmix(slurm_cluster, job_dir, small_dataset):
     assert start["config"]["warmup_epochs"] == 1.0  # on by default with 2 ranks
     assert [e["event"] for e in log] == ["run_start", "epoch", "epoch", "run_end"]
     assert "no checkpoint" in output  # --resume on a fresh run says it starts fresh
+    # The job's run dir has rank 0's TensorBoard events (one file: the rank on the other node writes none).
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert_board_matches_timing_log(run)
     checksums = json.loads((run / "metrics.json").read_text())["weights_checksums"]
     assert len(checksums) == 2 and checksums[0] == checksums[1]
 

@@ -143,7 +143,7 @@ def test_train_config_rejects_unknown_keys_and_bad_values():
     {},  # every default: only --data, --run-dir, --batch-size
     {"warmup_epochs": 0.5, "lr": 3e-4, "resume": True, "threads": 2, "mode": "weak"},
     {"epochs": 1, "batch_size": 7, "lstm_units": 8, "dropout": 0.0, "dense_units": 4, "seed": 12,
-     "stop_check_steps": 3, "max_steps": 9, "warmup_epochs": 2.0, "lr": 1.0},
+     "stop_check_steps": 3, "max_steps": 9, "warmup_epochs": 2.0, "lr": 1.0, "tensorboard_steps": 0},
     {"data": "/data/my data/seq.h5", "run_dir": "/r/run 1", "warmup_epochs": 0.0},
     {"engine": "tf", "resume": True},
 ])
@@ -168,6 +168,14 @@ def test_engine_is_on_the_command_line_only_when_not_the_default():
     assert TrainConfig(data="d", run_dir="r", engine="tf").to_argv()[-2:] == ["--engine", "tf"]
     with pytest.raises(UserError, match="--engine must be one of horovod, tf, not 'mpi'"):
         TrainConfig(data="d", run_dir="r", engine="mpi")
+
+
+def test_tensorboard_steps_default_to_100_zero_means_epochs_only_and_negative_is_refused():
+    assert TrainConfig(data="d", run_dir="r").tensorboard_steps == 100
+    assert "--tensorboard-steps" not in TrainConfig(data="d", run_dir="r").to_argv()
+    assert parse_args(["--data", "d", "--run-dir", "r", "--tensorboard-steps", "0"]).tensorboard_steps == 0
+    with pytest.raises(UserError, match="--tensorboard-steps must be an integer >= 0, not -1"):
+        TrainConfig(data="d", run_dir="r", tensorboard_steps=-1)
 
 
 def test_fractional_warmup_is_parsed_as_a_float_and_negative_is_refused():

@@ -94,8 +94,9 @@ _SHAPE = ("nodes", "gpus_per_node", "tasks_per_node")
 def run_signature(job: Mapping[str, Any], train: Mapping[str, Any]) -> str:
     """What makes two runs the same experiment: the trainer's settings (all but its run directory) and
     the job's shape. Two repeats of a grid point share it; that is why skipping counts them."""
-    # The stall timeout says when to give up on a hung rank, not what is trained.
-    settings = {k: v for k, v in train.items() if k not in ("run_dir", "stall_timeout")}
+    # The stall timeout says when to give up on a hung rank, and the TensorBoard interval how often to log
+    # the loss: neither changes what is trained.
+    settings = {k: v for k, v in train.items() if k not in ("run_dir", "stall_timeout", "tensorboard_steps")}
     return json.dumps([{k: job.get(k) for k in _SHAPE}, settings], sort_keys=True)
 
 

@@ -234,6 +234,19 @@ wait_for_nodes() {
     die "nodes did not become idle within 60 s; see $CLUSTER_DIR/log/"
 }
 
+# A virtual node whose slurmd died (killed, as in a node-loss test) gets its slurmd back, then leaves the
+# DOWN state Slurm put it in after SlurmdTimeout (state=resume; an error if it was not down, ignored).
+restart_dead_nodes() {
+    local k n
+    n="$(node_count)"
+    for ((k = 1; k <= n; k++)); do
+        pid_alive "$CLUSTER_DIR/run/slurmd-node$k.pid" && continue
+        SLURM_CONF="$CONF" taskset -c "$(node_cpus "$k" "$n")" slurmd -N "node$k"
+        SLURM_CONF="$CONF" scontrol update nodename="node$k" state=resume 2>/dev/null || true
+        say "restarted the slurmd of node$k and returned it to service"
+    done
+}
+
 cmd_up() {
     local n="${1:-4}"
     [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "NODES must be a positive integer, got '$n'"
@@ -245,6 +258,7 @@ cmd_up() {
             cmd_down
         elif (( $(node_count) >= n )); then
             say "already running with $(node_count) nodes"
+            restart_dead_nodes
             wait_for_nodes "$(node_count)"
             return
         else

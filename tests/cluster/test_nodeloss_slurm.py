@@ -59,10 +59,11 @@ def _node_state(cluster, node: str) -> str:
                           text=True).stdout.strip()
 
 
-def test_a_node_lost_mid_run_is_requeued_and_resumes_on_healthy_nodes(slurm_cluster, tiny_dataset, tmp_path):
+def test_a_node_lost_mid_run_is_requeued_and_resumes_on_healthy_nodes(slurm_cluster, tiny_dataset, tmp_path,
+                                                                       engine):
     # Batch 16: epochs of a few seconds, so the node dies inside epoch 2 (or 3), after checkpoint 1.
     job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
-                              "--epochs", "4", "--batch-size", "16")
+                              "--epochs", "4", "--batch-size", "16", "--engine", engine)
     log_path = run_dir / f"slurm-{job_id}.out"
     epoch_done = lambda: any(e["event"] == "epoch" for e in _events(run_dir))  # noqa: E731
     assert wait_until(epoch_done, timeout_s=240, poll_s=0.2), log_path.read_text()
@@ -101,7 +102,8 @@ def test_a_node_lost_mid_run_is_requeued_and_resumes_on_healthy_nodes(slurm_clus
         epoch_seconds = max(e["train_seconds"] + e["val_seconds"] for e in events if e["event"] == "epoch")
         first_epoch_at = next(e for e in events if e["event"] == "epoch")
         assert restart.lost_seconds is not None
-        print(f"node loss: requeued {time_to_requeue:.1f} s after the kill; lost {restart.lost_seconds} s "
+        print(f"node loss ({engine}): requeued {time_to_requeue:.1f} s after the kill; "
+              f"lost {restart.lost_seconds} s "
               f"(epoch {epoch_seconds:.1f} s); resumed from epoch {starts[1]['resumed_from_epoch']}; "
               f"first epoch {first_epoch_at['train_seconds']:.1f} s")
     finally:

@@ -61,6 +61,18 @@ def _node_state(cluster, node: str) -> str:
 
 def test_a_node_lost_mid_run_is_requeued_and_resumes_on_healthy_nodes(slurm_cluster, tiny_dataset, tmp_path,
                                                                        engine):
+    _lose_a_node(slurm_cluster, tiny_dataset, tmp_path, engine, survivor_exits=False)
+
+
+def test_when_the_surviving_rank_exits_the_script_finds_the_dead_node_and_requeues(slurm_cluster,
+                                                                                  tiny_dataset, tmp_path):
+    """The other way a node loss goes: the survivor ends at once (here: killed with the node), srun exits,
+    and the batch script's one-task srun probe finds the node gone before Slurm does."""
+    log_text = _lose_a_node(slurm_cluster, tiny_dataset, tmp_path, "horovod", survivor_exits=True)
+    assert "stopped answering (node failure)" in log_text, log_text
+
+
+def _lose_a_node(slurm_cluster, tiny_dataset, tmp_path, engine: str, survivor_exits: bool) -> str:
     # Batch 16: epochs of a few seconds, so the node dies inside epoch 2 (or 3), after checkpoint 1.
     job_id, run_dir = _submit(slurm_cluster, tiny_dataset, tmp_path, "--nodes", "2", "--gpus-per-node", "1",
                               "--epochs", "4", "--batch-size", "16", "--engine", engine)
@@ -73,12 +85,21 @@ def test_a_node_lost_mid_run_is_requeued_and_resumes_on_healthy_nodes(slurm_clus
     (victim,) = [h for h in hosts if h != info["BatchHost"]]
     try:
         assert _power_off(victim, job_id) >= 2  # at least its slurmstepd and its rank
+        if survivor_exits:
+            for proc in _node_processes(info["BatchHost"], job_id):
+                if "stockpredict.train" in " ".join(proc.cmdline()):
+                    proc.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         assert wait_until(lambda: slurm_cluster.info(job_id).get("Restarts") == "1", timeout_s=150), \
             log_path.read_text()
         time_to_requeue = time.monotonic() - killed_at
         assert "*" in _node_state(slurm_cluster, victim) or "down" in _node_state(slurm_cluster, victim)
-        _release_when_pending(slurm_cluster, job_id)
+        # Requeued by Slurm, the job waits its BeginTime: release it. Requeued by the script after the node
+        # went down, it was seen to start again at once, on other nodes.
+        assert wait_until(lambda: slurm_cluster.info(job_id).get("JobState") in ("PENDING", "RUNNING"),
+                          timeout_s=60)
+        if slurm_cluster.info(job_id).get("JobState") == "PENDING":
+            _release_when_pending(slurm_cluster, job_id)
         state = slurm_cluster.wait(job_id, timeout_s=240)
         log_text = log_path.read_text()
         assert state == "COMPLETED", log_text
@@ -114,3 +135,4 @@ def test_a_node_lost_mid_run_is_requeued_and_resumes_on_healthy_nodes(slurm_clus
     assert f"restarted the slurmd of {victim}" in proc.stdout, proc.stdout
     assert wait_until(lambda: _node_state(slurm_cluster, victim) == "idle", timeout_s=60), \
         _node_state(slurm_cluster, victim)
+    return log_text

@@ -78,6 +78,12 @@ node_cpus() {
     if (( per == 1 )); then echo "$first"; else echo "$first-$((first + per - 1))"; fi
 }
 
+node_memory_mb() {
+    local total_kb
+    total_kb="$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)"
+    echo $(( total_kb / 1024 / 2 / $1 ))
+}
+
 write_config() {
     local n="$1" accounting="$2" host
     host="$(hostname -s)"
@@ -139,12 +145,16 @@ SchedulerParameters=sched_interval=2
 # SIGTERM + SIGKILL (after KillWait) to the tasks and the batch shell, and requeues the job.
 PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
+# RealMemory/DefMemPerNode: half of the machine's memory shared out over the virtual nodes, so a job's
+# ReqMem (sacct) is a real request and the report's memory efficiency means something. Memory is not a
+# consumable here (CR_Core), so it never keeps a job from starting.
 NodeName=node[1-$n] NodeHostname=$host Port=[$((SLURMD_BASE_PORT + 1))-$((SLURMD_BASE_PORT + n))] CPUs=$(cpus_per_node "$n") \
-    Gres=gpu:1 State=UNKNOWN
+    RealMemory=$(node_memory_mb "$n") Gres=gpu:1 State=UNKNOWN
 PartitionName=$PARTITION Nodes=node[1-$n] Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO \
+    DefMemPerNode=$(node_memory_mb "$n") \
     PriorityTier=1 PreemptMode=REQUEUE GraceTime=$GRACE_TIME
 PartitionName=$URGENT_PARTITION Nodes=node[1-$n] MaxTime=INFINITE State=UP OverSubscribe=NO \
-    PriorityTier=10 PreemptMode=OFF
+    PriorityTier=10 PreemptMode=OFF DefMemPerNode=$(node_memory_mb "$n")
 EOF
     # Fake GPUs: File=/dev/null makes the configured count match what slurmd "finds".
     cat >"$CLUSTER_DIR/etc/gres.conf" <<EOF

@@ -246,16 +246,30 @@ def _matches(run: Run, job: SacctJob) -> bool:
                                                               or started.timestamp() <= end.timestamp() + 2)
 
 
+def _launch_seconds(run: Run, job: SacctJob) -> float:
+    """Seconds from the job's (last) start in sacct to its trainer process's start: the batch script, srun
+    and the interpreter's launch, part of the start-up before the first step. 0 when unknown or implausible
+    (sacct's times have whole seconds, so up to 1 s of it can land in "the rest")."""
+    if job.start is None or run.last_process_start is None:
+        return 0.0
+    start = job.start if job.start.tzinfo else job.start.astimezone()  # sacct prints local time
+    launch = run.last_process_start - start.timestamp()
+    return round(launch, 3) if 0.0 <= launch <= (job.elapsed_seconds or 0.0) else 0.0
+
+
 def run_split(run: Run, job: SacctJob | None = None) -> Split:
     """The run's elapsed time and its parts; `job` (its accounting) supplies elapsed when given."""
     epochs = run.epochs
     checkpoints = [e.checkpoint_seconds for e in epochs]
+    startup = run.startup_seconds
     if job is not None and job.elapsed_seconds is not None:
         elapsed, source = job.elapsed_seconds, SOURCE_SACCT
+        if startup is not None:
+            startup += _launch_seconds(run, job)
     else:
         elapsed, source = run.process_seconds, SOURCE_RECORDS
     return Split(
-        elapsed=elapsed, source=source, startup=run.startup_seconds,
+        elapsed=elapsed, source=source, startup=startup,
         train=sum(e.train_seconds for e in epochs), val=sum(e.val_seconds for e in epochs),
         test=run.test_seconds if run.test is not None or run.test_seconds is not None else None,
         checkpoint=None if any(c is None for c in checkpoints) else sum(checkpoints))

@@ -99,6 +99,9 @@ class Run:
     startup_seconds: float | None = None
     process_seconds: float | None = None
     test_seconds: float | None = None
+    # The last attempt's run_start `process_start` (epoch seconds): with accounting, the time from the job's
+    # start to it (the batch script, srun, the interpreter's launch) is start-up too.
+    last_process_start: float | None = None
 
     @property
     def group_key(self) -> "GroupKey":
@@ -403,6 +406,7 @@ def parse_timing_log(text: str, run_id: str = "", path: str = "") -> tuple[Run, 
         startup_seconds=_attempt_sum(starts, "run_start", "startup_seconds"),
         process_seconds=_attempt_sum([e for _, e in events], "run_end", "process_seconds"),
         test_seconds=last_end.get("test_seconds"),
+        last_process_start=starts[-1].get("process_start") if starts else None,
     )
     return run, tuple(notes)
 

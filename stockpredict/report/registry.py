@@ -165,9 +165,10 @@ STEP_BREAKDOWN = TableSpec(
 COST = TableSpec(
     name="cost", title="What the study cost", csv_file="cost.csv",
     text="Per run: queue wait (sacct only), elapsed time, allocated node-hours and GPU-hours, and where "
-         "the elapsed time went: start-up (process start to the first step: imports, engine start, "
-         "graph building, data open), training epochs, validation, test, checkpoints, and the rest "
-         "(elapsed minus those; with sacct it includes the batch script and the launcher). `source` = "
+         "the elapsed time went: start-up (to the first step: imports, engine start, graph building, "
+         "data open; from the trainer process's start, with sacct from the job's start, so the batch "
+         "script and srun too), training epochs, validation, test, checkpoints, and the rest (elapsed "
+         "minus those; with sacct the batch script's end and whole-second rounding). `source` = "
          "sacct (Slurm's accounting) or records (the run's timing.jsonl: process start to run_end, "
          "queue wait unknown); `split` unknown = a log from before the trainer recorded the parts. "
          "Cost = elapsed x billed GPUs or nodes x the price (--price-per-hour/PRICE). predicted = the "

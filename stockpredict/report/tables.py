@@ -426,7 +426,8 @@ def build_report(loaded: LoadedRuns, config: ReportConfig, sacct_text: str | Non
     jobs = parse_sacct(sacct_text) if sacct_text else {}
     sections = tuple(build_section(k, per_key[k], config.warmup_epochs, labels[k], benchmarks, config, jobs)
                      for k in shown)
-    from_sacct = sum(1 for s in sections for row in s.cost if row["source"] == "sacct")
+    from_sacct = sum(1 for s in sections for row in s.cost
+                     if row["source"] == "sacct" and row["run_id"] != "total")  # runs, not the totals
     accounting = (f"sacct: {from_sacct} of {len(loaded.runs) - len(benchmarks)} run(s) found in Slurm's "
                   f"accounting" if sacct_text is not None else "sacct: not available (not installed, "
                   "accounting off, or it failed); elapsed times from the runs' own records")

@@ -609,6 +609,7 @@ def test_make_report_after_a_training_job_runs_as_a_job_when_it_succeeds(slurm_c
         assert elapsed >= float(run_row["train_seconds"]) > 0 and 0.5 < named <= 1.0
         if accounting:
             assert float(run_row["queue_wait_seconds"]) >= 0 and run_row["cpu_efficiency"]
+            assert "sacct: 1 of 1 run(s) found" in (results / "scaling.md").read_text()
         never = slurm_cluster.info(job_ids["afternotok"])
         assert (never.get("JobState"), never.get("Reason")) == ("PENDING", "DependencyNeverSatisfied")
     finally:

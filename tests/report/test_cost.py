@@ -158,3 +158,21 @@ def test_a_requeued_run_sums_its_attempts():
     split = cost.run_split(parse(log)[0])
     assert (split.elapsed, split.startup, split.train, split.test) == (50.0, 9.0, 22.0, 1.0)
     assert split.named == pytest.approx(35.0) and split.rest == pytest.approx(15.0)
+
+
+def test_with_sacct_the_launch_before_the_trainer_process_is_start_up():
+    """The batch script, srun and the interpreter's launch (the job's start in sacct to the trainer's
+    process_start) count as start-up; a process_start outside the job (clock skew) adds nothing."""
+    job_start = utc("2026-11-26T09:59:40")
+    log = new_fields_log()
+    log[0]["process_start"] = job_start.timestamp() + 3.0
+    run, _ = parse(log)
+    job = cost.SacctJob(**{**cost.parse_sacct(SACCT)["351"].__dict__, "start": job_start,
+                           "end": utc("2026-11-26T10:01:20"), "submit": utc("2026-11-26T09:59:00")})
+    row = cost.cost_row(run, job, None, None)
+    assert (row["startup_seconds"], row["rest_seconds"]) == (pytest.approx(13.0), pytest.approx(100 - 71))
+    log[0]["process_start"] = job_start.timestamp() - 30.0
+    skewed, _ = parse(log)
+    assert cost.cost_row(skewed, job, None, None)["startup_seconds"] == pytest.approx(10.0)
+    # From the records alone the split starts at the process: no launch part.
+    assert cost.cost_row(run, None, None, None)["startup_seconds"] == pytest.approx(10.0)

@@ -421,21 +421,24 @@ def test_status_names_each_array_task_by_its_run_and_the_pending_rest_by_its_arr
         ("50_[2%2]", "arrays/20261207-040000-000-n1-g0")]
 
 
+def _make_status_with(bin_dir: Path, results: Path, **commands: str) -> subprocess.CompletedProcess:
+    """`make status` with each named Slurm command replaced by a bash one-liner on PATH."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for name, body in commands.items():
+        (bin_dir / name).write_text(f"#!/bin/bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    return subprocess.run([*MAKE_NO_SETUP, "status", f"RESULTS={results}"], capture_output=True, text=True,
+                          env=env, timeout=120)
+
+
 def test_make_status_shows_a_custom_job_name_with_its_run(tmp_path):
     # A real squeue needs the cluster; this one is an executable on PATH that prints a fixed queue.
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "squeue").write_text(f"#!/bin/bash\nprintf '%s' {shlex.quote(QUEUE)}\n")
-    (bin_dir / "squeue").chmod(0o755)
     # sacct as on a cluster with accounting_storage/none: it fails, so status reads the queue alone.
-    (bin_dir / "sacct").write_text("#!/bin/bash\n"
-                                   "echo 'sacct: error: Slurm accounting storage is disabled' >&2\nexit 1\n")
-    (bin_dir / "sacct").chmod(0o755)
     results = tmp_path / "results"
     _record(results, "runs", "20261126-143012-417-n2-g1-b32", "41")
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    proc = subprocess.run([*MAKE_NO_SETUP, "status", f"RESULTS={results}"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = _make_status_with(tmp_path / "bin", results, squeue=f"printf '%s' {shlex.quote(QUEUE)}",
+                             sacct="echo 'sacct: error: Slurm accounting storage is disabled' >&2; exit 1")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("jobs from the queue only (no accounting")
@@ -464,15 +467,9 @@ def test_parse_sacct_keeps_a_name_with_the_delimiter_whole():
 
 
 def test_make_status_lists_finished_jobs_from_sacct(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "sacct").write_text(f"#!/bin/bash\nprintf '%s' {shlex.quote(SACCT_SAMPLE)}\n")
-    (bin_dir / "sacct").chmod(0o755)
     results = tmp_path / "results"
     _record(results, "runs", "20261126-143012-417-n2-g1-b32", "203")
-    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    proc = subprocess.run([*MAKE_NO_SETUP, "status", f"RESULTS={results}"], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = _make_status_with(tmp_path / "bin", results, sacct=f"printf '%s' {shlex.quote(SACCT_SAMPLE)}")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("jobs of the last 7 days from sacct (accounting)")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from stockpredict.common.accounting import sacct_text
 from stockpredict.common.errors import UserError
 
 SUBMITTED_RE = re.compile(r"^Submitted batch job (\d+)", re.MULTILINE)
@@ -142,13 +143,9 @@ def sacct_jobs(since: str = "now-7days", fields: Iterable[str] = SACCT_FIELDS, j
                env: Mapping[str, str] | None = None) -> list[dict[str, str]] | None:
     """The allocations (-X: no steps) sacct knows since `since` (or of `job_ids`), one dict per job (array
     tasks one each); None when there is no accounting (no sacct, or accounting_storage/none)."""
-    if shutil.which("sacct", path=(env or {}).get("PATH")) is None:
-        return None
     names = list(fields)
-    cmd = ["sacct", "-X", "-n", "-P", "-o", ",".join(names)]
+    args = ["-X", "-n", "-P", "-o", ",".join(names)]
     ids = [str(j) for j in job_ids]
-    cmd += ["-j", ",".join(ids)] if ids else ["-S", since]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return None
-    return parse_sacct(proc.stdout, names)
+    args += ["-j", ",".join(ids)] if ids else ["-S", since]
+    out = sacct_text(args, env=env)
+    return None if out is None else parse_sacct(out, names)

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from stockpredict.common.accounting import sacct_text
 from stockpredict.report.parse import Run
 from stockpredict.report.scaling_model import Pricing
 
@@ -180,18 +179,13 @@ def run_sacct(job_ids: Iterable[str], timeout: float = 30.0) -> str | None:
     """sacct's --parsable2 text for these jobs (every attempt of a requeued one), or None when sacct is
     not installed, accounting is off, or it fails or hangs: the report then uses the runs' records."""
     ids = sorted({str(j) for j in job_ids if j})
-    sacct = shutil.which("sacct")
-    if not ids or sacct is None:
+    if not ids:
         return None
-    try:
-        done = subprocess.run([sacct, "--parsable2", "--duplicates", "--allusers", "-j", ",".join(ids),
-                               "--format=" + ",".join(SACCT_FIELDS)],
-                              capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.SubprocessError, ValueError):
+    out = sacct_text(["--parsable2", "--duplicates", "--allusers", "-j", ",".join(ids),
+                      "--format=" + ",".join(SACCT_FIELDS)], timeout=timeout)
+    if out is None or "JobID" not in out.split("\n", 1)[0]:
         return None
-    if done.returncode != 0 or "JobID" not in done.stdout.split("\n", 1)[0]:
-        return None
-    return done.stdout
+    return out
 
 
 # --- the split and the rows -------------------------------------------------------------------------

@@ -101,6 +101,11 @@ def clean_bars(frame: pd.DataFrame, ticker: str, label: str, config: PreprocessC
         numeric[:, j] = _numeric_column(frame[name], name, where)
 
     columns = frame.attrs.get("columns") or {c: c for c in ("timestamp", "date", "time") if c in frame}
+    if "timestamp" in frame and "date" in frame:
+        # One ticker's rows joined from flat files whose time columns differ (`timestamp` in one,
+        # `date` + `time` in another): neither reading fits every row.
+        raise TickerSkipped(f"{label}: its files give the bar times in different columns (a timestamp "
+                            f"column in some, date and time in others); use one layout for every file")
     try:
         reading = timestamps.read_times(frame, columns, where, config.tz, config.bar_label)
     except timestamps.TimeError as err:

@@ -366,6 +366,12 @@ def _found_cases() -> dict[str, tuple[str, list[tuple[str, bytes]]]]:
             ("AAA.csv", ("timestamp,close,volume\n" + "".join(
                 f"9999-03-04T14:3{i}:00+00:00,1,1\n" for i in range(8))).encode()),
             ("GOOD.csv", GOOD_CSV.encode())]),
+        # one ticker in two flat files, one with date + time, one with a timestamp: KeyError 'timestamp'
+        "a ticker's files with different time columns": ("many_in_dir", [
+            ("day.csv", ("date,time,close,volume,symbol\n" + "".join(
+                f"2024-03-04,09:3{i},1.0,1.0,AAA\n" for i in range(8))).encode()),
+            ("day1.csv", ("timestamp,close,volume,symbol\n" + "".join(
+                f"2024-03-05T14:3{i}:00+00:00,1.0,1.0,AAA\n" for i in range(8))).encode())]),
     }
 
 

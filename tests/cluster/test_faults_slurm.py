@@ -62,12 +62,7 @@ def test_signal_during_epoch_two_requeues_and_resumes(slurm_cluster, tiny_datase
                    env=slurm_cluster.env)
     requeued = lambda: slurm_cluster.info(job_id).get("Restarts") == "1"  # noqa: E731
     assert wait_until(requeued, timeout_s=90), (run_dir / f"slurm-{job_id}.out").read_text()
-    # A requeued job waits ~2.5 min (BeginTime) before it may start again; release it now, but only once
-    # the first attempt's step daemons are gone: a restart reuses step id <job>.0, and on these virtual
-    # nodes (one host) a lingering slurmstepd still holds that step's PMIx socket.
-    wait_until(lambda: slurm_cluster.info(job_id).get("JobState") == "PENDING", timeout_s=30)
-    assert wait_until(lambda: not _step_daemons(job_id), timeout_s=60)
-    _scontrol(slurm_cluster, "update", f"JobId={job_id}", "StartTime=now")
+    _release_when_pending(slurm_cluster, job_id)  # not after its ~2.5 min BeginTime
     state = slurm_cluster.wait(job_id, timeout_s=240)
     log_text = (run_dir / f"slurm-{job_id}.out").read_text()
     assert state == "COMPLETED", log_text
@@ -151,10 +146,18 @@ def test_simultaneous_submissions_get_disjoint_run_dirs(slurm_cluster, tiny_data
     assert owners == set(job_ids)
 
 
-def _release_when_pending(cluster, job_id: str) -> None:
-    """Start a requeued job now instead of after its ~2.5 min BeginTime (see the USR1 test above)."""
+def _release_when_pending(cluster, job_id: str, daemons_of: str | None = None) -> None:
+    """Start a requeued job now instead of after its ~2.5 min BeginTime, which Slurm sets for two reasons
+    this must respect. A restart reuses step id <job>.0, and on these virtual nodes (one host) a lingering
+    slurmstepd still holds that step's PMIx socket: wait for the first attempt's step daemons
+    (`daemons_of`: the raw SLURM_JOB_ID they are named by) to exit. And slurmd refuses a batch launch whose
+    credential was made in the same whole second as the requeue's kill ("Job N already killed, do not launch
+    batch job": the new attempt then ends FAILED at once): so release it only once the clock has moved on
+    two seconds from when the job was seen pending, which is after that kill."""
     assert wait_until(lambda: cluster.info(job_id).get("JobState") == "PENDING", timeout_s=60)
-    assert wait_until(lambda: not _step_daemons(job_id), timeout_s=60)
+    pending_seen = time.time()
+    assert wait_until(lambda: not _step_daemons(daemons_of or job_id), timeout_s=60)
+    time.sleep(max(0.0, int(pending_seen) + 2 - time.time()))
     _scontrol(cluster, "update", f"JobId={job_id}", "StartTime=now")
 
 
@@ -285,9 +288,7 @@ def test_a_sweep_is_one_array_and_a_signalled_task_resumes_alone(slurm_cluster, 
     assert wait_until(lambda: slurm_cluster.info(task0).get("Restarts") == "1", timeout_s=90), \
         (runs[0] / f"slurm-{task0}.out").read_text()
     raw_id = slurm_cluster.info(task0)["JobId"]  # the task's own SLURM_JOB_ID: its step daemons' name
-    wait_until(lambda: slurm_cluster.info(task0).get("JobState") == "PENDING", timeout_s=30)
-    assert wait_until(lambda: not _step_daemons(raw_id), timeout_s=60)
-    _scontrol(slurm_cluster, "update", f"JobId={task0}", "StartTime=now")
+    _release_when_pending(slurm_cluster, task0, daemons_of=raw_id)
     states = {task: slurm_cluster.wait(task, timeout_s=300) for task in (task0, task1)}
     logs = [(run / f"slurm-{task}.out").read_text() for run, task in zip(runs, (task0, task1))]
     assert states == {task0: "COMPLETED", task1: "COMPLETED"}, logs

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from stockpredict.common.accounting import sacct_text
+from stockpredict.common.accounting import sacct_rows, sacct_text
 from stockpredict.common.errors import UserError
 
 SUBMITTED_RE = re.compile(r"^Submitted batch job (\d+)", re.MULTILINE)
@@ -120,23 +120,8 @@ def wait_for_jobs(job_ids: Iterable[str], timeout_s: float, env: Mapping[str, st
 
 # --- accounting (sacct) --------------------------------------------------------------------------------
 
-# The fields `make status` and the report read, in this order; JobName (second) may contain the delimiter.
+# The fields `make status` reads (the report's cost table asks for its own: report/cost.py).
 SACCT_FIELDS = ("JobID", "JobName", "State", "Elapsed", "ExitCode", "NNodes", "NodeList", "Reason")
-
-
-def parse_sacct(out: str, fields: Iterable[str] = SACCT_FIELDS) -> list[dict[str, str]]:
-    """`sacct -n -P -o <fields>` as one dict per line. The second field (JobName) may hold '|': every
-    other field is fixed, so the name is what lies between the first and the last len(fields)-2 fields."""
-    names = list(fields)
-    rows = []
-    for line in out.splitlines():
-        parts = line.split("|")
-        if len(parts) < len(names):
-            continue
-        tail = len(names) - 2
-        values = [parts[0], "|".join(parts[1:len(parts) - tail]), *parts[len(parts) - tail:]]
-        rows.append(dict(zip(names, values)))
-    return rows
 
 
 def sacct_jobs(since: str = "now-7days", fields: Iterable[str] = SACCT_FIELDS, job_ids: Iterable[str] = (),
@@ -148,4 +133,4 @@ def sacct_jobs(since: str = "now-7days", fields: Iterable[str] = SACCT_FIELDS, j
     ids = [str(j) for j in job_ids]
     args += ["-j", ",".join(ids)] if ids else ["-S", since]
     out = sacct_text(args, env=env)
-    return None if out is None else parse_sacct(out, names)
+    return None if out is None else sacct_rows(out, names)

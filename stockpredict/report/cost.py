@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from stockpredict.common.accounting import sacct_text
+from stockpredict.common.accounting import sacct_rows, sacct_text
 from stockpredict.report.parse import Run
 from stockpredict.report.scaling_model import Pricing
 
@@ -122,19 +122,10 @@ def parse_sacct(text: str) -> dict[str, SacctJob]:
     their job: MaxRSS is the largest step's, TotalCPU the job row's (sacct sums the steps there) or else
     the steps' sum. A job listed more than once (a requeue, sacct --duplicates) sums its elapsed times
     and keeps the first submit. Unreadable rows and values are skipped, never an error."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return {}
-    header = lines[0].split("|")
-    if "JobID" in header:
-        lines = lines[1:]
-    else:
-        header = list(SACCT_FIELDS)
-    if "ElapsedRaw" not in header and "Elapsed" in header:
-        header = ["ElapsedRaw" if h == "Elapsed" else h for h in header]
     jobs: dict[str, dict[str, Any]] = {}
-    for line in lines:
-        row = dict(zip(header, line.split("|")))
+    for row in sacct_rows(text, SACCT_FIELDS):
+        if "ElapsedRaw" not in row and "Elapsed" in row:
+            row["ElapsedRaw"] = row["Elapsed"]
         job_ref = row.get("JobID", "").strip()
         if not job_ref:
             continue

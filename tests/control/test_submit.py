@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, read_json_lines
+from stockpredict.common.accounting import sacct_rows
 from stockpredict.common.errors import UserError
 from stockpredict.common.train_config import TrainConfig, parse_args
 from stockpredict.control import slurmjobs, submit
@@ -458,8 +459,8 @@ SACCT_SAMPLE = (
     "205|stockpredict-report|PENDING|00:00:00|0:0|1|None assigned|Dependency\n")
 
 
-def test_parse_sacct_keeps_a_name_with_the_delimiter_whole():
-    rows = slurmjobs.parse_sacct(SACCT_SAMPLE)
+def test_sacct_rows_keep_a_name_with_the_delimiter_whole():
+    rows = sacct_rows(SACCT_SAMPLE, slurmjobs.SACCT_FIELDS)
     assert [r["JobID"] for r in rows] == ["201", "202", "203", "204_1", "205"]
     assert rows[2]["JobName"] == "my|own|name" and rows[2]["ExitCode"] == "1:0"
     assert rows[2]["NodeList"] == "node2"

@@ -63,12 +63,14 @@ class SacctJob:
             return None
         return self.total_cpu_seconds / (self.elapsed_seconds * self.alloc_cpus)
 
-    @property
-    def memory_use(self) -> float | None:
-        """Peak MaxRSS / requested memory."""
+    def memory_use(self, tasks_per_node: float = 1.0) -> float | None:
+        """The busiest node's memory against its share of the request: MaxRSS (sacct's peak of one task)
+        x the tasks on a node / (the job's request / its nodes). Comparing one task's peak with the
+        whole multi-node request would understate use by the node count."""
         if self.max_rss_bytes is None or not self.req_mem_bytes:
             return None
-        return self.max_rss_bytes / self.req_mem_bytes
+        per_node_request = self.req_mem_bytes / (self.alloc_nodes or 1)
+        return self.max_rss_bytes * max(tasks_per_node, 1.0) / per_node_request
 
 
 # --- sacct's text -----------------------------------------------------------------------------------
@@ -264,13 +266,13 @@ def _hours(seconds: float | None) -> float | None:
     return None if seconds is None else seconds / 3600.0
 
 
-def _flags(job: SacctJob | None) -> str:
+def _flags(job: SacctJob | None, memory_use: float | None) -> str:
     if job is None:
         return ""
     flags = []
     if job.cpu_efficiency is not None and job.cpu_efficiency < LOW_CPU_EFFICIENCY:
         flags.append(f"CPU efficiency < {LOW_CPU_EFFICIENCY:.0%}: fewer CPUs per task would do")
-    if job.memory_use is not None and job.memory_use < LOW_MEMORY_USE:
+    if memory_use is not None and memory_use < LOW_MEMORY_USE:
         flags.append(f"memory use < {LOW_MEMORY_USE:.0%} of the request: ask for less")
     return "; ".join(flags)
 
@@ -286,6 +288,7 @@ def cost_row(run: Run, job: SacctJob | None, pricing: Pricing | None,
     nodes = job.alloc_nodes if job is not None and job.alloc_nodes else run.nodes
     gpus = (job.alloc_gpus if job is not None and job.alloc_gpus is not None
             else run.nodes * run.gpus_per_node)
+    memory_use = job.memory_use(run.ranks / nodes) if job is not None and nodes else None
     epochs = len(run.epochs)
     predicted = None if predicted_seconds_per_epoch is None else predicted_seconds_per_epoch * epochs
 
@@ -309,10 +312,10 @@ def cost_row(run: Run, job: SacctJob | None, pricing: Pricing | None,
         "cost": money(elapsed), "predicted_seconds": predicted, "predicted_cost": money(predicted),
         "unexplained_share": (None if predicted is None or not elapsed else 1.0 - predicted / elapsed),
         "cpu_efficiency": job.cpu_efficiency if job is not None else None,
-        "memory_use": job.memory_use if job is not None else None,
+        "memory_use": memory_use,
         "max_rss_gb": None if job is None or job.max_rss_bytes is None else job.max_rss_bytes / 1024 ** 3,
         "req_mem_gb": None if job is None or job.req_mem_bytes is None else job.req_mem_bytes / 1024 ** 3,
-        "flags": _flags(job),
+        "flags": _flags(job, memory_use),
     }
 
 

@@ -174,7 +174,8 @@ COST = TableSpec(
          "Cost = elapsed x billed GPUs or nodes x the price (--price-per-hour/PRICE). predicted = the "
          "scaling model's epochs for the same run; unexplained share = 1 - predicted / elapsed, the part "
          "of the bill the model does not explain. CPU efficiency = TotalCPU / (elapsed x allocated CPUs) "
-         "and memory use = peak MaxRSS / requested memory, from sacct (seff's figures).",
+         "and memory use = peak task MaxRSS x ranks per node / the request per node, from sacct (seff's "
+         "figures).",
     columns=("run_id", "job_id", "source", "nodes", "gpus", "ranks", "epochs", "queue_wait_seconds",
              "elapsed_seconds", "node_hours", "gpu_hours", "startup_seconds", "train_seconds", "val_seconds",
              "test_seconds", "checkpoint_seconds", "rest_seconds", "named_share", "split", "cost",

@@ -49,7 +49,8 @@ def test_sacct_parser_folds_steps_into_their_job():
     assert job.max_rss_bytes == 1.5 * 1024 ** 3                # the largest step's
     assert job.req_mem_bytes == 8 * 1024 ** 3
     assert job.cpu_efficiency == pytest.approx(40 / (100 * 4))  # 10 %: flagged
-    assert job.memory_use == pytest.approx(1.5 / 8)             # 19 %: flagged
+    # One task's peak against one node's share of the request (8 GB over 2 nodes), 1 or 2 tasks a node.
+    assert job.memory_use() == pytest.approx(1.5 / 4) and job.memory_use(2) == pytest.approx(3 / 4)
     other = jobs["352"]
     assert other.total_cpu_seconds == 86400.0 and other.alloc_gpus == 0   # 1-00:00:00; no gres/gpu
     assert other.req_mem_bytes == 2000 * 1024 ** 2 * 8                   # per CPU (older Slurm) x 8 CPUs
@@ -101,7 +102,11 @@ def test_cost_row_uses_sacct_when_it_has_the_job_and_flags_oversized_requests():
     assert row["rest_seconds"] == pytest.approx(100 - 68)      # the batch script and launcher: the rest
     assert row["cost"] == pytest.approx(100 / 3600 * 2 * 3.0)  # 2 ranks billed per GPU-hour
     assert row["predicted_seconds"] == 40.0 and row["unexplained_share"] == pytest.approx(0.6)
-    assert "CPU efficiency < 25%" in row["flags"] and "memory use < 25%" in row["flags"]
+    # 1.5 GB peak, 1 rank a node, 4 GB a node requested: 38 %, not flagged; the CPUs are.
+    assert row["memory_use"] == pytest.approx(0.375) and row["flags"].startswith("CPU efficiency < 25%")
+    assert "memory use" not in row["flags"]
+    small = cost.SacctJob(**{**job.__dict__, "max_rss_bytes": 0.5 * 1024 ** 3})
+    assert "memory use < 25%" in cost.cost_row(run, small, pricing, None)["flags"]  # 0.5 of 4 GB
     # The same job id from another time (a reused id, another cluster): not this run's accounting.
     later = cost.SacctJob(**{**job.__dict__, "start": utc("2026-11-27T09:00:00"), "end": None})
     assert cost.cost_row(run, later, pricing, None)["source"] == "records"

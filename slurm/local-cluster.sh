@@ -63,6 +63,26 @@ have_accounting() {
 
 pid_alive() { [[ -f "$1" ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
+# Before a fresh start: every port this cluster would listen on must be free. A port held by another
+# checkout's local cluster (a `make demo` left running elsewhere) or by a site daemon is one line naming
+# it and the fix, not a daemon that dies later with "Address already in use" in its log.
+require_free_ports() {
+    local accounting=$1 n=$2 port ports=("$CTLD_PORT") k
+    # This checkout's own daemons that still run are reused below, so their ports are theirs.
+    if ((accounting)); then
+        pid_alive "$CLUSTER_DIR/run/slurmdbd.pid" || ports+=("$DBD_PORT")
+        pid_alive "$DB_DIR/mariadbd.pid" || ports+=("$DB_PORT")
+    fi
+    for ((k = 1; k <= n; k++)); do
+        pid_alive "$CLUSTER_DIR/run/slurmd-node$k.pid" || ports+=($((SLURMD_BASE_PORT + k)))
+    done
+    for port in "${ports[@]}"; do
+        if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+            die "port $port is already in use (another checkout's local cluster? run make cluster-down there), or choose free ports: CLUSTER_CTLD_PORT=<p> CLUSTER_SLURMD_BASE_PORT=<q>"
+        fi
+    done
+}
+
 node_count() { cat "$CLUSTER_DIR/etc/nodes" 2>/dev/null || echo 0; }
 
 # Cores per virtual node: the host's cores split evenly, at least one. With more nodes than cores the
@@ -278,6 +298,7 @@ cmd_up() {
     fi
     local accounting=0
     if have_accounting; then accounting=1; fi
+    require_free_ports "$accounting" "$n"
     write_config "$n" "$accounting"
     start_munge
     export SLURM_CONF="$CONF"

@@ -340,6 +340,9 @@ def run_demo(config: DemoConfig) -> list[Path]:
     say("done", f"open {results / rundir.REPORT_MARKDOWN} (tables and plots); the CSV files beside it hold "
                 f"the same tables; each run's logs, model and metrics are in "
                 f"{results / rundir.RUNS}/<run-id>/")
+    if env:
+        say("cluster", "the local Slurm cluster stays up for your own make submit; "
+                       "make cluster-down stops it")
     # Last, the check a reader should see: the largest node count's runs predicted from the others.
     prefix = dataset_identity(data)["fingerprint"][:FINGERPRINT_SHOWN]
     check = held_out_lines((results / rundir.REPORT_MARKDOWN).read_text(), prefix)

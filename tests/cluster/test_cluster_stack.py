@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -134,6 +136,49 @@ def test_cluster_up_twice_is_harmless_and_pid_files_name_its_daemons(slurm_clust
                 *(f"slurmd-node{k}.pid" for k in range(1, 5))]
     assert sorted(commands) == sorted(expected)
     assert all(name.split(".")[0].split("-")[0] in cmd for name, cmd in commands.items()), commands
+
+
+def _free_port_block(size: int) -> int:
+    """A port p with p..p+size-1 free on 127.0.0.1 now (at most a race with another process)."""
+    for base in range(21000, 40000, 97):
+        probes = [socket.socket() for _ in range(size)]
+        try:
+            for k, probe in enumerate(probes):
+                probe.bind(("127.0.0.1", base + k))
+            return base
+        except OSError:
+            continue
+        finally:
+            for probe in probes:
+                probe.close()
+    pytest.skip("no free block of ports")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("slurmctld"), reason="needs root and Slurm")
+@pytest.mark.parametrize("taken", ["ctld", "db"])
+def test_a_port_held_by_another_cluster_is_one_line_before_anything_starts(tmp_path, taken):
+    """A second checkout's `make cluster-up` (or make test) while another one's cluster holds the ports:
+    one line naming the port and both fixes, nothing written or started."""
+    from conftest import CLUSTER_SCRIPT
+
+    if taken == "db" and not shutil.which("mariadbd"):
+        pytest.skip("no accounting packages: the database port is not used")
+    ctld = _free_port_block(4)  # ctld, slurmdbd (+1), the database (+2), node1's slurmd (+3)
+    slurmd_base = ctld + 2
+    held = ctld if taken == "ctld" else ctld + 2  # the database port: derived from the ctld port
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", held))
+        holder.listen()
+        env = dict(os.environ, CLUSTER_DIR=str(tmp_path / "cluster"), CLUSTER_CTLD_PORT=str(ctld),
+                   CLUSTER_SLURMD_BASE_PORT=str(slurmd_base))
+        proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", "1"], capture_output=True, text=True,
+                              env=env, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"local-cluster: port {held} is already in use (another checkout's local cluster? run make "
+        "cluster-down there), or choose free ports: CLUSTER_CTLD_PORT=<p> CLUSTER_SLURMD_BASE_PORT=<q>"]
+    assert not (tmp_path / "cluster" / "etc" / "slurm.conf").exists()
+    assert not list((tmp_path / "cluster").glob("run/*.pid"))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch to an unprivileged user")

@@ -24,6 +24,8 @@ def test_demo_runs_the_study_end_to_end(slurm_cluster, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Submitted batch job" in proc.stdout          # it went through Slurm, not the fallback
+    assert "demo [cluster] the local Slurm cluster stays up for your own make submit; make cluster-down" \
+        in proc.stdout                                   # a later make test elsewhere would meet its ports
     assert (data_dir / "sequences.h5").is_file()
 
     with open(results / "strong_scaling.csv", newline="") as handle:

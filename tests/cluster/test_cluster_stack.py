@@ -169,7 +169,9 @@ def test_a_port_held_by_another_cluster_is_one_line_before_anything_starts(tmp_p
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", held))
         holder.listen()
-        env = dict(os.environ, CLUSTER_DIR=str(tmp_path / "cluster"), CLUSTER_CTLD_PORT=str(ctld),
+        # Without CLUSTER_DBD_PORT/CLUSTER_DB_PORT from the caller's shell: the ports derive from ctld here.
+        env = {k: v for k, v in os.environ.items() if k not in ("CLUSTER_DBD_PORT", "CLUSTER_DB_PORT")}
+        env.update(CLUSTER_DIR=str(tmp_path / "cluster"), CLUSTER_CTLD_PORT=str(ctld),
                    CLUSTER_SLURMD_BASE_PORT=str(slurmd_base))
         proc = subprocess.run(["bash", str(CLUSTER_SCRIPT), "up", "1"], capture_output=True, text=True,
                               env=env, timeout=60)
